@@ -1,0 +1,191 @@
+//! Routing: which app a request is for, from its Host (port ignored) and the TLS SNI name.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use http::header::HOST;
+use http::{HeaderMap, Uri};
+
+use crate::config::HostPattern;
+
+/// Host names → app index.
+#[derive(Debug, Default)]
+pub struct Router {
+    exact: HashMap<String, usize>,
+    wildcard: HashMap<String, usize>,
+}
+
+impl Router {
+    /// Builds the table from each app's host patterns (validated unique).
+    pub fn new<'a>(apps: impl IntoIterator<Item = &'a [HostPattern]>) -> Self {
+        let mut r = Self::default();
+        for (i, hosts) in apps.into_iter().enumerate() {
+            for h in hosts {
+                match h {
+                    HostPattern::Exact(name) => r.exact.insert(name.clone(), i),
+                    HostPattern::Wildcard(suffix) => r.wildcard.insert(suffix.clone(), i),
+                };
+            }
+        }
+        r
+    }
+
+    /// The app serving a normalised host: an exact name first, then the longest wildcard
+    /// suffix (`*.corp.example` covers `a.corp.example` and `a.b.corp.example`).
+    pub fn find(&self, host: &str) -> Option<usize> {
+        if let Some(i) = self.exact.get(host) {
+            return Some(*i);
+        }
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        let mut rest = host;
+        while let Some((_, parent)) = rest.split_once('.') {
+            if let Some(i) = self.wildcard.get(parent) {
+                return Some(*i);
+            }
+            rest = parent;
+        }
+        None
+    }
+}
+
+/// Why a request's host could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// Neither an authority nor a Host header.
+    #[error("missing Host")]
+    Missing,
+    /// Not a host name, or two different ones.
+    #[error("invalid Host")]
+    Invalid,
+}
+
+/// The host a request names, lower-cased, without port, brackets or trailing dot.
+/// HTTP/2's `:authority` (or an absolute-form URI) and the Host header must agree when both
+/// are present; a repeated Host header is refused.
+pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<Cow<'a, str>, HostError> {
+    let mut hosts = headers.get_all(HOST).iter();
+    let header = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Some(normalise(h.to_str().map_err(|_| HostError::Invalid)?)?),
+        (None, _) => None,
+        (Some(_), Some(_)) => return Err(HostError::Invalid),
+    };
+    let authority = uri.authority().map(|a| normalise(a.as_str())).transpose()?;
+    match (authority, header) {
+        (Some(a), Some(h)) if a != h => Err(HostError::Invalid),
+        (Some(a), _) => Ok(a),
+        (None, Some(h)) => Ok(h),
+        (None, None) => Err(HostError::Missing),
+    }
+}
+
+/// Normalises `Host`-style text: drops the port and a trailing dot, lower-cases, and checks
+/// that what is left is a plausible name or IP literal. Borrowed when already canonical.
+pub fn normalise(raw: &str) -> Result<Cow<'_, str>, HostError> {
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // [v6]:port
+        let (inside, after) = rest.split_once(']').ok_or(HostError::Invalid)?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return Err(HostError::Invalid);
+        }
+        let ip: std::net::Ipv6Addr = inside.parse().map_err(|_| HostError::Invalid)?;
+        return Ok(Cow::Owned(ip.to_string()));
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) if is_port(port) => h,
+            Some(_) => return Err(HostError::Invalid),
+            None => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty()
+        || host.len() > 253
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err(HostError::Invalid);
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Ok(Cow::Borrowed(host))
+    }
+}
+
+fn is_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_hosts() {
+        assert_eq!(normalise("Example.COM:8443").unwrap(), "example.com");
+        assert_eq!(normalise("localhost").unwrap(), "localhost");
+        assert_eq!(normalise("localhost.").unwrap(), "localhost");
+        assert_eq!(normalise("127.0.0.1:80").unwrap(), "127.0.0.1");
+        assert_eq!(normalise("[::1]:8443").unwrap(), "::1");
+        assert_eq!(normalise("[::1]").unwrap(), "::1");
+        for bad in [
+            "",
+            ":80",
+            "a b",
+            "a/b",
+            "a@b",
+            "[::1",
+            "[zz]",
+            "host:port",
+            "a:80:90",
+            "[::1]x",
+        ] {
+            assert!(normalise(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn finds_exact_then_wildcard() {
+        let apps = [
+            vec![HostPattern::Exact("a.corp.example".into())],
+            vec![HostPattern::Wildcard("corp.example".into())],
+            vec![HostPattern::Wildcard("eu.corp.example".into())],
+        ];
+        let r = Router::new(apps.iter().map(Vec::as_slice));
+        assert_eq!(r.find("a.corp.example"), Some(0));
+        assert_eq!(r.find("b.corp.example"), Some(1));
+        assert_eq!(r.find("x.y.corp.example"), Some(1));
+        assert_eq!(r.find("x.eu.corp.example"), Some(2));
+        assert_eq!(r.find("corp.example"), None);
+        assert_eq!(r.find("evil.example"), None);
+    }
+
+    #[test]
+    fn host_header_and_authority_must_agree() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, "App.Example:443".parse().unwrap());
+        assert_eq!(
+            request_host(&Uri::from_static("/x"), &h).unwrap(),
+            "app.example"
+        );
+        assert_eq!(
+            request_host(&Uri::from_static("https://app.example/x"), &h).unwrap(),
+            "app.example"
+        );
+        assert_eq!(
+            request_host(&Uri::from_static("https://other.example/x"), &h),
+            Err(HostError::Invalid)
+        );
+        h.append(HOST, "b.example".parse().unwrap());
+        assert_eq!(
+            request_host(&Uri::from_static("/x"), &h),
+            Err(HostError::Invalid)
+        );
+        assert_eq!(
+            request_host(&Uri::from_static("/x"), &HeaderMap::new()),
+            Err(HostError::Missing)
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! otpgate: an identity-aware reverse proxy.
+//!
+//! A request flows through the modules in this order:
+//!
+//! ```text
+//! server (TCP, TLS with SNI, HTTP/1.1 + HTTP/2, timeouts, graceful drain)
+//!   → gateway::Gateway::handle: route by Host/SNI → normalise path → client address
+//!       → HTTPS redirect → gateway pages → policy → proxy
+//!   → proxy::forward: header hygiene, pooled upstream client, streamed bodies, upgrades
+//! ```
+//!
+//! beside `config` (YAML → validated runtime config), `metrics`, `admin` (health, readiness,
+//! metrics) and `clock` (injected time). `policy`, `path` and `email` are pure.
+
+pub mod admin;
+pub mod body;
+pub mod clock;
+pub mod config;
+pub mod email;
+pub mod gateway;
+pub mod metrics;
+pub mod path;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError, Problem};
+use crate::gateway::{BoundAddrs, BuildError, Gateway, Runtime};
+use crate::server::tls::{CertStore, SniResolver, TlsError};
+use crate::server::{Kind, Listeners, ServerError};
+
+/// What a gateway is started with besides its config.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The clock (tests inject a manual one).
+    pub clock: Arc<dyn Clock>,
+    /// The environment the config was loaded with, reused on reload (`OTPGATE_*` overrides).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: clock::system(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// Certificates could not be loaded or made.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The runtime could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// Why a reload was refused (the old config keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file has problems.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Certificates could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The runtime could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Running {
+    gateway: Arc<Gateway>,
+    resolver: Option<Arc<SniResolver>>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    env: Vec<(String, String)>,
+}
+
+/// Binds the listeners and starts serving `config`.
+pub async fn start(config: Config, options: Options) -> Result<Running, StartError> {
+    metrics::install();
+    let listeners = Listeners::bind(&config.listen).await?;
+    let bound = listeners.addrs();
+    let (resolver, acceptor) = if listeners.https.is_some() {
+        let resolver = SniResolver::new(CertStore::load(&config.tls)?);
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(server::tls::server_config(resolver.clone())?);
+        (Some(resolver), Some(acceptor))
+    } else {
+        (None, None)
+    };
+    let runtime = Runtime::build(config, &bound, None)?;
+    let gateway = Arc::new(Gateway::new(runtime, bound, options.clock));
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
+    if let Some(l) = listeners.http {
+        tasks.push(server::spawn(
+            Kind::Http,
+            l,
+            gateway.clone(),
+            None,
+            cancel.clone(),
+        ));
+    }
+    if let Some(l) = listeners.https {
+        tasks.push(server::spawn(
+            Kind::Https,
+            l,
+            gateway.clone(),
+            acceptor,
+            cancel.clone(),
+        ));
+    }
+    if let Some(l) = listeners.admin {
+        tasks.push(server::spawn(
+            Kind::Admin,
+            l,
+            gateway.clone(),
+            None,
+            cancel.clone(),
+        ));
+    }
+    let upkeep_cancel = cancel.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = upkeep_cancel.cancelled() => break,
+                _ = tick.tick() => metrics::upkeep(),
+            }
+        }
+    }));
+    gateway.set_ready(true);
+    Ok(Running {
+        gateway,
+        resolver,
+        cancel,
+        tasks,
+        env: options.env,
+    })
+}
+
+impl Running {
+    /// The bound listener addresses.
+    pub fn addrs(&self) -> BoundAddrs {
+        self.gateway.bound()
+    }
+
+    /// The gateway.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Re-reads the config file and swaps it in atomically. On any problem the running config
+    /// stays. Returns the new config's warnings.
+    pub fn reload(&self) -> Result<Vec<Problem>, ReloadError> {
+        let result = self.try_reload();
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => outcome).increment(1);
+        result
+    }
+
+    fn try_reload(&self) -> Result<Vec<Problem>, ReloadError> {
+        let current = self.gateway.runtime();
+        let loaded = config::load(&current.config.file, self.env.clone())?;
+        if loaded.config.listen != current.config.listen {
+            tracing::warn!("listen addresses change only on restart; the old ones stay in use");
+        }
+        let store = match &self.resolver {
+            Some(_) => Some(CertStore::load(&loaded.config.tls)?),
+            None => None,
+        };
+        let runtime = Runtime::build(loaded.config, &self.gateway.bound(), Some(&current))?;
+        if let (Some(resolver), Some(store)) = (&self.resolver, store) {
+            resolver.replace(store);
+        }
+        self.gateway.swap(runtime);
+        Ok(loaded.warnings)
+    }
+
+    /// Stops accepting connections and starts draining; [`Running::wait`] completes when done.
+    pub fn shutdown(&self) {
+        self.gateway.set_ready(false);
+        self.cancel.cancel();
+    }
+
+    /// Waits until every listener has drained after [`Running::shutdown`].
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

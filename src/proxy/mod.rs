@@ -1,0 +1,245 @@
+//! Forwarding to the upstream: URI rewrite, header hygiene, the size limit, the response-head
+//! timeout, streaming bodies both ways, and protocol upgrades (WebSocket) as a byte tunnel.
+
+pub mod client;
+pub mod echo;
+pub mod headers;
+
+use std::error::Error as StdError;
+use std::time::{Duration, Instant};
+
+use http::header::{CONTENT_LENGTH, HOST, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+pub use client::HttpClient;
+pub use headers::ForwardInfo;
+
+use crate::body::Body;
+use crate::metrics::AppMetrics;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Upstream failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request body exceeds the app's limit (413).
+    #[error("request body too large")]
+    TooLarge,
+    /// No response head within the app's timeout (504).
+    #[error("upstream did not answer in time")]
+    Timeout,
+    /// The upstream could not be reached (502).
+    #[error("upstream unreachable: {0}")]
+    Connect(#[source] BoxError),
+    /// Any other upstream failure (502).
+    #[error("upstream failed: {0}")]
+    Upstream(#[source] BoxError),
+}
+
+impl ProxyError {
+    fn from_client(e: hyper_util::client::legacy::Error) -> Self {
+        let mut src: Option<&(dyn StdError + 'static)> = e.source();
+        while let Some(s) = src {
+            if s.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return Self::TooLarge;
+            }
+            src = s.source();
+        }
+        if e.is_connect() {
+            Self::Connect(Box::new(e))
+        } else {
+            Self::Upstream(Box::new(e))
+        }
+    }
+}
+
+/// Where an app's requests go, ready to use.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// An HTTP(S) server behind a pooled client.
+    Http {
+        /// The pooled client.
+        client: HttpClient,
+        /// `http` or `https`.
+        scheme: Scheme,
+        /// `host:port`.
+        authority: Authority,
+    },
+    /// The built-in echo app.
+    Echo,
+}
+
+/// One app's forwarding settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The app's name (for echo and logs).
+    pub app: &'a str,
+    /// Where to send the request.
+    pub upstream: &'a Upstream,
+    /// Time allowed for the response head.
+    pub timeout: Duration,
+    /// Largest request body.
+    pub max_body: Option<u64>,
+    /// Send the client's Host upstream.
+    pub preserve_host: bool,
+    /// Metric handles.
+    pub metrics: &'a AppMetrics,
+}
+
+/// Client facts for the forwarding headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    /// The resolved client address.
+    pub ip: std::net::IpAddr,
+    /// The direct peer.
+    pub peer: std::net::IpAddr,
+    /// Whether the peer is a trusted proxy.
+    pub peer_trusted: bool,
+    /// Whether the client used HTTPS.
+    pub https: bool,
+}
+
+/// Forwards `req`, whose path was normalised to `path` (`changed` when normalisation altered
+/// it), and returns the upstream's response with a streamed body.
+pub async fn forward(
+    t: Target<'_>,
+    mut req: Request<Incoming>,
+    path: &str,
+    changed: bool,
+    client: Client,
+) -> Result<Response<Body>, ProxyError> {
+    if let Some(max) = t.max_body {
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::TooLarge);
+        }
+    }
+    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    // The Host the client asked for, as sent (kept for X-Forwarded-Host / preserve_host).
+    let orig_host: Option<HeaderValue> = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let host_str = orig_host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let fwd = ForwardInfo {
+        client_ip: client.ip,
+        peer_trusted: client.peer_trusted,
+        peer_ip: client.peer,
+        proto: if client.https { "https" } else { "http" },
+        host: host_str,
+    };
+    headers::prepare_request(&mut parts.headers, &fwd, upgrade);
+
+    let path_and_query = match parts.uri.path_and_query() {
+        Some(pq) if !changed => pq.clone(),
+        pq => {
+            let q = pq.and_then(PathAndQuery::query);
+            let text = match q {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_owned(),
+            };
+            PathAndQuery::try_from(text).map_err(|e| ProxyError::Upstream(Box::new(e)))?
+        }
+    };
+    let body = Limited::new(
+        body,
+        t.max_body
+            .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
+    );
+
+    let (client_http, scheme, authority) = match t.upstream {
+        Upstream::Echo => {
+            parts.uri = Uri::from_parts({
+                let mut p = http::uri::Parts::default();
+                p.path_and_query = Some(path_and_query);
+                p
+            })
+            .map_err(|e| ProxyError::Upstream(Box::new(e)))?;
+            return echo::respond(t.app, &parts, body).await;
+        }
+        Upstream::Http {
+            client,
+            scheme,
+            authority,
+        } => (client, scheme, authority),
+    };
+
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(scheme.clone());
+    uri.authority = Some(authority.clone());
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(Box::new(e)))?;
+    parts.version = Version::HTTP_11;
+    if t.preserve_host {
+        if let Some(h) = orig_host {
+            parts.headers.insert(HOST, h);
+        }
+    } else {
+        // The client sets Host from the upstream authority.
+        parts.headers.remove(HOST);
+    }
+
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        t.timeout,
+        client_http.request(Request::from_parts(parts, body)),
+    )
+    .await;
+    let mut resp = match result {
+        Err(_) => {
+            t.metrics.upstream_timeouts.increment(1);
+            return Err(ProxyError::Timeout);
+        }
+        Ok(Err(e)) => {
+            let e = ProxyError::from_client(e);
+            if matches!(e, ProxyError::Connect(_)) {
+                t.metrics.upstream_connect_errors.increment(1);
+            }
+            return Err(e);
+        }
+        Ok(Ok(r)) => r,
+    };
+    t.metrics
+        .upstream_seconds
+        .record(started.elapsed().as_secs_f64());
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(ProxyError::Upstream(
+                "upstream switched protocols unasked".into(),
+            ));
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (Ok(down), Ok(up)) = tokio::join!(client_upgrade, upstream_upgrade) else {
+                tracing::debug!("protocol upgrade did not complete on both sides");
+                return;
+            };
+            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        });
+    }
+    headers::clean_response(resp.headers_mut(), switching);
+    Ok(resp.map(Body::Upstream))
+}

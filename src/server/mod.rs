@@ -1,0 +1,408 @@
+//! Listeners: TCP accept loops for plain HTTP, HTTPS and admin; per connection a TLS handshake
+//! with a deadline, hyper's HTTP/1.1 + HTTP/2 server with header-read and idle timeouts, and a
+//! graceful drain on shutdown.
+
+pub mod tls;
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Limits, Listen};
+use crate::gateway::{BoundAddrs, ConnInfo, Gateway};
+
+/// Listener problems.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// An address could not be bound.
+    #[error("cannot listen on {addr} ({kind}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        kind: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Plain HTTP for apps.
+    Http,
+    /// HTTPS for apps.
+    Https,
+    /// Health, readiness, metrics, admin API.
+    Admin,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// Bound, not yet serving, listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Plain HTTP.
+    pub http: Option<TcpListener>,
+    /// HTTPS.
+    pub https: Option<TcpListener>,
+    /// Admin.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every configured address.
+    pub async fn bind(listen: &Listen) -> Result<Self, ServerError> {
+        async fn one(
+            addr: Option<SocketAddr>,
+            kind: &'static str,
+        ) -> Result<Option<TcpListener>, ServerError> {
+            match addr {
+                None => Ok(None),
+                Some(addr) => TcpListener::bind(addr)
+                    .await
+                    .map(Some)
+                    .map_err(|source| ServerError::Bind { addr, kind, source }),
+            }
+        }
+        Ok(Self {
+            http: one(listen.http, "http").await?,
+            https: one(listen.https, "https").await?,
+            admin: one(listen.admin, "admin").await?,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> BoundAddrs {
+        let a = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        BoundAddrs {
+            http: a(&self.http),
+            https: a(&self.https),
+            admin: a(&self.admin),
+        }
+    }
+}
+
+/// Starts the accept loop of one listener. It stops accepting when `cancel` fires, then gives
+/// open connections `limits.shutdown_grace` to finish their requests.
+pub fn spawn(
+    kind: Kind,
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(accept_loop(kind, listener, gateway, tls, cancel))
+}
+
+async fn accept_loop(
+    kind: Kind,
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
+    cancel: CancellationToken,
+) {
+    let mut conns = JoinSet::new();
+    let open = ::metrics::gauge!(crate::metrics::CONNECTIONS, "listener" => kind.name());
+    loop {
+        let max = gw.runtime().config.limits.max_connections;
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => open.decrement(1.0),
+            accepted = listener.accept(), if conns.len() < max => match accepted {
+                Ok((stream, peer)) => {
+                    open.increment(1.0);
+                    conns.spawn(serve_tcp(kind, stream, peer, gw.clone(), tls.clone(), cancel.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = kind.name(), error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    let grace = gw.runtime().config.limits.shutdown_grace;
+    let drain = async {
+        while conns.join_next().await.is_some() {
+            open.decrement(1.0);
+        }
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(
+            listener = kind.name(),
+            open = conns.len(),
+            "shutdown grace over: closing connections"
+        );
+        open.decrement(conns.len() as f64);
+        conns.abort_all();
+    }
+}
+
+async fn serve_tcp(
+    kind: Kind,
+    stream: TcpStream,
+    peer: SocketAddr,
+    gw: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
+    cancel: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let limits = gw.runtime().config.limits.clone();
+    match tls {
+        None => {
+            let info = ConnInfo {
+                peer,
+                tls: false,
+                sni: None,
+            };
+            serve_http(kind, stream, info, gw, &limits, cancel).await;
+        }
+        Some(acceptor) => {
+            let tls_stream =
+                match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        ::metrics::counter!(crate::metrics::TLS_FAILURES, "reason" => "error")
+                            .increment(1);
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        ::metrics::counter!(crate::metrics::TLS_FAILURES, "reason" => "timeout")
+                            .increment(1);
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let sni = tls_stream.get_ref().1.server_name().map(Box::from);
+            let info = ConnInfo {
+                peer,
+                tls: true,
+                sni,
+            };
+            serve_http(kind, tls_stream, info, gw, &limits, cancel).await;
+        }
+    }
+}
+
+/// Per-connection state shared with its requests.
+struct ConnCtx {
+    kind: Kind,
+    gw: Arc<Gateway>,
+    info: ConnInfo,
+    activity: Activity,
+}
+
+async fn serve_http<I>(
+    kind: Kind,
+    io: I,
+    info: ConnInfo,
+    gw: Arc<Gateway>,
+    limits: &Limits,
+    cancel: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(ConnCtx {
+        kind,
+        gw,
+        info,
+        activity: Activity::new(),
+    });
+    let io = TokioIo::new(Tracked {
+        inner: io,
+        ctx: ctx.clone(),
+    });
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req| {
+        let ctx = svc_ctx.clone();
+        async move {
+            let _busy = ctx.activity.busy();
+            let resp = match ctx.kind {
+                Kind::Admin => crate::admin::handle(&ctx.gw, req).await,
+                Kind::Http | Kind::Https => ctx.gw.handle(req, &ctx.info).await,
+            };
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // hyper restarts this timer while a keep-alive connection waits for its next request,
+        // so it bounds both slow request heads and idle HTTP/1.1 connections.
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let idle = ctx.activity.idle_for(limits.idle_timeout);
+    tokio::pin!(idle);
+    let stop = cancel.cancelled();
+    tokio::pin!(stop);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(peer = %ctx.info.peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            () = &mut stop, if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = &mut idle, if !closing => {
+                tracing::debug!(peer = %ctx.info.peer, "closing idle connection");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
+/// Last I/O time and requests in flight of a connection, for the idle timeout.
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+    busy: AtomicU32,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            busy: AtomicU32::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn busy(&self) -> Busy<'_> {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(self)
+    }
+
+    /// Completes once the connection has had no I/O and no request in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            tokio::time::sleep_until(self.base + last + idle).await;
+            let now = self.base.elapsed();
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            if self.busy.load(Ordering::Relaxed) == 0 && now >= last + idle {
+                return;
+            }
+            if self.busy.load(Ordering::Relaxed) > 0 {
+                // A long request: look again later.
+                self.touch();
+            }
+        }
+    }
+}
+
+struct Busy<'a>(&'a Activity);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// An I/O stream that records activity for the idle timeout.
+struct Tracked<I> {
+    inner: I,
+    ctx: Arc<ConnCtx>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.ctx.activity.touch();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.ctx.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.ctx.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
