@@ -192,7 +192,7 @@ mod tests {
                 prop_assert!(e.as_str().is_ascii());
                 prop_assert!(e.as_str().len() <= MAX_LEN);
                 prop_assert!(!e.as_str().bytes().any(|b| b.is_ascii_uppercase() || b.is_ascii_control()));
-                prop_assert_eq!(Email::parse(e.as_str()).unwrap(), e.clone());
+                prop_assert_eq!(Email::parse(e.as_str()).unwrap(), e);
             }
         }
 

@@ -112,8 +112,10 @@ async fn run(config: config::Config, env: Vec<(String, String)>) -> anyhow::Resu
     )
     .await?;
     let addrs = running.addrs();
+    let show =
+        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "-".to_owned(), |a| a.to_string());
     tracing::info!(
-        http = ?addrs.http, https = ?addrs.https, admin = ?addrs.admin,
+        http = %show(addrs.http), https = %show(addrs.https), admin = %show(addrs.admin),
         "otpgate {} is serving", env!("CARGO_PKG_VERSION")
     );
     for (app, runtime_app) in apps.iter().zip(running.gateway().runtime().apps.iter()) {

@@ -3,7 +3,7 @@
 //! The variable name after the prefix is lower-cased and split on `__` into a key path;
 //! a numeric segment indexes a list (`OTPGATE_APPS__0__UPSTREAM`). The value is read as a YAML
 //! flow scalar or collection, so `true`, `5` and `[a, b]` keep their types; quote it
-//! (`'"5"'`) to force a string.
+//! (`'"5"'`) to force a string, and use `null` to unset an optional key.
 
 use serde_json::Value;
 
@@ -59,10 +59,8 @@ fn parse_value(raw: &str) -> Value {
     if raw.trim().is_empty() {
         return Value::String(raw.to_owned());
     }
-    match serde_saphyr::from_str::<Value>(raw) {
-        Ok(Value::Null) | Err(_) => Value::String(raw.to_owned()),
-        Ok(v) => v,
-    }
+    // `null` (or `~`) unsets an optional key, as in the file.
+    serde_saphyr::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
 }
 
 fn set(doc: &mut Value, segments: &[String], value: Value) -> Result<String, String> {
@@ -125,12 +123,14 @@ mod tests {
                 ("OTPGATE_LOG__ACCESS", "false"),
                 ("OTPGATE_TRUSTED_PROXIES", "[10.0.0.0/8, 192.0.2.1]"),
                 ("OTPGATE_MAIL__FROM", "\"5\""),
+                ("OTPGATE_LISTEN__HTTPS", "null"),
                 ("OTHER_VAR", "ignored"),
                 ("OTPGATE_CONFIG", "ignored"),
             ],
         );
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(applied.len(), 5);
+        assert_eq!(applied.len(), 6);
+        assert_eq!(doc["listen"]["https"], Value::Null);
         assert_eq!(doc["mail"]["transport"], "smtp://relay:587");
         assert_eq!(doc["apps"][0]["upstream"], "http://127.0.0.1:3000");
         assert_eq!(doc["log"]["access"], false);

@@ -157,19 +157,19 @@ impl<'de> Deserialize<'de> for AuditFile {
 #[serde(tag = "type", deny_unknown_fields)]
 pub(crate) enum IdentityProviderFile {
     #[serde(rename = "onetimepin")]
-    OneTimePin {
+    Pin {
         name: Option<String>,
         #[serde(default)]
         config: PinConfigFile,
     },
     #[serde(rename = "onetimelink")]
-    OneTimeLink {
+    Link {
         name: Option<String>,
         #[serde(default)]
         config: LinkConfigFile,
     },
     #[serde(rename = "onetimetoken")]
-    OneTimeToken {
+    Token {
         name: Option<String>,
         #[serde(default)]
         config: TokenConfigFile,

@@ -155,7 +155,7 @@ pub(super) fn validate(
             "the admin token must be at least 16 characters",
         );
     }
-    let tls = tls(&mut c, f.tls, &listen);
+    let tls = tls(&mut c, &f.tls, &listen);
 
     if f.portal_host.is_some() {
         c.err(
@@ -188,13 +188,13 @@ pub(super) fn validate(
     if session_duration > MAX_SESSION {
         c.err("session.duration", "must be at most 30d (SECURITY.md 30)");
     }
-    if let Some(idle) = f.session.idle_timeout {
-        if idle.is_zero() || idle > session_duration {
-            c.err(
-                "session.idle_timeout",
-                "must be above 0s and at most session.duration",
-            );
-        }
+    if let Some(idle) = f.session.idle_timeout
+        && (idle.is_zero() || idle > session_duration)
+    {
+        c.err(
+            "session.idle_timeout",
+            "must be above 0s and at most session.duration",
+        );
     }
     let session = SessionConfig {
         duration: session_duration,
@@ -207,7 +207,7 @@ pub(super) fn validate(
     };
 
     let mail = mail(&mut c, f.mail, &data_dir);
-    let rate_limits = rate_limits(&mut c, f.rate_limits);
+    let rate_limits = rate_limits(&mut c, &f.rate_limits);
     let audit = match f.audit {
         None => AuditSink::File(data_dir.join("audit.log")),
         Some(file::AuditFile::Stdout) => AuditSink::Stdout,
@@ -226,10 +226,10 @@ pub(super) fn validate(
     }
 
     let templates_dir = f.templates_dir.as_deref().map(|d| c.resolve(d));
-    if let Some(d) = &templates_dir {
-        if !d.is_dir() {
-            c.err("templates_dir", format!("{} is not a folder", d.display()));
-        }
+    if let Some(d) = &templates_dir
+        && !d.is_dir()
+    {
+        c.err("templates_dir", format!("{} is not a folder", d.display()));
     }
 
     let identity_providers = identity_providers(&mut c, f.identity_providers);
@@ -263,7 +263,7 @@ pub(super) fn validate(
         );
     }
 
-    let limits = limits(&mut c, f.limits);
+    let limits = limits(&mut c, &f.limits);
     let apps = apps(&mut c, f.apps, &listen, &identity_providers, &limits);
 
     let log = LogConfig {
@@ -350,7 +350,7 @@ fn listen(c: &mut Ctx<'_>, l: Option<file::ListenFile>) -> Listen {
     out
 }
 
-fn tls(c: &mut Ctx<'_>, t: file::TlsFile, listen: &Listen) -> TlsConfig {
+fn tls(c: &mut Ctx<'_>, t: &file::TlsFile, listen: &Listen) -> TlsConfig {
     let mut certificates = Vec::new();
     for (i, pair) in t.certificates.iter().enumerate() {
         let at = format!("tls.certificates[{i}]");
@@ -613,7 +613,7 @@ fn check_mailbox(text: &str) -> Result<(), String> {
         .map_err(|e| format!("invalid sender address {addr:?}: {e}"))
 }
 
-fn rate_limits(c: &mut Ctx<'_>, r: file::RateLimitsFile) -> RateLimits {
+fn rate_limits(c: &mut Ctx<'_>, r: &file::RateLimitsFile) -> RateLimits {
     let failed = r.failed_logins_per_account.unwrap_or(100);
     if !(1..=100).contains(&failed) {
         c.err(
@@ -641,7 +641,7 @@ fn identity_providers(
 ) -> IdentityProviders {
     use file::IdentityProviderFile as F;
     let list = list.unwrap_or_else(|| {
-        vec![F::OneTimePin {
+        vec![F::Pin {
             name: None,
             config: file::PinConfigFile::default(),
         }]
@@ -657,7 +657,7 @@ fn identity_providers(
     for (i, idp) in list.into_iter().enumerate() {
         let at = format!("identity_providers[{i}]");
         match idp {
-            F::OneTimePin { name, config } => {
+            F::Pin { name, config } => {
                 let length = config.length.unwrap_or(6);
                 if !(6..=10).contains(&length) {
                     c.err(
@@ -689,7 +689,7 @@ fn identity_providers(
                     max_attempts,
                 });
             }
-            F::OneTimeLink { name, config } => {
+            F::Link { name, config } => {
                 let ttl = c.positive(&format!("{at}.config.ttl"), config.ttl, DAY);
                 if ttl > DAY {
                     c.err(
@@ -705,7 +705,7 @@ fn identity_providers(
                     ttl,
                 });
             }
-            F::OneTimeToken { name, config } => {
+            F::Token { name, config } => {
                 let ttl = c.positive(&format!("{at}.config.ttl"), config.ttl, DAY);
                 if ttl > DAY {
                     c.err(
@@ -793,7 +793,7 @@ fn users(c: &mut Ctx<'_>, list: Vec<Option<file::UserFile>>) -> Vec<UserConfig> 
     out
 }
 
-fn limits(c: &mut Ctx<'_>, l: file::LimitsFile) -> Limits {
+fn limits(c: &mut Ctx<'_>, l: &file::LimitsFile) -> Limits {
     let max_header_bytes = l.max_header_bytes.unwrap_or(64 * 1024);
     if !(8 * 1024..=1024 * 1024).contains(&max_header_bytes) {
         c.err("limits.max_header_bytes", "must be between 8KiB and 1MiB");
@@ -976,13 +976,13 @@ fn apps(
                 "defaults to onetimepin, which is not among identity_providers",
             );
         }
-        if let Some(d) = a.session_duration {
-            if d.is_zero() || d > MAX_SESSION {
-                c.err(
-                    format!("{at}.session_duration"),
-                    "must be above 0s and at most 30d (SECURITY.md 30)",
-                );
-            }
+        if let Some(d) = a.session_duration
+            && (d.is_zero() || d > MAX_SESSION)
+        {
+            c.err(
+                format!("{at}.session_duration"),
+                "must be above 0s and at most 30d (SECURITY.md 30)",
+            );
         }
         let max_request_body = match a.max_request_body {
             None => limits.max_request_body,
@@ -1091,7 +1091,7 @@ fn policy(c: &mut Ctx<'_>, p: file::PolicyFile, at: &str) -> Option<Policy> {
     let include = list("include", &p.include);
     let require = list("require", &p.require);
     let exclude = list("exclude", &p.exclude);
-    (c.errors.len() == errors_before).then(|| Policy {
+    (c.errors.len() == errors_before).then_some(Policy {
         name: p.name,
         action,
         paths,

@@ -89,7 +89,7 @@ pub struct Runtime {
     /// Apps in config order.
     pub apps: Vec<App>,
     router: Router,
-    clients: Vec<(Vec<CertificateDer<'static>>, HttpClient)>,
+    clients: Vec<(Vec<CertificateDer<'static>>, Arc<HttpClient>)>,
 }
 
 impl Runtime {
@@ -100,7 +100,7 @@ impl Runtime {
         bound: &BoundAddrs,
         previous: Option<&Self>,
     ) -> Result<Self, BuildError> {
-        let mut clients: Vec<(Vec<CertificateDer<'static>>, HttpClient)> = Vec::new();
+        let mut clients: Vec<(Vec<CertificateDer<'static>>, Arc<HttpClient>)> = Vec::new();
         let mut apps = Vec::with_capacity(config.apps.len());
         for a in &config.apps {
             let upstream = match &a.upstream {
@@ -113,12 +113,12 @@ impl Runtime {
                         .map(|(_, c)| c.clone());
                     let client = match existing {
                         Some(c) => c,
-                        None => proxy::client::build(&a.upstream_ca).map_err(|source| {
-                            BuildError::Client {
+                        None => proxy::client::build(&a.upstream_ca).map(Arc::new).map_err(
+                            |source| BuildError::Client {
                                 app: a.name.clone(),
                                 source,
-                            }
-                        })?,
+                            },
+                        )?,
                     };
                     if !clients.iter().any(|(ca, _)| *ca == a.upstream_ca) {
                         clients.push((a.upstream_ca.clone(), client.clone()));
@@ -292,14 +292,13 @@ impl Gateway {
         let Some(idx) = idx else {
             return (None, Err(GateError::UnknownHost));
         };
-        if let Some(sni) = conn.sni.as_deref() {
-            if rt
+        if let Some(sni) = conn.sni.as_deref()
+            && rt
                 .router
                 .find(&sni.to_ascii_lowercase())
                 .is_some_and(|s| s != idx)
-            {
-                return (None, Err(GateError::Misdirected));
-            }
+        {
+            return (None, Err(GateError::Misdirected));
         }
         let app = &rt.apps[idx];
         (Some(app), self.serve_app(rt, app, req, conn).await)

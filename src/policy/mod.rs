@@ -429,18 +429,17 @@ fn satisfiable(p: &Policy) -> bool {
             Selector::Everyone | Selector::Group(_) | Selector::Ip(_) => {}
         }
     }
-    if let (Some(e), Some(d)) = (email, domain) {
-        if e.domain() != d {
-            return false;
-        }
+    if let (Some(e), Some(d)) = (email, domain)
+        && e.domain() != d
+    {
+        return false;
     }
-    if let Some(e) = email {
-        if p.exclude
+    if let Some(e) = email
+        && p.exclude
             .iter()
             .any(|s| matches!(s, Selector::EmailDomain(d) if d == e.domain()))
-        {
-            return false;
-        }
+    {
+        return false;
     }
     // `include` needs one entry that is not excluded outright.
     p.include.is_empty() || p.include.iter().any(|s| !p.exclude.contains(s))

@@ -6,6 +6,7 @@ pub mod echo;
 pub mod headers;
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{CONTENT_LENGTH, HOST, HeaderValue};
@@ -64,8 +65,8 @@ impl ProxyError {
 pub enum Upstream {
     /// An HTTP(S) server behind a pooled client.
     Http {
-        /// The pooled client.
-        client: HttpClient,
+        /// The pooled client (shared by apps with the same trust settings).
+        client: Arc<HttpClient>,
         /// `http` or `https`.
         scheme: Scheme,
         /// `host:port`.

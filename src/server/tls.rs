@@ -60,7 +60,7 @@ impl CertStore {
         for pair in &tls.certificates {
             certs.push(Arc::new(certified(
                 pair.chain.clone(),
-                pair.key.clone_key(),
+                &pair.key,
                 &pair.key_path,
             )?));
         }
@@ -78,10 +78,10 @@ impl CertStore {
 
     /// The certificate for an SNI name: the first whose names cover it, else the default (first).
     pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        if let Some(name) = sni.and_then(|s| ServerName::try_from(s).ok()) {
-            if let Some(c) = self.certs.iter().find(|c| covers(c, &name)) {
-                return Some(c.clone());
-            }
+        if let Some(name) = sni.and_then(|s| ServerName::try_from(s).ok())
+            && let Some(c) = self.certs.iter().find(|c| covers(c, &name))
+        {
+            return Some(c.clone());
         }
         self.certs.first().cloned()
     }
@@ -96,11 +96,11 @@ fn covers(c: &CertifiedKey, name: &ServerName<'_>) -> bool {
 
 fn certified(
     chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    key: &PrivateKeyDer<'static>,
     key_path: &Path,
 ) -> Result<CertifiedKey, TlsError> {
     let signer =
-        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| TlsError::Invalid {
+        rustls::crypto::ring::sign::any_supported_type(key).map_err(|e| TlsError::Invalid {
             path: key_path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -125,14 +125,13 @@ fn self_signed(dir: &Path, names: &[String]) -> Result<CertifiedKey, TlsError> {
     if let (Ok(chain), Ok(key)) = (
         CertificateDer::pem_file_iter(&cert_path).and_then(Iterator::collect::<Result<Vec<_>, _>>),
         PrivateKeyDer::from_pem_file(&key_path),
-    ) {
-        if let Ok(ck) = certified(chain, key, &key_path) {
-            let all = names
-                .iter()
-                .all(|n| ServerName::try_from(n.as_str()).is_ok_and(|sn| covers(&ck, &sn)));
-            if all {
-                return Ok(ck);
-            }
+    ) && let Ok(ck) = certified(chain, &key, &key_path)
+    {
+        let all = names
+            .iter()
+            .all(|n| ServerName::try_from(n.as_str()).is_ok_and(|sn| covers(&ck, &sn)));
+        if all {
+            return Ok(ck);
         }
     }
     let fail = |message: String| TlsError::SelfSigned {
@@ -156,7 +155,7 @@ fn self_signed(dir: &Path, names: &[String]) -> Result<CertifiedKey, TlsError> {
     std::fs::write(&cert_path, cert.pem()).map_err(|e| fail(e.to_string()))?;
     tracing::info!(path = %cert_path.display(), names = ?names, "generated a self-signed development certificate");
     let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| fail(e.to_owned()))?;
-    certified(vec![cert.der().clone()], key_der, &key_path)
+    certified(vec![cert.der().clone()], &key_der, &key_path)
 }
 
 /// Writes a file readable by its owner only.

@@ -1,1 +1,14 @@
-fn main() {}
+//! The integration tests: one binary (link once), real servers on loopback, no mocks.
+
+// Items are `pub` so the test modules can share them; nothing outside this binary sees them.
+#![allow(unreachable_pub)]
+// Test code: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+mod cli;
+mod lifecycle;
+mod proxy;
+mod routing;
+mod tls;

@@ -1,0 +1,389 @@
+//! End to end: the real `otpgate` binary, its command line, signals and the committed configs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::harness::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A running `otpgate` process, killed when dropped.
+struct Proc {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Starts the binary on `config` with every listener moved to an ephemeral port and JSON logs,
+/// and waits for its "is serving" line.
+async fn spawn(config: &Path, extra_env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .env("OTPGATE_LOG__FORMAT", "json")
+        .env("OTPGATE_LISTEN__HTTP", "127.0.0.1:0")
+        .env("OTPGATE_LISTEN__HTTPS", "127.0.0.1:0")
+        .env("OTPGATE_LISTEN__ADMIN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("the otpgate binary starts");
+    let (tx, mut lines) = mpsc::unbounded_channel();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    for (reader, tx) in [
+        (
+            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            tx.clone(),
+        ),
+        (Box::new(err), tx),
+    ] {
+        tokio::spawn(async move {
+            let mut l = BufReader::new(reader).lines();
+            while let Ok(Some(line)) = l.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let serving = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let line = lines.recv().await.expect("otpgate exited before serving");
+            if line.contains("is serving") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("otpgate reported it is serving");
+    let v: serde_json::Value = serde_json::from_str(&serving).expect("JSON log line");
+    let addr = |k: &str| v["fields"][k].as_str().and_then(|s| s.parse().ok());
+    Proc {
+        http: addr("http"),
+        https: addr("https"),
+        admin: addr("admin"),
+        child,
+        lines,
+    }
+}
+
+impl Proc {
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
+    async fn wait_for_line(&mut self, needle: &str) -> String {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let line = self
+                    .lines
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| panic!("otpgate exited before logging {needle:?}"));
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no log line containing {needle:?}"))
+    }
+}
+
+/// The committed config in a scratch copy of the repository layout (config/, certs/, data/),
+/// so generated files land in the scratch folder.
+fn scratch_with_committed_config() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    let cfg = dir.path().join("config/otpgate.yaml");
+    std::fs::copy(repo("config/otpgate.yaml"), &cfg).unwrap();
+    (dir, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_healthz_with_the_committed_config() {
+    init();
+    let (dir, cfg) = scratch_with_committed_config();
+    let p = spawn(&cfg, &[]).await;
+    let c = client_with(&[], Versions::Http1);
+    let r = c
+        .get(format!("http://{}/healthz", p.admin.unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok\n");
+    // The development certificate went to certs/ beside config/ (paths resolve from the file).
+    assert!(dir.path().join("certs/self-signed.pem").exists());
+    assert!(dir.path().join("certs/self-signed-key.pem").exists());
+    // The demo app is served over HTTPS with that certificate.
+    let pem = std::fs::read(dir.path().join("certs/self-signed.pem")).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    let c = client_with(&[der], Versions::Http2);
+    let r = c
+        .get(format!("https://localhost:{}/", p.https.unwrap().port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    // Its policy needs a login, which is refused until logins exist: fail closed.
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_proxies_a_bypass_app_to_builtin_echo() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("otpgate.yaml");
+    std::fs::write(
+        &cfg,
+        "version: 1
+listen: { http: 127.0.0.1:8080 }
+apps:
+  - name: echo
+    hosts: [echo.test]
+    public_url: http://echo.test
+    upstream: builtin:echo
+    policies: [ { name: open, action: bypass } ]
+",
+    )
+    .unwrap();
+    let p = spawn(&cfg, &[("OTPGATE_LISTEN__HTTPS", "null")]).await;
+    let c = client_with(&[], Versions::Http1);
+    let r = c
+        .get(format!(
+            "http://echo.test:{}/through/the/binary?q=1",
+            p.http.unwrap().port()
+        ))
+        .header("x-otpgate-user", "spoofed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["app"], "echo");
+    assert_eq!(v["path"], "/through/the/binary");
+    assert_eq!(v["identity"], serde_json::json!({}));
+}
+
+fn check_config(path: &Path) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(path)
+        .env_remove("OTPGATE_LOG__FORMAT")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_config_exit_codes_and_key_paths() {
+    // The committed configs are valid.
+    for f in ["config/otpgate.yaml", "config/otpgate.example.yaml"] {
+        let out = check_config(&repo(f));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
+    }
+    // A broken file: exit 1, one line per problem, each with its key path.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "version: 1
+listen: { http: 127.0.0.1:8080 }
+apps:
+  - name: a
+    hosts: [a.test]
+    upstream: builtin:echo
+    policies:
+      - name: p
+        action: allow
+        include: [ { everyone: true }, { email: a@b.example }, { emial: x@y.example } ]
+  - name: b
+    hosts: [b.test]
+    upstream: builtin:echo
+    timeout: forever
+",
+    )
+    .unwrap();
+    let out = check_config(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: apps[0].policies[0].include[2]: unknown selector \"emial\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("error: apps[1].timeout: invalid duration \"forever\""),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+    // A missing file: exit 1, one line.
+    let out = check_config(&dir.path().join("missing.yaml"));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    // Usage errors: exit 2. `--config` works before or after the subcommand.
+    let out = std::process::Command::new(BIN)
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(repo("config/otpgate.example.yaml"))
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    // Warnings are printed and do not fail the check.
+    let warn = dir.path().join("warn.yaml");
+    std::fs::write(
+        &warn,
+        "version: 1
+listen: { http: 127.0.0.1:8080 }
+apps:
+  - name: nobody
+    hosts: [n.test]
+    upstream: builtin:echo
+    policies: [ { name: deny, action: block, include: [ { everyone: true } ] } ]
+",
+    )
+    .unwrap();
+    let out = check_config(&warn);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "warning: apps[0].policies: no policy of app \"nobody\" can ever allow anyone"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_sigterm_drains_in_flight_requests() {
+    init();
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("otpgate.yaml");
+    let base = format!(
+        "version: 1
+listen: {{ http: 127.0.0.1:8080 }}
+apps:
+  - name: one
+    hosts: [one.test]
+    public_url: http://one.test
+    upstream: {}
+    policies: [ {{ name: open, action: bypass }} ]
+",
+        up.url()
+    );
+    std::fs::write(&cfg, &base).unwrap();
+    let mut p = spawn(&cfg, &[("OTPGATE_LISTEN__HTTPS", "null")]).await;
+    let port = p.http.unwrap().port();
+    let c = client_with(&[], Versions::Http1);
+    assert_eq!(
+        c.get(format!("http://two.test:{port}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // SIGHUP with a broken file: refused, logged, old config serving.
+    std::fs::write(&cfg, base.replace("bypass", "bypas")).unwrap();
+    p.signal("HUP");
+    p.wait_for_line("reload refused").await;
+    assert_eq!(
+        c.get(format!("http://one.test:{port}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // SIGHUP with a good file: the new app appears.
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}  - name: two
+    hosts: [two.test]
+    public_url: http://two.test
+    upstream: builtin:echo
+    policies: [ {{ name: open, action: bypass }} ]
+"
+        ),
+    )
+    .unwrap();
+    p.signal("HUP");
+    p.wait_for_line("configuration reloaded").await;
+    assert_eq!(
+        c.get(format!("http://two.test:{port}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // SIGTERM while a request is in flight: it completes, then the process exits 0.
+    let before = up.hits();
+    let c2 = c.clone();
+    let slow = tokio::spawn(async move {
+        c2.get(format!("http://one.test:{port}/slow?ms=1500"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    eventually(
+        "the slow request to reach the upstream",
+        Duration::from_secs(5),
+        || up.hits() > before,
+    )
+    .await;
+    p.signal("TERM");
+    assert_eq!(slow.await.unwrap(), "slow done");
+    let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait())
+        .await
+        .expect("exits after draining")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
