@@ -1,1 +1,126 @@
-fn main() {}
+//! Per-request work that does not touch the network: path normalisation, host parsing, client
+//! address resolution, header hygiene and the policy decision.
+//!
+//! `cargo bench --bench hot_path`
+
+use std::hint::black_box;
+use std::net::IpAddr;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use otpgate::email::Email;
+use otpgate::policy::{self, Action, LoginMethod, Policy, Selector};
+use otpgate::proxy::headers::{ForwardInfo, prepare_request};
+
+fn browser_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "app.example.test"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36",
+        ),
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
+        ("accept-language", "en-GB,en;q=0.9"),
+        ("accept-encoding", "gzip, deflate, br"),
+        (
+            "cookie",
+            "__Host-otpgate=v1.k1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA; theme=dark",
+        ),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-site", "same-origin"),
+        ("connection", "keep-alive"),
+        ("upgrade-insecure-requests", "1"),
+    ] {
+        h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn policies() -> Vec<Policy> {
+    vec![
+        Policy {
+            name: "public".into(),
+            action: Action::Bypass,
+            paths: vec!["/static/".into()],
+            include: vec![],
+            require: vec![],
+            exclude: vec![],
+        },
+        Policy {
+            name: "block-admin".into(),
+            action: Action::Block,
+            paths: vec!["/admin".into()],
+            include: vec![Selector::EmailDomain("contractor.example".into())],
+            require: vec![],
+            exclude: vec![],
+        },
+        Policy {
+            name: "staff".into(),
+            action: Action::Allow,
+            paths: vec![],
+            include: vec![
+                Selector::EmailDomain("corp.example".into()),
+                Selector::Email(
+                    Email::parse("guest@partner.example").unwrap_or_else(|_| unreachable!()),
+                ),
+            ],
+            require: vec![Selector::LoginMethod(LoginMethod::OneTimePin)],
+            exclude: vec![Selector::Email(
+                Email::parse("mallory@corp.example").unwrap_or_else(|_| unreachable!()),
+            )],
+        },
+    ]
+}
+
+fn bench(c: &mut Criterion) {
+    c.bench_function("path::normalise (plain)", |b| {
+        b.iter(|| otpgate::path::normalise(black_box("/api/v1/projects/42/issues")))
+    });
+    c.bench_function("path::normalise (escapes)", |b| {
+        b.iter(|| otpgate::path::normalise(black_box("/api/%7Euser/caf%c3%a9/%61dmin")))
+    });
+    c.bench_function("route::normalise host", |b| {
+        b.iter(|| otpgate::gateway::route::normalise(black_box("App.Example.Test:8443")))
+    });
+    let headers = browser_headers();
+    c.bench_function("forwarded::client_ip (untrusted peer)", |b| {
+        let peer: IpAddr = "198.51.100.7".parse().unwrap_or_else(|_| unreachable!());
+        b.iter(|| otpgate::gateway::forwarded::client_ip(black_box(peer), &headers, &[]))
+    });
+    c.bench_function("headers::prepare_request (browser request)", |b| {
+        let fwd = ForwardInfo {
+            client_ip: "198.51.100.7".parse().unwrap_or_else(|_| unreachable!()),
+            peer_trusted: false,
+            peer_ip: "198.51.100.7".parse().unwrap_or_else(|_| unreachable!()),
+            proto: "https",
+            host: "app.example.test",
+        };
+        b.iter_batched_ref(
+            browser_headers,
+            |h| prepare_request(h, &fwd, false),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let ps = policies();
+    let email = Email::parse("alice@corp.example").unwrap_or_else(|_| unreachable!());
+    let groups: Vec<std::sync::Arc<str>> = vec!["engineering".into()];
+    c.bench_function("policy::decide (3 policies, identity)", |b| {
+        let who = policy::Identity {
+            email: &email,
+            groups: &groups,
+            login_method: LoginMethod::OneTimePin,
+        };
+        let req = policy::Request {
+            path: "/projects/42",
+            ip: "198.51.100.7".parse().unwrap_or_else(|_| unreachable!()),
+        };
+        b.iter(|| policy::decide(black_box(&ps), black_box(&req), Some(&who)))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

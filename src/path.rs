@@ -106,20 +106,27 @@ pub fn normalise(raw: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 fn check_segments(path: &str) -> Result<(), PathError> {
-    let mut segments = path[1..].split('/').peekable();
-    while let Some(seg) = segments.next() {
-        let last = segments.peek().is_none();
-        if seg.is_empty() {
+    let p = path.as_bytes();
+    let mut start = 1;
+    for i in 1..=p.len() {
+        if i < p.len() && p[i] != b'/' {
+            continue;
+        }
+        let seg = &p[start..i];
+        match seg.first() {
             // "/" alone and a trailing slash are fine; "//" in the middle is not.
-            if last {
-                continue;
+            None if i < p.len() => return Err(PathError::EmptySegment),
+            // Only segments starting with a dot can be dot segments (also "..;x", which
+            // servlet containers read as "..").
+            Some(b'.') => {
+                let name = seg.split(|b| *b == b';').next().unwrap_or(seg);
+                if name == b"." || name == b".." {
+                    return Err(PathError::DotSegment);
+                }
             }
-            return Err(PathError::EmptySegment);
+            _ => {}
         }
-        let name = seg.split(';').next().unwrap_or(seg);
-        if name == "." || name == ".." {
-            return Err(PathError::DotSegment);
-        }
+        start = i + 1;
     }
     Ok(())
 }

@@ -10,47 +10,117 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use http::header::{CONNECTION, EXPECT, HeaderName, HeaderValue, UPGRADE};
+use http::header::{CONNECTION, HeaderName, HeaderValue, UPGRADE};
 
 /// Prefix of the identity headers the gateway sets (compared after folding `_` to `-`).
 pub const IDENTITY_PREFIX: &str = "x-otpgate-";
 
-/// Hop-by-hop headers (RFC 9110 s7.6.1 plus the common non-standard ones).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Headers that some upstream frameworks use to override the request URL: never forwarded.
-const URL_OVERRIDES: &[&str] = &[
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-uri",
-    "x-http-method-override",
-];
-
-/// Forwarding headers: believed (and extended) only from trusted proxies.
-const FORWARDING: &[&str] = &["forwarded", "x-real-ip", "x-client-ip", "true-client-ip"];
-const FORWARDING_PREFIX: &str = "x-forwarded-";
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Compares a lower-case header name with `want`, treating `_` as `-`.
-fn folded_eq(name: &str, want: &str) -> bool {
+fn folded_eq(name: &[u8], want: &str) -> bool {
     name.len() == want.len()
         && name
-            .bytes()
+            .iter()
             .zip(want.bytes())
-            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+            .all(|(a, b)| *a == b || (*a == b'_' && b == b'-'))
 }
 
-fn folded_starts_with(name: &str, prefix: &str) -> bool {
+fn folded_starts_with(name: &[u8], prefix: &str) -> bool {
     name.len() >= prefix.len() && folded_eq(&name[..prefix.len()], prefix)
+}
+
+/// Whether a request header must not reach the upstream. Decided on the first byte so the
+/// common headers (accept, cookie, user-agent, ...) cost one comparison.
+///
+/// Removed: hop-by-hop headers (RFC 9110 s7.6.1 and the usual non-standard ones), identity
+/// headers in every `_`/`-` spelling, URL-override headers some frameworks route on, `Expect`
+/// (the gateway answers `100-continue` itself), and forwarding headers unless the peer is a
+/// trusted proxy (underscore spellings of those always: no proxy of ours writes them).
+fn remove_from_request(name: &[u8], peer_trusted: bool, upgrade: bool) -> bool {
+    let forwarding = |name: &[u8]| {
+        folded_starts_with(name, "x-forwarded-")
+            || folded_eq(name, "x-real-ip")
+            || folded_eq(name, "x-client-ip")
+            || folded_eq(name, "true-client-ip")
+            || folded_eq(name, "forwarded")
+    };
+    let untrusted_forwarding =
+        |name: &[u8]| forwarding(name) && (!peer_trusted || name.contains(&b'_'));
+    match name.first() {
+        Some(b'x') => {
+            folded_starts_with(name, IDENTITY_PREFIX)
+                || folded_eq(name, "x-original-url")
+                || folded_eq(name, "x-original-uri")
+                || folded_eq(name, "x-rewrite-url")
+                || folded_eq(name, "x-http-method-override")
+                || untrusted_forwarding(name)
+        }
+        Some(b'c') => name == b"connection",
+        Some(b'k') => name == b"keep-alive",
+        Some(b'p') => matches!(
+            name,
+            b"proxy-connection" | b"proxy-authenticate" | b"proxy-authorization"
+        ),
+        Some(b't') => {
+            matches!(name, b"te" | b"trailer" | b"transfer-encoding") || untrusted_forwarding(name)
+        }
+        Some(b'u') => name == b"upgrade" && !upgrade,
+        Some(b'e') => name == b"expect",
+        Some(b'f') => untrusted_forwarding(name),
+        _ => false,
+    }
+}
+
+fn hop_by_hop(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"proxy-authenticate"
+            | b"proxy-authorization"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"upgrade"
+    )
+}
+
+/// Names to remove, without a heap allocation in the common case.
+struct Removals {
+    inline: [Option<HeaderName>; 4],
+    len: usize,
+    spill: Vec<HeaderName>,
+}
+
+impl Removals {
+    fn new() -> Self {
+        Self {
+            inline: [None, None, None, None],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+    fn push(&mut self, n: HeaderName) {
+        if self.len < self.inline.len() {
+            self.inline[self.len] = Some(n);
+            self.len += 1;
+        } else {
+            self.spill.push(n);
+        }
+    }
+    fn apply(self, headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
+        for n in self.inline.into_iter().flatten().chain(self.spill) {
+            if !keep(&n) {
+                headers.remove(&n);
+            }
+        }
+    }
 }
 
 /// What the gateway knows about the client, for the forwarding headers.
@@ -68,71 +138,77 @@ pub struct ForwardInfo<'a> {
     pub host: &'a str,
 }
 
+fn value(text: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
+}
+
 /// Cleans and completes the headers of a request going upstream. `upgrade` keeps the
 /// `Upgrade` header (and sets `Connection: upgrade`) for protocol switches such as WebSocket.
 pub fn prepare_request(headers: &mut HeaderMap, fwd: &ForwardInfo<'_>, upgrade: bool) {
-    let mut drop: Vec<HeaderName> = Vec::new();
-    collect_connection_tokens(headers, &mut drop);
+    let mut removals = Removals::new();
+    collect_connection_tokens(headers, &mut removals);
     for name in headers.keys() {
-        let n = name.as_str();
-        let hop = HOP_BY_HOP.contains(&n) && !(upgrade && name == UPGRADE);
-        let spoofable = folded_starts_with(n, IDENTITY_PREFIX)
-            || URL_OVERRIDES.iter().any(|u| folded_eq(n, u))
-            || (!fwd.peer_trusted
-                && (folded_starts_with(n, FORWARDING_PREFIX) || FORWARDING.iter().any(|f| folded_eq(n, f))))
-            // Underscore spellings of forwarding headers are never ours to pass on.
-            || (n.contains('_') && (folded_starts_with(n, FORWARDING_PREFIX) || FORWARDING.iter().any(|f| folded_eq(n, f))));
-        if hop || spoofable || name == EXPECT {
-            drop.push(name.clone());
+        if remove_from_request(name.as_str().as_bytes(), fwd.peer_trusted, upgrade) {
+            removals.push(name.clone());
         }
     }
     let (prior_xff, prior_fwd) = if fwd.peer_trusted {
         (
-            joined(headers, "x-forwarded-for"),
-            joined(headers, "forwarded"),
+            joined(headers, &X_FORWARDED_FOR),
+            joined(headers, &FORWARDED),
         )
     } else {
         (None, None)
     };
-    for name in &drop {
-        if !(upgrade && name == UPGRADE) {
-            headers.remove(name);
-        }
-    }
+    removals.apply(headers, |n| upgrade && n == UPGRADE);
 
     let peer = fwd.peer_ip.to_canonical();
+    let peer_text = peer.to_string();
+    let peer_value = value(peer_text.clone());
     let xff = match prior_xff {
-        Some(prior) => format!("{prior}, {peer}"),
-        None => peer.to_string(),
+        Some(prior) => value(format!("{prior}, {peer_text}")),
+        None => peer_value.clone(),
     };
-    insert(headers, "x-forwarded-for", &xff);
-    if !(fwd.peer_trusted && headers.contains_key("x-forwarded-proto")) {
-        insert(headers, "x-forwarded-proto", fwd.proto);
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    if !(fwd.peer_trusted && headers.contains_key("x-forwarded-host")) {
-        insert(headers, "x-forwarded-host", fwd.host);
+    if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
     }
-    insert(headers, "x-real-ip", &fwd.client_ip.to_string());
-    let mut forwarded = String::with_capacity(64);
+    if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_HOST))
+        && let Ok(v) = HeaderValue::from_str(fwd.host)
+    {
+        headers.insert(X_FORWARDED_HOST, v);
+    }
+    let real_ip = if fwd.client_ip == peer {
+        peer_value
+    } else {
+        value(fwd.client_ip.to_string())
+    };
+    if let Some(v) = real_ip {
+        headers.insert(X_REAL_IP, v);
+    }
+    let mut forwarded = String::with_capacity(48 + fwd.host.len());
     if let Some(prior) = prior_fwd {
         forwarded.push_str(&prior);
         forwarded.push_str(", ");
     }
     match peer {
-        IpAddr::V4(a) => {
-            let _ = write!(forwarded, "for={a}");
+        IpAddr::V4(_) => {
+            let _ = write!(forwarded, "for={peer_text}");
         }
-        IpAddr::V6(a) => {
-            let _ = write!(forwarded, "for=\"[{a}]\"");
+        IpAddr::V6(_) => {
+            let _ = write!(forwarded, "for=\"[{peer_text}]\"");
         }
     }
-    let _ = write!(
-        forwarded,
-        ";host=\"{}\";proto={}",
-        fwd.host.replace(['"', '\\'], ""),
-        fwd.proto
-    );
-    insert(headers, "forwarded", &forwarded);
+    forwarded.push_str(";host=\"");
+    // Host syntax has no quotes or backslashes; drop any so the quoted-string stays intact.
+    forwarded.extend(fwd.host.chars().filter(|c| *c != '"' && *c != '\\'));
+    forwarded.push_str("\";proto=");
+    forwarded.push_str(fwd.proto);
+    if let Some(v) = value(forwarded) {
+        headers.insert(FORWARDED, v);
+    }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -140,22 +216,18 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &ForwardInfo<'_>, upgrade: 
 
 /// Cleans the headers of a response coming back from upstream.
 pub fn clean_response(headers: &mut HeaderMap, upgrade: bool) {
-    let mut drop: Vec<HeaderName> = Vec::new();
-    collect_connection_tokens(headers, &mut drop);
+    let mut removals = Removals::new();
+    collect_connection_tokens(headers, &mut removals);
     for name in headers.keys() {
-        if HOP_BY_HOP.contains(&name.as_str()) {
-            drop.push(name.clone());
+        if hop_by_hop(name.as_str().as_bytes()) {
+            removals.push(name.clone());
         }
     }
-    for name in &drop {
-        if !(upgrade && (name == UPGRADE || name == CONNECTION)) {
-            headers.remove(name);
-        }
-    }
+    removals.apply(headers, |n| upgrade && (n == UPGRADE || n == CONNECTION));
 }
 
 /// Every header named in `Connection` (RFC 9110 s7.6.1).
-fn collect_connection_tokens(headers: &HeaderMap, out: &mut Vec<HeaderName>) {
+fn collect_connection_tokens(headers: &HeaderMap, out: &mut Removals) {
     for v in headers.get_all(CONNECTION) {
         let Ok(v) = v.to_str() else { continue };
         for token in v.split(',') {
@@ -166,7 +238,7 @@ fn collect_connection_tokens(headers: &HeaderMap, out: &mut Vec<HeaderName>) {
             {
                 continue;
             }
-            if let Ok(name) = HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()) {
+            if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
                 out.push(name);
             }
         }
@@ -184,19 +256,19 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
-fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
-    let parts: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(", "))
-}
-
-fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), v);
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in headers.get_all(name) {
+        let Ok(v) = v.to_str() else { continue };
+        match &mut out {
+            Some(o) => {
+                o.push_str(", ");
+                o.push_str(v);
+            }
+            None => out = Some(v.to_owned()),
+        }
     }
+    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Proxy throughput: otpgate against nginx as a plain reverse proxy, in one run.
+#
+# Both proxies sit in front of the same upstream (an nginx answering a small body), are pinned
+# to the same CPU (PROXY_CPU), get the same wrk load from another CPU (LOAD_CPU, shared with the
+# upstream), and are measured alternately, ROUNDS times each. nginx runs one worker with
+# upstream keep-alive and sets the same forwarding headers otpgate sets; neither writes access
+# logs. Printed per run and as medians: requests/s, p99 latency, CPU time per request (from
+# /proc), CPU use of the proxy's core. The last line is ratio_rps= (otpgate / nginx).
+#
+# Requires: nginx, wrk, taskset (Debian: nginx wrk util-linux).
+#
+#   benches/proxy-load.sh                      # 3 rounds x 10 s, 64 connections
+#   ROUNDS=5 DURATION=20 CONNECTIONS=128 benches/proxy-load.sh
+#   ROUTE=protected benches/proxy-load.sh      # otpgate with a session cookie (mint-cookie)
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+WARMUP=${WARMUP:-3}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+ROUTE=${ROUTE:-bypass}
+BASE_PORT=${BASE_PORT:-18900}
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+OTPGATE=${OTPGATE:-$root/target/release/otpgate}
+
+for tool in nginx wrk taskset; do
+  command -v "$tool" >/dev/null || { echo "proxy-load: $tool is required (apt-get install nginx wrk util-linux)" >&2; exit 2; }
+done
+if [ -z "${SKIP_BUILD:-}" ]; then
+  (cd "$root" && cargo build --release --quiet --bin otpgate)
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+UP=$BASE_PORT NGX=$((BASE_PORT + 1)) OTP=$((BASE_PORT + 2)) ADMIN=$((BASE_PORT + 3))
+mkdir -p "$work/tmp" "$work/data"
+
+nginx_common="daemon off; error_log $work/nginx-error.log warn;"
+temp_paths="client_body_temp_path $work/tmp; proxy_temp_path $work/tmp; fastcgi_temp_path $work/tmp; uwsgi_temp_path $work/tmp; scgi_temp_path $work/tmp;"
+
+cat > "$work/upstream.conf" <<EOF
+worker_processes 1; $nginx_common pid $work/upstream.pid;
+events { worker_connections 4096; }
+http {
+  access_log off; $temp_paths
+  keepalive_requests 10000000;
+  server {
+    listen 127.0.0.1:$UP;
+    location / { return 200 "hello from the upstream\n"; }
+  }
+}
+EOF
+
+cat > "$work/proxy.conf" <<EOF
+worker_processes 1; $nginx_common pid $work/proxy.pid;
+events { worker_connections 4096; }
+http {
+  access_log off; $temp_paths
+  keepalive_requests 10000000;
+  upstream app { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 10000000; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$proxy_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$http_host;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header Forwarded "for=\$remote_addr;host=\"\$http_host\";proto=\$scheme";
+    }
+  }
+}
+EOF
+
+case "$ROUTE" in
+  bypass) policy='{ name: open, action: bypass }' ;;
+  protected) policy='{ name: staff, action: allow, include: [ { email_domain: bench.test } ] }' ;;
+  *) echo "proxy-load: ROUTE must be bypass or protected" >&2; exit 2 ;;
+esac
+cat > "$work/otpgate.yaml" <<EOF
+version: 1
+listen: { http: 127.0.0.1:$OTP, admin: 127.0.0.1:$ADMIN }
+data_dir: $work/data
+log: { level: warn, access: false }
+apps:
+  - name: bench
+    hosts: [127.0.0.1]
+    public_url: http://127.0.0.1:$OTP
+    upstream: http://127.0.0.1:$UP
+    policies: [ $policy ]
+EOF
+
+taskset -c "$LOAD_CPU" nginx -c "$work/upstream.conf" & pids+=($!)
+taskset -c "$PROXY_CPU" nginx -c "$work/proxy.conf" & pids+=($!)
+nginx_master=$!
+taskset -c "$PROXY_CPU" "$OTPGATE" --config "$work/otpgate.yaml" > "$work/otpgate.log" 2>&1 & pids+=($!)
+otpgate_pid=$!
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "proxy-load: nothing listens on port $1" >&2; cat "$work"/*.log >&2 || true; exit 1
+}
+wait_port "$UP"; wait_port "$NGX"; wait_port "$OTP"
+
+headers=()
+if [ "$ROUTE" = protected ]; then
+  cookie=$("$OTPGATE" --config "$work/otpgate.yaml" mint-cookie --app bench --email load@bench.test --ttl 1h)
+  headers=(-H "Cookie: $cookie")
+fi
+
+# CPU ticks (user + system) of a process and its children's threads.
+ticks() {
+  local total=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+proxy_pids() {
+  case "$1" in
+    nginx) echo "$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')" ;;
+    otpgate) echo "$otpgate_pid" ;;
+  esac
+}
+port_of() { case "$1" in nginx) echo "$NGX" ;; otpgate) echo "$OTP" ;; esac; }
+hz=$(getconf CLK_TCK)
+
+# wrk's latency figures come with units; convert to milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+    printf "%.3f", n }'
+}
+
+run() { # proxy seconds -> "rps p99_ms cpu_us_per_req cpu_util"
+  local proxy=$1 secs=$2 before after out rps p99 reqs
+  # shellcheck disable=SC2046
+  before=$(ticks $(proxy_pids "$proxy"))
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --latency "${headers[@]}" "http://127.0.0.1:$(port_of "$proxy")/")
+  # shellcheck disable=SC2046
+  after=$(ticks $(proxy_pids "$proxy"))
+  if echo "$out" | grep -q "Non-2xx"; then
+    echo "proxy-load: $proxy answered non-2xx responses:" >&2; echo "$out" >&2; exit 1
+  fi
+  rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
+  p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  awk -v r="$rps" -v p="$p99" -v t=$((after - before)) -v n="$reqs" -v hz="$hz" -v s="$secs" \
+    'BEGIN { cpu = t / hz; printf "%.0f %.3f %.2f %.0f\n", r, p, cpu * 1e6 / n, 100 * cpu / s }'
+}
+
+echo "proxy-load: route=$ROUTE rounds=$ROUNDS duration=${DURATION}s connections=$CONNECTIONS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
+run nginx "$WARMUP" > /dev/null
+run otpgate "$WARMUP" > /dev/null
+
+printf '%-6s %-8s %10s %9s %15s %9s\n' round proxy rps p99_ms cpu_us_per_req cpu_pct
+: > "$work/results"
+for round in $(seq "$ROUNDS"); do
+  for proxy in nginx otpgate; do
+    read -r rps p99 cpu util < <(run "$proxy" "$DURATION")
+    printf '%-6s %-8s %10s %9s %15s %9s\n' "$round" "$proxy" "$rps" "$p99" "$cpu" "$util"
+    echo "$proxy $rps $p99 $cpu" >> "$work/results"
+  done
+done
+
+median() { # proxy column
+  awk -v p="$1" -v c="$2" '$1 == p {print $c}' "$work/results" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'
+}
+for proxy in nginx otpgate; do
+  echo "median $proxy rps=$(median "$proxy" 2) p99_ms=$(median "$proxy" 3) cpu_us_per_req=$(median "$proxy" 4)"
+done
+awk -v a="$(median otpgate 4)" -v b="$(median nginx 4)" 'BEGIN { printf "ratio_cpu_per_req=%.3f\n", a / b }'
+awk -v a="$(median otpgate 3)" -v b="$(median nginx 3)" 'BEGIN { printf "ratio_p99=%.3f\n", a / b }'
+awk -v a="$(median otpgate 2)" -v b="$(median nginx 2)" 'BEGIN { printf "ratio_rps=%.3f\n", a / b }'
