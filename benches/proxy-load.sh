@@ -8,6 +8,11 @@
 # logs. Printed per run and as medians: requests/s, p99 latency, CPU time per request (from
 # /proc), CPU use of the proxy's core. The last line is ratio_rps= (otpgate / nginx).
 #
+# ROUTE=protected puts otpgate's app behind an allow policy and sends a session cookie made with
+# `otpgate mint-cookie`; nginx is then also measured with `auth_request` (one subrequest per
+# request to an auth endpoint on the upstream, the usual forward-auth deployment), reported as
+# nginx_auth with its own ratio.
+#
 # Requires: nginx, wrk, taskset (Debian: nginx wrk util-linux).
 #
 #   benches/proxy-load.sh                      # 3 rounds x 10 s, 64 connections
@@ -43,7 +48,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-UP=$BASE_PORT NGX=$((BASE_PORT + 1)) OTP=$((BASE_PORT + 2)) ADMIN=$((BASE_PORT + 3))
+UP=$BASE_PORT NGX=$((BASE_PORT + 1)) OTP=$((BASE_PORT + 2)) ADMIN=$((BASE_PORT + 3)) NGX_AUTH=$((BASE_PORT + 4))
 mkdir -p "$work/tmp" "$work/data"
 
 nginx_common="daemon off; error_log $work/nginx-error.log warn;"
@@ -58,6 +63,7 @@ http {
   server {
     listen 127.0.0.1:$UP;
     location / { return 200 "hello from the upstream\n"; }
+    location = /auth { return 204; }
   }
 }
 EOF
@@ -72,6 +78,30 @@ http {
   server {
     listen 127.0.0.1:$NGX;
     location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$proxy_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$http_host;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header Forwarded "for=\$remote_addr;host=\"\$http_host\";proto=\$scheme";
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGX_AUTH;
+    location = /auth {
+      internal;
+      proxy_pass http://app/auth;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI \$request_uri;
+    }
+    location / {
+      auth_request /auth;
       proxy_pass http://app;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -117,12 +147,14 @@ wait_port() {
   done
   echo "proxy-load: nothing listens on port $1" >&2; cat "$work"/*.log >&2 || true; exit 1
 }
-wait_port "$UP"; wait_port "$NGX"; wait_port "$OTP"
+wait_port "$UP"; wait_port "$NGX"; wait_port "$OTP"; wait_port "$NGX_AUTH"
 
-headers=()
+proxies=(nginx otpgate)
+otpgate_headers=()
 if [ "$ROUTE" = protected ]; then
+  proxies=(nginx nginx_auth otpgate)
   cookie=$("$OTPGATE" --config "$work/otpgate.yaml" mint-cookie --app bench --email load@bench.test --ttl 1h)
-  headers=(-H "Cookie: $cookie")
+  otpgate_headers=(-H "Cookie: $cookie")
 fi
 
 # CPU ticks (user + system) of a process and its children's threads.
@@ -136,11 +168,11 @@ ticks() {
 }
 proxy_pids() {
   case "$1" in
-    nginx) echo "$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')" ;;
+    nginx | nginx_auth) echo "$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')" ;;
     otpgate) echo "$otpgate_pid" ;;
   esac
 }
-port_of() { case "$1" in nginx) echo "$NGX" ;; otpgate) echo "$OTP" ;; esac; }
+port_of() { case "$1" in nginx) echo "$NGX" ;; nginx_auth) echo "$NGX_AUTH" ;; otpgate) echo "$OTP" ;; esac; }
 hz=$(getconf CLK_TCK)
 
 # wrk's latency figures come with units; convert to milliseconds.
@@ -153,6 +185,8 @@ to_ms() {
 
 run() { # proxy seconds -> "rps p99_ms cpu_us_per_req cpu_util"
   local proxy=$1 secs=$2 before after out rps p99 reqs
+  local headers=()
+  if [ "$proxy" = otpgate ]; then headers=("${otpgate_headers[@]}"); fi
   # shellcheck disable=SC2046
   before=$(ticks $(proxy_pids "$proxy"))
   out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --latency "${headers[@]}" "http://127.0.0.1:$(port_of "$proxy")/")
@@ -169,15 +203,14 @@ run() { # proxy seconds -> "rps p99_ms cpu_us_per_req cpu_util"
 }
 
 echo "proxy-load: route=$ROUTE rounds=$ROUNDS duration=${DURATION}s connections=$CONNECTIONS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
-run nginx "$WARMUP" > /dev/null
-run otpgate "$WARMUP" > /dev/null
+for proxy in "${proxies[@]}"; do run "$proxy" "$WARMUP" > /dev/null; done
 
-printf '%-6s %-8s %10s %9s %15s %9s\n' round proxy rps p99_ms cpu_us_per_req cpu_pct
+printf '%-6s %-10s %10s %9s %15s %9s\n' round proxy rps p99_ms cpu_us_per_req cpu_pct
 : > "$work/results"
 for round in $(seq "$ROUNDS"); do
-  for proxy in nginx otpgate; do
+  for proxy in "${proxies[@]}"; do
     read -r rps p99 cpu util < <(run "$proxy" "$DURATION")
-    printf '%-6s %-8s %10s %9s %15s %9s\n' "$round" "$proxy" "$rps" "$p99" "$cpu" "$util"
+    printf '%-6s %-10s %10s %9s %15s %9s\n' "$round" "$proxy" "$rps" "$p99" "$cpu" "$util"
     echo "$proxy $rps $p99 $cpu" >> "$work/results"
   done
 done
@@ -185,9 +218,12 @@ done
 median() { # proxy column
   awk -v p="$1" -v c="$2" '$1 == p {print $c}' "$work/results" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'
 }
-for proxy in nginx otpgate; do
+for proxy in "${proxies[@]}"; do
   echo "median $proxy rps=$(median "$proxy" 2) p99_ms=$(median "$proxy" 3) cpu_us_per_req=$(median "$proxy" 4)"
 done
+if [ "$ROUTE" = protected ]; then
+  awk -v a="$(median otpgate 2)" -v b="$(median nginx_auth 2)" 'BEGIN { printf "ratio_rps_vs_nginx_auth=%.3f\n", a / b }'
+fi
 awk -v a="$(median otpgate 4)" -v b="$(median nginx 4)" 'BEGIN { printf "ratio_cpu_per_req=%.3f\n", a / b }'
 awk -v a="$(median otpgate 3)" -v b="$(median nginx 3)" 'BEGIN { printf "ratio_p99=%.3f\n", a / b }'
 awk -v a="$(median otpgate 2)" -v b="$(median nginx 2)" 'BEGIN { printf "ratio_rps=%.3f\n", a / b }'

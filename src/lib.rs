@@ -13,8 +13,10 @@
 //! metrics) and `clock` (injected time). `policy`, `path` and `email` are pure.
 
 pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod email;
 pub mod gateway;
@@ -22,7 +24,12 @@ pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod proxy;
+pub mod random;
+pub mod return_to;
 pub mod server;
+pub mod session;
+pub mod store;
+pub mod users;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,15 +39,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, Problem};
-use crate::gateway::{BoundAddrs, BuildError, Gateway, Runtime};
+use crate::gateway::{BoundAddrs, BuildError, Gateway, Parts, Runtime};
 use crate::server::tls::{CertStore, SniResolver, TlsError};
 use crate::server::{Kind, Listeners, ServerError};
+use crate::session::keys::KeyError;
+use crate::session::{KeyRing, Sessions};
+use crate::store::{Credentials, StoreError};
 
 /// What a gateway is started with besides its config.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The clock (tests inject a manual one).
     pub clock: Arc<dyn Clock>,
+    /// Randomness (tests may inject a seeded one).
+    pub random: Arc<dyn random::Random>,
     /// The environment the config was loaded with, reused on reload (`OTPGATE_*` overrides).
     pub env: Vec<(String, String)>,
 }
@@ -49,6 +61,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             clock: clock::system(),
+            random: random::system(),
             env: Vec::new(),
         }
     }
@@ -66,6 +79,12 @@ pub enum StartError {
     /// The runtime could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The cookie keys could not be read or made.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// The credentials store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Why a reload was refused (the old config keeps serving).
@@ -80,6 +99,9 @@ pub enum ReloadError {
     /// The runtime could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The cookie keys could not be read.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
 }
 
 /// A running gateway.
@@ -95,6 +117,17 @@ pub struct Running {
 /// Binds the listeners and starts serving `config`.
 pub async fn start(config: Config, options: Options) -> Result<Running, StartError> {
     metrics::install();
+    let keys = KeyRing::load_or_create(
+        &config.session.keys_file,
+        options.random.as_ref(),
+        options.clock.unix_secs(),
+    )?;
+    let credentials = Credentials::open_embedded(&config.data_dir)?;
+    let sessions = Sessions::new(keys, options.random.clone());
+    // Revocations are in memory before the first request is served.
+    sessions
+        .revocations()
+        .apply(&credentials.revocations_since(0)?);
     let listeners = Listeners::bind(&config.listen).await?;
     let bound = listeners.addrs();
     let (resolver, acceptor) = if listeners.https.is_some() {
@@ -106,7 +139,13 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         (None, None)
     };
     let runtime = Runtime::build(config, &bound, None)?;
-    let gateway = Arc::new(Gateway::new(runtime, bound, options.clock));
+    let parts = Parts {
+        clock: options.clock,
+        random: options.random,
+        sessions,
+        credentials,
+    };
+    let gateway = Arc::new(Gateway::new(runtime, bound, parts));
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     if let Some(l) = listeners.http {
@@ -146,6 +185,10 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
             }
         }
     }));
+    tasks.push(tokio::spawn(sync_revocations(
+        gateway.clone(),
+        cancel.clone(),
+    )));
     gateway.set_ready(true);
     Ok(Running {
         gateway,
@@ -182,14 +225,23 @@ impl Running {
         if loaded.config.listen != current.config.listen {
             tracing::warn!("listen addresses change only on restart; the old ones stay in use");
         }
+        if loaded.config.data_dir != current.config.data_dir {
+            tracing::warn!("data_dir changes only on restart; the old store stays in use");
+        }
         let store = match &self.resolver {
             Some(_) => Some(CertStore::load(&loaded.config.tls)?),
             None => None,
         };
+        let keys = KeyRing::load_or_create(
+            &loaded.config.session.keys_file,
+            self.gateway.random().as_ref(),
+            self.gateway.clock().unix_secs(),
+        )?;
         let runtime = Runtime::build(loaded.config, &self.gateway.bound(), Some(&current))?;
         if let (Some(resolver), Some(store)) = (&self.resolver, store) {
             resolver.replace(store);
         }
+        self.gateway.sessions().replace_keys(keys);
         self.gateway.swap(runtime);
         Ok(loaded.warnings)
     }
@@ -204,6 +256,38 @@ impl Running {
     pub async fn wait(self) {
         for t in self.tasks {
             let _ = t.await;
+        }
+    }
+}
+
+/// Keeps the revocation cache current: polls the store for revocations made elsewhere (the
+/// command line, other replicas) and prunes entries that can no longer matter.
+async fn sync_revocations(gw: Arc<Gateway>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(session::revocation::POLL_INTERVAL);
+    let mut rounds: u64 = 0;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        rounds += 1;
+        let since = gw.sessions().revocations().last_seq();
+        match gw
+            .credentials()
+            .run(move |c| c.revocations_since(since))
+            .await
+        {
+            Ok(rows) => gw.sessions().revocations().apply(&rows),
+            Err(e) => tracing::error!(error = %e, "cannot read revocations; retrying"),
+        }
+        if rounds.is_multiple_of(30) {
+            let now_ms = u64::try_from(gw.clock().now().as_millis()).unwrap_or(u64::MAX);
+            let max_ms = 30 * 86_400_000;
+            gw.sessions().revocations().prune(now_ms, max_ms);
+            let cutoff = now_ms.saturating_sub(session::cookie::SKEW_MS);
+            if let Err(e) = gw.credentials().run(move |c| c.prune(cutoff)).await {
+                tracing::warn!(error = %e, "cannot prune old revocations");
+            }
         }
     }
 }

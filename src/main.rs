@@ -3,9 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use otpgate::config::{self, LogFormat};
+use otpgate::policy::LoginMethod;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +31,91 @@ enum Command {
     Serve,
     /// Validate the config file and print every problem with its key path.
     CheckConfig,
+    /// Explain policy decisions.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Print a valid gateway cookie (`NAME=VALUE`) for scripts and load tests (audited).
+    MintCookie {
+        /// The app the cookie is for.
+        #[arg(long)]
+        app: String,
+        /// The address the session belongs to.
+        #[arg(long)]
+        email: String,
+        /// Lifetime (default: the app's session duration; at most 30d).
+        #[arg(long, value_parser = duration)]
+        ttl: Option<Duration>,
+        /// The login method recorded in the session.
+        #[arg(long, default_value = "onetimepin", value_parser = method)]
+        method: LoginMethod,
+    },
+    /// Session administration.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Cookie key administration.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Which policy decides a request, and why.
+    Explain {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        /// Who is asking.
+        #[arg(long)]
+        email: String,
+        /// The request path.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// The client address.
+        #[arg(long, default_value = "127.0.0.1")]
+        ip: IpAddr,
+        /// The login method of the session.
+        #[arg(long, default_value = "onetimepin", value_parser = method)]
+        method: LoginMethod,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// End every session of a user ("log out everywhere").
+    Revoke {
+        /// A user id or address.
+        #[arg(long)]
+        user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// List the cookie keys.
+    List,
+    /// Add a new current key; older keys stay valid.
+    Rotate,
+    /// Remove a key that is not current; cookies sealed with it stop working.
+    Retire {
+        /// The key id.
+        id: String,
+    },
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    config::units::parse_duration(s)
+}
+
+fn method(s: &str) -> Result<LoginMethod, String> {
+    LoginMethod::parse(s).ok_or_else(|| {
+        format!("unknown login method {s:?} (onetimepin, onetimelink or onetimetoken)")
+    })
 }
 
 fn main() -> ExitCode {
@@ -34,6 +123,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&cli.config),
         Command::CheckConfig => Ok(check_config(&cli.config)),
+        other => admin(&cli.config, other),
     };
     match result {
         Ok(code) => code,
@@ -69,6 +159,64 @@ fn check_config(path: &Path) -> ExitCode {
                 eprintln!("error: {p}");
             }
             ExitCode::from(1)
+        }
+    }
+}
+
+/// The administrative commands: load the config, run, print one result.
+fn admin(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
+    use otpgate::commands;
+    let loaded = match config::load(path, env()) {
+        Ok(l) => l,
+        Err(e) => {
+            for p in &e.errors {
+                eprintln!("error: {p}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let c = &loaded.config;
+    let clock = otpgate::clock::SystemClock;
+    let random = otpgate::random::system();
+    let out = match command {
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    app,
+                    email,
+                    path,
+                    ip,
+                    method,
+                },
+        } => commands::policy_explain(c, &app, &email, &path, ip, method),
+        Command::MintCookie {
+            app,
+            email,
+            ttl,
+            method,
+        } => commands::mint_cookie(c, &app, &email, ttl, method, &clock, &random),
+        Command::Sessions {
+            command: SessionsCommand::Revoke { user },
+        } => commands::revoke_user(c, &user, &clock, random.as_ref()),
+        Command::Keys {
+            command: KeysCommand::List,
+        } => commands::keys_list(c, &clock, random.as_ref()),
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => commands::keys_rotate(c, &clock, random.as_ref()),
+        Command::Keys {
+            command: KeysCommand::Retire { id },
+        } => commands::keys_retire(c, &id),
+        Command::Serve | Command::CheckConfig => return Ok(ExitCode::from(2)),
+    };
+    match out {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("otpgate: error: {e}");
+            Ok(ExitCode::from(1))
         }
     }
 }

@@ -16,6 +16,8 @@ pub const UPSTREAM_SECONDS: &str = "otpgate_upstream_duration_seconds";
 pub const UPSTREAM_ERRORS: &str = "otpgate_upstream_errors_total";
 /// Policy decisions, by app and decision.
 pub const DECISIONS: &str = "otpgate_policy_decisions_total";
+/// Session cookies refused, by app and reason (invalid, expired, revoked).
+pub const SESSIONS_REJECTED: &str = "otpgate_sessions_rejected_total";
 /// Config reloads, by result.
 pub const CONFIG_RELOADS: &str = "otpgate_config_reloads_total";
 /// Open client connections, by listener.
@@ -62,6 +64,10 @@ fn describe() {
     metrics::describe_counter!(UPSTREAM_ERRORS, "Upstream failures, by app and kind.");
     metrics::describe_counter!(DECISIONS, "Policy decisions, by app and decision.");
     metrics::describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result.");
+    metrics::describe_counter!(
+        SESSIONS_REJECTED,
+        "Session cookies refused, by app and reason."
+    );
     metrics::describe_gauge!(CONNECTIONS, "Open client connections, by listener.");
     metrics::describe_counter!(TLS_FAILURES, "TLS handshakes that failed or timed out.");
 }
@@ -107,7 +113,10 @@ pub struct AppMetrics {
     pub upstream_connect_errors: Counter,
     /// Upstream timeouts.
     pub upstream_timeouts: Counter,
+    rejected: [Counter; 3],
 }
+
+const REJECT_REASONS: [&str; 3] = ["invalid", "expired", "revoked"];
 
 impl AppMetrics {
     /// Registers the handles of `app`.
@@ -121,6 +130,8 @@ impl AppMetrics {
             upstream_seconds: metrics::histogram!(UPSTREAM_SECONDS, "app" => app.clone()),
             upstream_connect_errors: metrics::counter!(UPSTREAM_ERRORS, "app" => app.clone(), "kind" => "connect"),
             upstream_timeouts: metrics::counter!(UPSTREAM_ERRORS, "app" => app.clone(), "kind" => "timeout"),
+            rejected: REJECT_REASONS
+                .map(|r| metrics::counter!(SESSIONS_REJECTED, "app" => app.clone(), "reason" => r)),
             app,
         })
     }
@@ -131,6 +142,13 @@ impl AppMetrics {
         if let Some(slot) = self.by_status.get(usize::from(code.saturating_sub(100))) {
             slot.get_or_init(|| metrics::counter!(REQUESTS, "app" => self.app.clone(), "status" => code.to_string()))
                 .increment(1);
+        }
+    }
+
+    /// Counts a refused session cookie (`invalid`, `expired` or `revoked`).
+    pub fn session_rejected(&self, reason: &str) {
+        if let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) {
+            self.rejected[i].increment(1);
         }
     }
 

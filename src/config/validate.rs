@@ -777,11 +777,9 @@ fn users(c: &mut Ctx<'_>, list: Vec<Option<file::UserFile>>) -> Vec<UserConfig> 
             });
         let mut groups = Vec::new();
         for (j, g) in u.groups.iter().enumerate() {
-            let g = g.trim();
-            if g.is_empty() {
-                c.err(format!("{at}.groups[{j}]"), "empty group name");
-            } else {
-                groups.push(g.to_owned());
+            match group_name(g) {
+                Ok(g) => groups.push(g),
+                Err(e) => c.err(format!("{at}.groups[{j}]"), e),
             }
         }
         out.push(UserConfig {
@@ -1120,8 +1118,7 @@ fn selector(c: &mut Ctx<'_>, s: &SelectorFile, at: &str) -> Option<Selector> {
                 ))
             }
         }
-        SelectorFile::Group(g) if !g.trim().is_empty() => Ok(Selector::Group(g.trim().to_owned())),
-        SelectorFile::Group(_) => Err("empty group name".to_owned()),
+        SelectorFile::Group(g) => group_name(g).map(Selector::Group),
         SelectorFile::Ip(n) => parse_net(n)
             .map(Selector::Ip)
             .ok_or_else(|| format!("expected an address or CIDR, found {n:?}")),
@@ -1132,6 +1129,18 @@ fn selector(c: &mut Ctx<'_>, s: &SelectorFile, at: &str) -> Option<Selector> {
             }),
     };
     r.map_err(|e| c.err(at, e)).ok()
+}
+
+/// Group names travel comma-separated in `X-Otpgate-Groups`: no commas, no control characters.
+fn group_name(g: &str) -> Result<String, String> {
+    let g = g.trim();
+    if g.is_empty() || g.len() > 256 || g.chars().any(|ch| ch == ',' || ch.is_control()) {
+        Err(format!(
+            "invalid group name {g:?} (1 to 256 characters, no commas or control characters)"
+        ))
+    } else {
+        Ok(g.to_owned())
+    }
 }
 
 fn parse_net(s: &str) -> Option<IpNet> {

@@ -14,24 +14,34 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use std::time::Duration;
+
 use arc_swap::{ArcSwap, Guard};
-use http::header::{HeaderValue, LOCATION};
-use http::{Request, Response, StatusCode};
+use http::header::{ACCEPT, HeaderValue, LOCATION, SET_COOKIE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use rustls::pki_types::CertificateDer;
 
 pub use error::{Blame, GateError};
 
+use crate::audit::{Audit, AuditError};
 use crate::body::Body;
 use crate::clock::Clock;
 use crate::config::{AppConfig, Config, HostPattern, Origin, Upstream as UpstreamConfig};
 use crate::metrics::{self, AppMetrics, DecisionLabel};
 use crate::policy::{self, Decision};
 use crate::proxy::{self, HttpClient, ProxyError, Upstream};
+use crate::random::Random;
+use crate::return_to;
+use crate::session::{self, Claims, SessionError, Sessions};
+use crate::store::Credentials;
+use crate::users::Users;
 use route::Router;
 
 /// The reserved path prefix of the gateway's own pages on every app host.
 pub const RESERVED_PREFIX: &str = "/.otpgate/";
+/// The login page (stable).
+pub const LOGIN_PATH: &str = "/.otpgate/login";
 
 /// What the server knows about a client connection.
 #[derive(Debug, Clone)]
@@ -66,6 +76,9 @@ pub enum BuildError {
         /// Why.
         source: ProxyError,
     },
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 /// One app, ready to serve.
@@ -79,6 +92,10 @@ pub struct App {
     pub upstream: Upstream,
     /// Metric handles.
     pub metrics: Arc<AppMetrics>,
+    /// The gateway cookie's name on this app (`__Host-otpgate` on https origins).
+    pub cookie_name: &'static str,
+    /// Session lifetime on this app.
+    pub session_lifetime: Duration,
 }
 
 /// An immutable snapshot of everything config-derived; replaced as a whole on reload.
@@ -88,6 +105,12 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// Apps in config order.
     pub apps: Vec<App>,
+    /// Every app's origin (the allowed return targets).
+    pub origins: Vec<Origin>,
+    /// Users by login address.
+    pub users: Users,
+    /// The audit log.
+    pub audit: Audit,
     router: Router,
     clients: Vec<(Vec<CertificateDer<'static>>, Arc<HttpClient>)>,
 }
@@ -135,20 +158,29 @@ impl Runtime {
                     }
                 }
             };
+            let origin = a
+                .public_url
+                .clone()
+                .unwrap_or_else(|| default_origin(a, bound));
             apps.push(App {
-                origin: a
-                    .public_url
-                    .clone()
-                    .unwrap_or_else(|| default_origin(a, bound)),
+                cookie_name: session::cookie_name(origin.https),
+                session_lifetime: a.session_duration.unwrap_or(config.session.duration),
+                origin,
                 config: a.clone(),
                 upstream,
                 metrics: AppMetrics::new(&a.name),
             });
         }
         let router = Router::new(apps.iter().map(|a| a.config.hosts.as_slice()));
+        let origins = apps.iter().map(|a| a.origin.clone()).collect();
+        let users = Users::from_config(&config.users);
+        let audit = Audit::open(&config.audit)?;
         Ok(Self {
             config: Arc::new(config),
             apps,
+            origins,
+            users,
+            audit,
             router,
             clients,
         })
@@ -195,17 +227,55 @@ pub struct Gateway {
     bound: BoundAddrs,
     ready: AtomicBool,
     clock: Arc<dyn Clock>,
+    random: Arc<dyn Random>,
+    sessions: Sessions,
+    credentials: Credentials,
+}
+
+/// The long-lived parts of a gateway, made once at start.
+#[derive(Debug)]
+pub struct Parts {
+    /// Wall time.
+    pub clock: Arc<dyn Clock>,
+    /// Randomness.
+    pub random: Arc<dyn Random>,
+    /// Session keys and revocations.
+    pub sessions: Sessions,
+    /// The durable store.
+    pub credentials: Credentials,
 }
 
 impl Gateway {
     /// A gateway serving `runtime`.
-    pub fn new(runtime: Runtime, bound: BoundAddrs, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(runtime: Runtime, bound: BoundAddrs, parts: Parts) -> Self {
         Self {
             runtime: ArcSwap::from_pointee(runtime),
             bound,
             ready: AtomicBool::new(false),
-            clock,
+            clock: parts.clock,
+            random: parts.random,
+            sessions: parts.sessions,
+            credentials: parts.credentials,
         }
+    }
+
+    /// Sessions (keys, revocations).
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// The durable store.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The injected randomness.
+    pub fn random(&self) -> &Arc<dyn Random> {
+        &self.random
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The current snapshot.
@@ -341,18 +411,60 @@ impl Gateway {
 
         // 5. The gateway's own pages are never proxied.
         if path.starts_with(RESERVED_PREFIX) || path == "/.otpgate" {
-            return Err(GateError::NotFound);
+            return self.gateway_page(rt, app, &req, path);
         }
 
-        // 6. Policy (no sessions yet: anything that needs a login is refused).
-        let decision = policy::decide(
-            &app.config.policies,
-            &policy::Request {
-                path,
-                ip: client.ip,
-            },
-            None,
-        );
+        // 6. Policy: first without an identity; only when the answer depends on who it is,
+        //    open the session and decide again with the identity (SECURITY.md 33, 36).
+        let facts = policy::Request {
+            path,
+            ip: client.ip,
+        };
+        let mut identity = None;
+        let mut refreshed = None;
+        let decision = match policy::decide(&app.config.policies, &facts, None) {
+            Decision::LoginRequired(_) | Decision::Allow(_) => {
+                let now_ms = self.now_ms();
+                let idle = rt.config.session.idle_timeout;
+                match self.sessions.from_headers(
+                    req.headers(),
+                    app.cookie_name,
+                    &app.config.name,
+                    now_ms,
+                    idle,
+                ) {
+                    Err(e) => {
+                        app.metrics.decision(DecisionLabel::LoginRequired);
+                        if e != SessionError::Missing {
+                            app.metrics.session_rejected(e.label());
+                        }
+                        return Ok(self.login_required(
+                            app,
+                            path,
+                            req.uri().query(),
+                            req.headers(),
+                            e != SessionError::Missing,
+                        ));
+                    }
+                    Ok(claims) => {
+                        let user = rt.users.by_email(claims.email.as_str());
+                        let groups = user.map_or(&[][..], |u| &u.groups[..]);
+                        let who = policy::Identity {
+                            email: &claims.email,
+                            groups,
+                            login_method: claims.method,
+                        };
+                        let d = policy::decide(&app.config.policies, &facts, Some(&who));
+                        if d.permits() {
+                            identity = Some(identity_headers(&claims, user));
+                            refreshed = self.refresh_cookie(app, &claims, idle, now_ms);
+                        }
+                        d
+                    }
+                }
+            }
+            d => d,
+        };
         app.metrics.decision(match decision {
             Decision::Bypass(_) => DecisionLabel::Bypass,
             Decision::Allow(_) => DecisionLabel::Allow,
@@ -372,10 +484,130 @@ impl Gateway {
             max_body: app.config.max_request_body,
             preserve_host: app.config.preserve_host,
             metrics: &app.metrics,
+            identity,
         };
         let changed = normalised.is_some();
         let path = normalised.unwrap_or_default();
-        Ok(proxy::forward(target, req, &path, changed, client).await?)
+        let mut response = proxy::forward(target, req, &path, changed, client).await?;
+        if let Some(cookie) = refreshed {
+            response.headers_mut().append(SET_COOKIE, cookie);
+        }
+        Ok(response)
+    }
+
+    /// No usable session: browsers are sent to the login page, API clients get 401 JSON
+    /// (SPEC.md §4). A cookie that was sent but did not open is deleted.
+    fn login_required(
+        &self,
+        app: &App,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        clear: bool,
+    ) -> Response<Body> {
+        let mut original = format!("{}{path}", app.origin);
+        if let Some(q) = query {
+            original.push('?');
+            original.push_str(q);
+        }
+        let login_url = return_to::with_rd(&format!("{}{LOGIN_PATH}", app.origin), &original);
+        let mut response = if wants_json(headers) {
+            pages::json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({ "error": "login_required", "login_url": login_url }),
+            )
+        } else {
+            redirect(StatusCode::FOUND, &login_url)
+        };
+        if clear && let Some(c) = session::clear_cookie(app.cookie_name, app.origin.https) {
+            response.headers_mut().append(SET_COOKIE, c);
+        }
+        response
+    }
+
+    /// A fresh cookie with a new activity time, when an idle timeout is configured and the
+    /// last refresh is old enough (at most once a minute per session).
+    fn refresh_cookie(
+        &self,
+        app: &App,
+        claims: &Claims,
+        idle: Option<Duration>,
+        now_ms: u64,
+    ) -> Option<HeaderValue> {
+        let idle_ms = u64::try_from(idle?.as_millis()).ok()?;
+        let refresh_after = (idle_ms / 10).clamp(1_000, 60_000);
+        if now_ms.saturating_sub(claims.refreshed_ms) < refresh_after {
+            return None;
+        }
+        let value = self.sessions.refresh(claims, now_ms).ok()?;
+        let left = Duration::from_millis(claims.expires_ms.saturating_sub(now_ms));
+        session::set_cookie(app.cookie_name, &value, left, app.origin.https)
+    }
+
+    /// The gateway's own pages under `/.otpgate/`.
+    fn gateway_page(
+        &self,
+        rt: &Runtime,
+        app: &App,
+        req: &Request<Incoming>,
+        path: &str,
+    ) -> Result<Response<Body>, GateError> {
+        let read = matches!(*req.method(), Method::GET | Method::HEAD);
+        match path {
+            LOGIN_PATH if read => {
+                let now_ms = self.now_ms();
+                let idle = rt.config.session.idle_timeout;
+                if self
+                    .sessions
+                    .from_headers(
+                        req.headers(),
+                        app.cookie_name,
+                        &app.config.name,
+                        now_ms,
+                        idle,
+                    )
+                    .is_ok()
+                {
+                    // Already logged in: straight to the validated target (SECURITY.md 3).
+                    let target = return_to::rd_param(req.uri().query())
+                        .and_then(|rd| return_to::validate(&rd, &app.origin, &rt.origins))
+                        .map_or_else(|| return_to::root(&app.origin), String::from);
+                    return Ok(redirect(StatusCode::FOUND, &target));
+                }
+                // The login form itself arrives with the one-time PIN login.
+                Err(GateError::NotFound)
+            }
+            LOGIN_PATH => Err(GateError::MethodNotAllowed),
+            _ => Err(GateError::NotFound),
+        }
+    }
+}
+
+/// Whether a request is an API call rather than a page navigation (SPEC.md §4).
+fn wants_json(h: &HeaderMap) -> bool {
+    let accept = h.get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let fetch_mode = h.get("sec-fetch-mode").and_then(|v| v.to_str().ok());
+    let xhr = h
+        .get("x-requested-with")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("XMLHttpRequest"));
+    (accept.contains("application/json") && !accept.contains("text/html"))
+        || xhr
+        || fetch_mode.is_some_and(|m| m != "navigate")
+}
+
+/// The identity headers for an allowed request.
+fn identity_headers(claims: &Claims, user: Option<&Arc<crate::users::User>>) -> proxy::Identity {
+    let email = HeaderValue::from_str(claims.email.as_str())
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    let user_id = user
+        .and_then(|u| HeaderValue::from_str(&u.id).ok())
+        .unwrap_or_else(|| email.clone());
+    let groups = user.map_or_else(|| HeaderValue::from_static(""), |u| u.groups_header.clone());
+    proxy::Identity {
+        email,
+        user: user_id,
+        groups,
     }
 }
 

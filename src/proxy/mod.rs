@@ -76,8 +76,23 @@ pub enum Upstream {
     Echo,
 }
 
+/// The identity headers of an allowed request (SPEC.md §4).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `X-Otpgate-Email`: the normalised address.
+    pub email: HeaderValue,
+    /// `X-Otpgate-User`: the user id (the address when the user is not in the user table).
+    pub user: HeaderValue,
+    /// `X-Otpgate-Groups`: comma-separated group names.
+    pub groups: HeaderValue,
+}
+
+const X_OTPGATE_EMAIL: http::HeaderName = http::HeaderName::from_static("x-otpgate-email");
+const X_OTPGATE_USER: http::HeaderName = http::HeaderName::from_static("x-otpgate-user");
+const X_OTPGATE_GROUPS: http::HeaderName = http::HeaderName::from_static("x-otpgate-groups");
+
 /// One app's forwarding settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Target<'a> {
     /// The app's name (for echo and logs).
     pub app: &'a str,
@@ -91,6 +106,8 @@ pub struct Target<'a> {
     pub preserve_host: bool,
     /// Metric handles.
     pub metrics: &'a AppMetrics,
+    /// Who is asking, when a session allowed the request.
+    pub identity: Option<Identity>,
 }
 
 /// Client facts for the forwarding headers.
@@ -148,6 +165,14 @@ pub async fn forward(
         host: host_str,
     };
     headers::prepare_request(&mut parts.headers, &fwd, upgrade);
+    // SECURITY.md 34: the session never reaches the upstream; identity arrives only as the
+    // gateway's own headers (client-supplied ones were removed above).
+    crate::session::strip_gateway_cookies(&mut parts.headers);
+    if let Some(id) = t.identity {
+        parts.headers.insert(X_OTPGATE_EMAIL, id.email);
+        parts.headers.insert(X_OTPGATE_USER, id.user);
+        parts.headers.insert(X_OTPGATE_GROUPS, id.groups);
+    }
 
     let path_and_query = match parts.uri.path_and_query() {
         Some(pq) if !changed => pq.clone(),

@@ -154,8 +154,13 @@ async fn binary_serves_healthz_with_the_committed_config() {
         .await
         .unwrap();
     assert_eq!(r.version(), http::Version::HTTP_2);
-    // Its policy needs a login, which is refused until logins exist: fail closed.
-    assert_eq!(r.status(), 403);
+    // Its policy needs a login: the browser is sent to the login page.
+    assert_eq!(r.status(), 302);
+    let port = p.https.unwrap().port();
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("https://localhost:{port}/.otpgate/login?rd=https%3A%2F%2Flocalhost%3A{port}%2F")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,4 +391,211 @@ apps:
         .expect("exits after draining")
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+fn otpgate(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn administrative_commands_through_the_binary() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("otpgate.yaml");
+    std::fs::write(
+        &cfg,
+        "version: 1
+listen: { http: 127.0.0.1:8080 }
+users:
+  - { id: alice@corp.example, groups: [engineering] }
+  - { id: bob, temp_auth_email: bob@home.example, groups: [] }
+apps:
+  - name: app
+    hosts: [app.test]
+    public_url: https://app.test
+    upstream: builtin:echo
+    policies:
+      - { name: public, action: bypass, paths: [/static/] }
+      - { name: no-admin, action: block, paths: [/admin], include: [ { email_domain: corp.example } ], exclude: [ { group: engineering } ] }
+      - { name: staff, action: allow, include: [ { email_domain: corp.example } ] }
+",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+
+    // policy explain: the deciding policy and why, before and after a login.
+    let out = otpgate(&[
+        "policy",
+        "explain",
+        "--config",
+        c,
+        "--app",
+        "app",
+        "--email",
+        "Alice@corp.example",
+        "--path",
+        "/admin/x",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("as alice@corp.example (user alice@corp.example; groups: engineering; login method onetimepin)"), "{text}");
+    assert!(
+        text.contains("before a login: login required (policy \"no-admin\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("1. public (bypass): skipped: path /admin/x is not under /static/"),
+        "{text}"
+    );
+    assert!(text.contains("2. no-admin (block): does not match: include [email_domain corp.example: yes], exclude [group engineering: yes]"), "{text}");
+    assert!(
+        text.trim_end()
+            .ends_with("decision: allow by policy \"staff\""),
+        "{text}"
+    );
+    let out = otpgate(&[
+        "policy",
+        "explain",
+        "--config",
+        c,
+        "--app",
+        "app",
+        "--email",
+        "eve@evil.example",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim_end()
+            .ends_with("decision: deny: no policy matched (deny by default)")
+    );
+    let out = otpgate(&[
+        "policy",
+        "explain",
+        "--config",
+        c,
+        "--app",
+        "nope",
+        "--email",
+        "a@b.example",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no app named \"nope\" (apps: app)"));
+    let out = otpgate(&[
+        "policy",
+        "explain",
+        "--config",
+        c,
+        "--app",
+        "app",
+        "--email",
+        "a@b.example",
+        "--path",
+        "/a/../admin",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dot segment"));
+
+    // mint-cookie: one NAME=VALUE line, audited; bad input refused with exit 1.
+    let out = otpgate(&[
+        "mint-cookie",
+        "--config",
+        c,
+        "--app",
+        "app",
+        "--email",
+        "load@corp.example",
+        "--ttl",
+        "1h",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
+    assert_eq!(line.lines().count(), 1);
+    assert!(line.starts_with("__Host-otpgate=v1.k"), "{line}");
+    assert!(
+        dir.path().join("data/keys.json").exists(),
+        "keys are generated on first use"
+    );
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).unwrap();
+    assert!(audit.contains("\"event\":\"cookie.minted\"") && audit.contains("\"ttl_secs\":3600"));
+    assert!(
+        !audit.contains(line.split_once('=').unwrap().1),
+        "the cookie is not in the audit log"
+    );
+    for bad in [
+        vec!["--app", "app", "--email", "not-an-address"],
+        vec!["--app", "app", "--email", "a@b.example", "--ttl", "31d"],
+        vec!["--app", "zzz", "--email", "a@b.example"],
+    ] {
+        let mut args = vec!["mint-cookie", "--config", c];
+        args.extend(bad.iter().copied());
+        let out = otpgate(&args);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).lines().count(),
+            1,
+            "{bad:?}"
+        );
+    }
+    let out = otpgate(&[
+        "mint-cookie",
+        "--config",
+        c,
+        "--app",
+        "app",
+        "--email",
+        "a@b.example",
+        "--ttl",
+        "soon",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a malformed duration is a usage error"
+    );
+
+    // sessions revoke: by address or by user id (then every address of the user).
+    let out = otpgate(&["sessions", "revoke", "--config", c, "--user", "bob"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("revoked every session of bob@home.example")
+    );
+    let out = otpgate(&["sessions", "revoke", "--config", c, "--user", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // keys: rotate adds a current key, list shows both, the current one cannot be retired.
+    let out = otpgate(&["keys", "rotate", "--config", c]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = otpgate(&["keys", "list", "--config", c]);
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(list.lines().count(), 2, "{list}");
+    let current = list
+        .lines()
+        .find(|l| l.ends_with("(current)"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = otpgate(&["keys", "retire", &current, "--config", c]);
+    assert_eq!(out.status.code(), Some(1));
 }

@@ -399,6 +399,15 @@ impl Gw {
     }
 
     pub async fn start_with(yaml: &str, certs: &[(&str, &[&str])]) -> Self {
+        Self::start_full(yaml, certs, otpgate::Options::default()).await
+    }
+
+    /// Starts with injected options (a manual clock, ...).
+    pub async fn start_full(
+        yaml: &str,
+        certs: &[(&str, &[&str])],
+        options: otpgate::Options,
+    ) -> Self {
         init();
         let dir = tempfile::tempdir().unwrap();
         let ca = Arc::new(TestCa::new());
@@ -410,9 +419,7 @@ impl Gw {
         std::fs::write(&config_path, yaml).unwrap();
         let loaded = otpgate::config::load(&config_path, Vec::<(String, String)>::new())
             .unwrap_or_else(|e| panic!("test config does not load: {:#?}", e.errors));
-        let running = otpgate::start(loaded.config, otpgate::Options::default())
-            .await
-            .unwrap();
+        let running = otpgate::start(loaded.config, options).await.unwrap();
         Self {
             running,
             _dir: dir,
@@ -441,6 +448,49 @@ impl Gw {
     }
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin())
+    }
+
+    /// The config as the gateway loaded it (for the administrative commands).
+    pub fn config(&self) -> otpgate::config::Config {
+        otpgate::config::load(&self.config_path, Vec::<(String, String)>::new())
+            .unwrap()
+            .config
+    }
+
+    /// Starts another gateway on the same folder (config, keys, store): a restart.
+    pub async fn restart(self) -> Self {
+        let Self {
+            running,
+            _dir,
+            config_path,
+            ca,
+        } = self;
+        running.shutdown();
+        running.wait().await;
+        let loaded = otpgate::config::load(&config_path, Vec::<(String, String)>::new()).unwrap();
+        let running = otpgate::start(loaded.config, otpgate::Options::default())
+            .await
+            .unwrap();
+        Self {
+            running,
+            _dir,
+            config_path,
+            ca,
+        }
+    }
+
+    /// Mints a session cookie (`NAME=VALUE`) for `email` on `app`, as `otpgate mint-cookie` does.
+    pub fn mint(&self, app: &str, email: &str) -> String {
+        otpgate::commands::mint_cookie(
+            &self.config(),
+            app,
+            email,
+            None,
+            otpgate::policy::LoginMethod::OneTimePin,
+            &otpgate::clock::SystemClock,
+            &otpgate::random::system(),
+        )
+        .unwrap()
     }
 
     /// Rewrites the config file (for reload tests).

@@ -11,4 +11,5 @@ mod cli;
 mod lifecycle;
 mod proxy;
 mod routing;
+mod sessions;
 mod tls;

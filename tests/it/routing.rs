@@ -138,7 +138,7 @@ async fn sec_35_the_normalised_path_is_checked_and_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sec_36_apps_that_need_a_login_fail_closed() {
+async fn sec_36_protected_paths_without_a_session_are_never_proxied() {
     let up = Upstream::start().await;
     let gw = Gw::start(&two_apps(&up)).await;
     for (method, path) in [
@@ -146,7 +146,6 @@ async fn sec_36_apps_that_need_a_login_fail_closed() {
         ("POST", "/"),
         ("get", "/"),
         ("DELETE", "/x"),
-        ("GET", "/admin"),
         ("OPTIONS", "/x"),
     ] {
         let r = raw(
@@ -155,9 +154,17 @@ async fn sec_36_apps_that_need_a_login_fail_closed() {
             b"",
         )
         .await;
-        assert_eq!(r.status, 403, "{method} {path}");
-        assert!(String::from_utf8_lossy(&r.body).contains("Access denied"));
+        assert_eq!(r.status, 302, "{method} {path}");
+        let want = format!(
+            "http://private.test/.otpgate/login?rd=http%3A%2F%2Fprivate.test{}",
+            path.replace('/', "%2F")
+        );
+        assert_eq!(r.header("location"), Some(want.as_str()), "{method} {path}");
     }
+    // Blocked for everyone: refused without asking for a login.
+    let r = raw(gw.http(), "GET /admin HTTP/1.1\nHost: private.test", b"").await;
+    assert_eq!(r.status, 403);
+    assert!(String::from_utf8_lossy(&r.body).contains("Access denied"));
     assert_eq!(up.hits(), 0);
     // The bypass path still works, for any method.
     for method in ["GET", "POST", "put"] {
@@ -177,7 +184,7 @@ async fn sec_36_apps_that_need_a_login_fail_closed() {
         b"",
     )
     .await;
-    assert_eq!(r.status, 403);
+    assert_eq!(r.status, 302);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,269 @@
+//! The administrative commands behind the command line (`mint-cookie`, `policy explain`,
+//! `sessions revoke`, `keys`). They work on the config and the store directly, so they run
+//! beside a live gateway; `main.rs` only parses arguments and prints.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::audit::{Audit, AuditError, Event};
+use crate::clock::Clock;
+use crate::config::{AppConfig, Config};
+use crate::email::Email;
+use crate::policy::{self, Decision, LoginMethod};
+use crate::random::Random;
+use crate::session::keys::KeyError;
+use crate::session::{self, KeyRing, Kind, SealError, Sessions};
+use crate::store::{Credentials, RevocationKind, StoreError};
+use crate::users::Users;
+
+/// Longest session or minted cookie (SECURITY.md 30).
+pub const MAX_SESSION: Duration = Duration::from_secs(30 * 86_400);
+
+/// Why a command was refused (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The arguments name something that does not exist or is not allowed.
+    #[error("{0}")]
+    Refused(String),
+    /// The keys file.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit log.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// Sealing a cookie.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+}
+
+fn app<'a>(config: &'a Config, name: &str) -> Result<&'a AppConfig, CommandError> {
+    config.apps.iter().find(|a| a.name == name).ok_or_else(|| {
+        let names: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
+        CommandError::Refused(format!(
+            "no app named {name:?} (apps: {})",
+            names.join(", ")
+        ))
+    })
+}
+
+fn email(text: &str) -> Result<Email, CommandError> {
+    Email::parse(text)
+        .map_err(|e| CommandError::Refused(format!("{text:?} is not a valid address: {e}")))
+}
+
+/// Whether the app is served over https (its public URL, else whether an HTTPS listener exists).
+fn https(config: &Config, a: &AppConfig) -> bool {
+    a.public_url
+        .as_ref()
+        .map_or(config.listen.https.is_some(), |o| o.https)
+}
+
+/// `otpgate mint-cookie`: a valid gateway cookie, printed as `NAME=VALUE` (audited).
+pub fn mint_cookie(
+    config: &Config,
+    app_name: &str,
+    address: &str,
+    ttl: Option<Duration>,
+    method: LoginMethod,
+    clock: &dyn Clock,
+    random: &std::sync::Arc<dyn Random>,
+) -> Result<String, CommandError> {
+    let a = app(config, app_name)?;
+    let email = email(address)?;
+    let ttl = ttl.unwrap_or_else(|| a.session_duration.unwrap_or(config.session.duration));
+    if ttl.is_zero() || ttl > MAX_SESSION {
+        return Err(CommandError::Refused(
+            "--ttl must be above 0s and at most 30d".into(),
+        ));
+    }
+    let keys = KeyRing::load_or_create(
+        &config.session.keys_file,
+        random.as_ref(),
+        clock.unix_secs(),
+    )?;
+    let sessions = Sessions::new(keys, random.clone());
+    let now_ms = u64::try_from(clock.now().as_millis()).unwrap_or(u64::MAX);
+    let (claims, value) = sessions.issue(Kind::Session, &a.name, email, method, ttl, now_ms)?;
+    let audit = Audit::open(&config.audit)?;
+    let request_id = crate::random::request_id(random.as_ref());
+    audit.record(
+        clock.now(),
+        Event::new("cookie.minted")
+            .app(&a.name)
+            .email(claims.email.as_str())
+            .request(&request_id)
+            .with("ttl_secs", ttl.as_secs())
+            .with("login_method", method.as_str())
+            .with("via", "command line"),
+    );
+    Ok(format!(
+        "{}={value}",
+        session::cookie_name(https(config, a))
+    ))
+}
+
+/// `otpgate policy explain`: which policy decides a request, and why.
+pub fn policy_explain(
+    config: &Config,
+    app_name: &str,
+    address: &str,
+    path: &str,
+    ip: IpAddr,
+    method: LoginMethod,
+) -> Result<String, CommandError> {
+    let a = app(config, app_name)?;
+    let email = email(address)?;
+    let path = crate::path::normalise(path)
+        .map_err(|e| CommandError::Refused(format!("{path:?}: {e} (the gateway answers 400)")))?;
+    let users = Users::from_config(&config.users);
+    let user = users.by_email(email.as_str());
+    let groups = user.map_or(&[][..], |u| &u.groups[..]);
+    let who = policy::Identity {
+        email: &email,
+        groups,
+        login_method: method,
+    };
+    let facts = policy::Request { path: &path, ip };
+
+    let mut out = String::new();
+    let group_list: Vec<&str> = groups.iter().map(AsRef::as_ref).collect();
+    out.push_str(&format!(
+        "app {:?}; request {path} from {ip} as {email} (user {}; groups: {}; login method {method})\n",
+        a.name,
+        user.map_or(email.as_str(), |u| u.id.as_str()),
+        if group_list.is_empty() { "none".to_owned() } else { group_list.join(", ") },
+    ));
+    let before = match policy::decide(&a.policies, &facts, None) {
+        Decision::Bypass(p) => format!("bypass by policy {:?}: no login needed", p.name),
+        Decision::Block(p) => format!(
+            "block by policy {:?}: refused without asking for a login",
+            p.name
+        ),
+        Decision::NoMatch => "deny: no policy can match (deny by default)".to_owned(),
+        Decision::LoginRequired(p) | Decision::Allow(p) => format!(
+            "login required (policy {:?} needs to know who it is)",
+            p.name
+        ),
+    };
+    out.push_str(&format!("before a login: {before}\n"));
+    let (decision, steps) = policy::explain(&a.policies, &facts, Some(&who));
+    for (i, s) in steps.iter().enumerate() {
+        out.push_str(&format!(
+            "{}. {} ({}): {}\n",
+            i + 1,
+            s.policy,
+            s.action.as_str(),
+            s.verdict
+        ));
+    }
+    let verdict = match decision {
+        Decision::Bypass(p) => format!("bypass by policy {:?}", p.name),
+        Decision::Allow(p) => format!("allow by policy {:?}", p.name),
+        Decision::Block(p) => format!("block by policy {:?}", p.name),
+        Decision::NoMatch | Decision::LoginRequired(_) => {
+            "deny: no policy matched (deny by default)".to_owned()
+        }
+    };
+    out.push_str(&format!("decision: {verdict}\n"));
+    Ok(out)
+}
+
+/// `otpgate sessions revoke --user ID`: ends every session of a user issued before now
+/// ("log out everywhere"). Running gateways apply it within the revocation poll interval.
+pub fn revoke_user(
+    config: &Config,
+    user: &str,
+    clock: &dyn Clock,
+    random: &dyn Random,
+) -> Result<String, CommandError> {
+    let users = Users::from_config(&config.users);
+    let mut addresses: Vec<String> = Vec::new();
+    if let Ok(e) = Email::parse(user) {
+        addresses.push(e.to_string());
+    }
+    if let Some(u) = users.by_id(user.trim()) {
+        if let Ok(e) = Email::parse(&u.id) {
+            addresses.push(e.to_string());
+        }
+        if let Some(t) = &u.temp_auth_email {
+            addresses.push(t.to_string());
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+    if addresses.is_empty() {
+        return Err(CommandError::Refused(format!(
+            "{user:?} is neither a configured user nor an address"
+        )));
+    }
+    let store = Credentials::open_embedded(&config.data_dir)?;
+    let audit = Audit::open(&config.audit)?;
+    let now_ms = u64::try_from(clock.now().as_millis()).unwrap_or(u64::MAX);
+    let until =
+        now_ms + u64::try_from(MAX_SESSION.as_millis()).unwrap_or(0) + session::cookie::SKEW_MS;
+    let request_id = crate::random::request_id(random);
+    for a in &addresses {
+        store.revoke(RevocationKind::User, a, now_ms, until, now_ms)?;
+        audit.record(
+            clock.now(),
+            Event::new("session.revoked")
+                .email(a)
+                .request(&request_id)
+                .with("scope", "all sessions")
+                .with("via", "command line"),
+        );
+    }
+    Ok(format!(
+        "revoked every session of {} issued before {}; running gateways apply it within {}s",
+        addresses.join(", "),
+        crate::audit::rfc3339(clock.now()),
+        session::revocation::POLL_INTERVAL.as_secs()
+    ))
+}
+
+/// `otpgate keys list`.
+pub fn keys_list(
+    config: &Config,
+    clock: &dyn Clock,
+    random: &dyn Random,
+) -> Result<String, CommandError> {
+    let ring = KeyRing::load_or_create(&config.session.keys_file, random, clock.unix_secs())?;
+    let mut out = String::new();
+    for k in ring.keys() {
+        let current = if k.id == ring.current().id {
+            "  (current)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "{}  created {}{current}\n",
+            k.id,
+            crate::audit::rfc3339(Duration::from_secs(k.created))
+        ));
+    }
+    Ok(out)
+}
+
+/// `otpgate keys rotate`: a new current key; the old ones stay valid until retired.
+pub fn keys_rotate(
+    config: &Config,
+    clock: &dyn Clock,
+    random: &dyn Random,
+) -> Result<String, CommandError> {
+    let path = &config.session.keys_file;
+    KeyRing::load_or_create(path, random, clock.unix_secs())?;
+    let id = KeyRing::rotate(path, random, clock.unix_secs())?;
+    Ok(format!(
+        "new current key {id}; older keys stay valid. Send SIGHUP to running gateways (and copy {} to every replica).",
+        path.display()
+    ))
+}
+
+/// `otpgate keys retire ID`: cookies sealed with that key stop working.
+pub fn keys_retire(config: &Config, id: &str) -> Result<String, CommandError> {
+    KeyRing::retire(&config.session.keys_file, id)?;
+    Ok(format!("retired key {id}; send SIGHUP to running gateways"))
+}

@@ -1,0 +1,482 @@
+//! The gateway cookie's value: `v1.<key id>.<base64url(nonce ‖ AES-256-GCM(claims) ‖ tag)>`.
+//!
+//! Nothing is readable outside (the e-mail is encrypted), and nothing is parsed before the AEAD
+//! tag has been verified over the raw bytes (SECURITY.md 28–29). The associated data binds the
+//! token type, the key id and the app, so a session for one app is worthless on another and a
+//! token of another type (restricted session, ...) never opens as a session.
+
+use std::fmt;
+
+use base64::Engine as _;
+use ring::aead::{Aad, NONCE_LEN, Nonce};
+
+use super::keys::KeyRing;
+use crate::email::Email;
+use crate::policy::LoginMethod;
+use crate::random::{Random, RandomError};
+
+/// The format tag at the start of every value.
+const PREFIX: &str = "v1.";
+/// Longest value accepted; longer ones are refused before any decoding.
+pub const MAX_VALUE_LEN: usize = 1024;
+const TAG_LEN: usize = 16;
+/// Tolerated clock difference between replicas, in milliseconds (SECURITY.md 30: at most 60 s).
+pub const SKEW_MS: u64 = 30_000;
+
+/// What a sealed value is for. Part of the associated data: one kind never opens as another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A full session.
+    Session = 1,
+    /// A session that may only set a new password (temporary-password logins).
+    Restricted = 2,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Restricted => "restricted",
+        }
+    }
+}
+
+/// A 128-bit random session identifier.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub [u8; 16]);
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({})", crate::random::hex(&self.0[..4]))
+    }
+}
+
+impl SessionId {
+    /// Hex, for storage.
+    pub fn hex(&self) -> String {
+        crate::random::hex(&self.0)
+    }
+}
+
+/// What a sealed value says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// The token type.
+    pub kind: Kind,
+    /// The session id (fresh at every login).
+    pub id: SessionId,
+    /// The app it is valid for (audience).
+    pub app: String,
+    /// Who logged in (normalised).
+    pub email: Email,
+    /// How.
+    pub method: LoginMethod,
+    /// Issue time, Unix milliseconds.
+    pub issued_ms: u64,
+    /// Absolute expiry, Unix milliseconds.
+    pub expires_ms: u64,
+    /// Last refresh (activity), Unix milliseconds; for the idle timeout.
+    pub refreshed_ms: u64,
+}
+
+/// Why a value did not open. Callers treat every variant the same way (no session); the
+/// variants exist for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// Longer than [`MAX_VALUE_LEN`].
+    #[error("value too long")]
+    TooLong,
+    /// Not of the `v1.<kid>.<data>` shape, or not base64.
+    #[error("malformed value")]
+    Malformed,
+    /// No key with that id.
+    #[error("unknown key id")]
+    UnknownKey,
+    /// Authentication failed: tampered, other key, other app, other kind.
+    #[error("value does not authenticate")]
+    Forged,
+    /// Past its expiry (or idle too long).
+    #[error("expired")]
+    Expired,
+    /// Issued in the future beyond the tolerated skew.
+    #[error("issued in the future")]
+    NotYetValid,
+}
+
+fn aad(kind: Kind, kid: &str, app: &str) -> Vec<u8> {
+    let mut a = Vec::with_capacity(32 + kid.len() + app.len());
+    a.extend_from_slice(b"otpgate/");
+    a.extend_from_slice(kind.label().as_bytes());
+    a.extend_from_slice(b"/v1/");
+    a.extend_from_slice(kid.as_bytes());
+    a.push(b'/');
+    a.extend_from_slice(app.as_bytes());
+    a
+}
+
+fn method_code(m: LoginMethod) -> u8 {
+    match m {
+        LoginMethod::OneTimePin => 1,
+        LoginMethod::OneTimeLink => 2,
+        LoginMethod::OneTimeToken => 3,
+    }
+}
+
+fn method_from(code: u8) -> Option<LoginMethod> {
+    match code {
+        1 => Some(LoginMethod::OneTimePin),
+        2 => Some(LoginMethod::OneTimeLink),
+        3 => Some(LoginMethod::OneTimeToken),
+        _ => None,
+    }
+}
+
+/// Sealing failed; the operation fails closed.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub enum SealError {
+    /// No randomness for the nonce.
+    #[error(transparent)]
+    Random(#[from] RandomError),
+    /// The AEAD refused (only for absurd lengths).
+    #[error("sealing failed")]
+    Crypto,
+}
+
+/// Seals `claims` with the ring's current key.
+pub fn seal(claims: &Claims, keys: &KeyRing, random: &dyn Random) -> Result<String, SealError> {
+    let key = keys.current();
+    let app = claims.app.as_bytes();
+    let email = claims.email.as_str().as_bytes();
+    if app.len() > 255 || email.len() > 255 {
+        return Err(SealError::Crypto);
+    }
+    let nonce: [u8; NONCE_LEN] = crate::random::bytes(random)?;
+    let mut data = Vec::with_capacity(NONCE_LEN + 44 + app.len() + email.len() + TAG_LEN);
+    data.extend_from_slice(&nonce);
+    data.push(claims.kind as u8);
+    data.extend_from_slice(&claims.id.0);
+    data.extend_from_slice(&claims.issued_ms.to_be_bytes());
+    data.extend_from_slice(&claims.expires_ms.to_be_bytes());
+    data.extend_from_slice(&claims.refreshed_ms.to_be_bytes());
+    data.push(method_code(claims.method));
+    data.push(app.len() as u8);
+    data.extend_from_slice(app);
+    data.push(email.len() as u8);
+    data.extend_from_slice(email);
+    let tag = key
+        .aead
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad(claims.kind, &key.id, &claims.app)),
+            &mut data[NONCE_LEN..],
+        )
+        .map_err(|_| SealError::Crypto)?;
+    data.extend_from_slice(tag.as_ref());
+    let mut out = String::with_capacity(PREFIX.len() + key.id.len() + 1 + data.len() * 4 / 3 + 4);
+    out.push_str(PREFIX);
+    out.push_str(&key.id);
+    out.push('.');
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(&data, &mut out);
+    Ok(out)
+}
+
+/// Opens a value for `app` as `kind`, checking authenticity first, then expiry against
+/// `now_ms` (and, when `idle_ms` is set, inactivity).
+pub fn open(
+    value: &str,
+    kind: Kind,
+    app: &str,
+    keys: &KeyRing,
+    now_ms: u64,
+    idle_ms: Option<u64>,
+) -> Result<Claims, OpenError> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(OpenError::TooLong);
+    }
+    let rest = value.strip_prefix(PREFIX).ok_or(OpenError::Malformed)?;
+    let (kid, data) = rest.split_once('.').ok_or(OpenError::Malformed)?;
+    let key = keys.get(kid).ok_or(OpenError::UnknownKey)?;
+    let mut buf = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(data)
+        .map_err(|_| OpenError::Malformed)?;
+    if buf.len() < NONCE_LEN + TAG_LEN {
+        return Err(OpenError::Malformed);
+    }
+    let (nonce, sealed) = buf.split_at_mut(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenError::Malformed)?;
+    let plain = key
+        .aead
+        .open_in_place(nonce, Aad::from(aad(kind, kid, app)), sealed)
+        .map_err(|_| OpenError::Forged)?;
+    // Authentic from here on: the layout was written by `seal`.
+    let claims = parse(plain).ok_or(OpenError::Forged)?;
+    if claims.kind != kind || claims.app != app {
+        return Err(OpenError::Forged);
+    }
+    if claims.issued_ms > now_ms.saturating_add(SKEW_MS) {
+        return Err(OpenError::NotYetValid);
+    }
+    if now_ms > claims.expires_ms.saturating_add(SKEW_MS) {
+        return Err(OpenError::Expired);
+    }
+    if let Some(idle) = idle_ms
+        && now_ms
+            > claims
+                .refreshed_ms
+                .saturating_add(idle)
+                .saturating_add(SKEW_MS)
+    {
+        return Err(OpenError::Expired);
+    }
+    Ok(claims)
+}
+
+fn parse(p: &[u8]) -> Option<Claims> {
+    let mut r = Reader(p);
+    let kind = match r.byte()? {
+        1 => Kind::Session,
+        2 => Kind::Restricted,
+        _ => return None,
+    };
+    let id = SessionId(r.take(16)?.try_into().ok()?);
+    let issued_ms = r.u64()?;
+    let expires_ms = r.u64()?;
+    let refreshed_ms = r.u64()?;
+    let method = method_from(r.byte()?)?;
+    let app_len = usize::from(r.byte()?);
+    let app = std::str::from_utf8(r.take(app_len)?).ok()?.to_owned();
+    let email_len = usize::from(r.byte()?);
+    let email = Email::from_sealed(std::str::from_utf8(r.take(email_len)?).ok()?)?;
+    if !r.0.is_empty() {
+        return None;
+    }
+    Some(Claims {
+        kind,
+        id,
+        app,
+        email,
+        method,
+        issued_ms,
+        expires_ms,
+        refreshed_ms,
+    })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::random::SystemRandom;
+
+    const HOUR: u64 = 3_600_000;
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn ring(id: &str, byte: u8) -> KeyRing {
+        KeyRing::from_secrets(&[(id, [byte; 32])]).unwrap()
+    }
+
+    fn claims() -> Claims {
+        Claims {
+            kind: Kind::Session,
+            id: SessionId([7; 16]),
+            app: "wiki".into(),
+            email: Email::parse("alice@corp.example").unwrap(),
+            method: LoginMethod::OneTimePin,
+            issued_ms: NOW,
+            expires_ms: NOW + 24 * HOUR,
+            refreshed_ms: NOW,
+        }
+    }
+
+    fn sealed(keys: &KeyRing) -> String {
+        seal(&claims(), keys, &SystemRandom::default()).unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let keys = ring("k1", 1);
+        let v = sealed(&keys);
+        assert!(v.starts_with("v1.k1."));
+        assert_eq!(
+            open(&v, Kind::Session, "wiki", &keys, NOW + HOUR, None),
+            Ok(claims())
+        );
+    }
+
+    #[test]
+    fn sec_28_value_carries_no_cleartext_identity_and_is_small() {
+        let keys = ring("k1", 1);
+        let mut c = claims();
+        c.email = Email::parse(&format!("{}@{}.example", "a".repeat(64), "b".repeat(60))).unwrap();
+        let v = seal(&c, &keys, &SystemRandom::default()).unwrap();
+        assert!(!v.contains("alice") && !v.contains("corp") && !v.contains("wiki"));
+        assert!(v.len() < 600, "{}", v.len());
+        // Same claims, different nonce: values never repeat.
+        assert_ne!(sealed(&keys), sealed(&keys));
+    }
+
+    #[test]
+    fn sec_29_tampering_anywhere_is_refused() {
+        let keys = ring("k1", 1);
+        let v = sealed(&keys);
+        let data_start = "v1.k1.".len();
+        for i in data_start..v.len() {
+            let mut b = v.clone().into_bytes();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            let t = String::from_utf8(b).unwrap();
+            assert!(
+                open(&t, Kind::Session, "wiki", &keys, NOW, None).is_err(),
+                "flip at {i} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn sec_29_truncation_and_garbage_are_refused() {
+        let keys = ring("k1", 1);
+        let v = sealed(&keys);
+        for n in 0..v.len() {
+            assert!(
+                open(&v[..n], Kind::Session, "wiki", &keys, NOW, None).is_err(),
+                "prefix {n} accepted"
+            );
+        }
+        for bad in [
+            "",
+            "v1.",
+            "v1.k1.",
+            "v1.k1.!!!",
+            "v2.k1.AAAA",
+            "v1.k1",
+            "garbage",
+            "v1.k1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert!(
+                open(bad, Kind::Session, "wiki", &keys, NOW, None).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn sec_29_oversized_input_is_refused_before_decoding() {
+        let keys = ring("k1", 1);
+        let huge = format!("v1.k1.{}", "A".repeat(MAX_VALUE_LEN));
+        assert_eq!(
+            open(&huge, Kind::Session, "wiki", &keys, NOW, None),
+            Err(OpenError::TooLong)
+        );
+        // Not even valid base64 past the limit: the length check comes first.
+        let junk = format!("v1.k1.{}", "!".repeat(MAX_VALUE_LEN));
+        assert_eq!(
+            open(&junk, Kind::Session, "wiki", &keys, NOW, None),
+            Err(OpenError::TooLong)
+        );
+    }
+
+    #[test]
+    fn sec_29_wrong_key_id_and_other_key_are_refused() {
+        let keys = ring("k1", 1);
+        let v = sealed(&keys);
+        assert_eq!(
+            open(&v, Kind::Session, "wiki", &ring("k2", 1), NOW, None),
+            Err(OpenError::UnknownKey)
+        );
+        // Same id, different secret.
+        assert_eq!(
+            open(&v, Kind::Session, "wiki", &ring("k1", 2), NOW, None),
+            Err(OpenError::Forged)
+        );
+        // A value relabelled with another id of the ring.
+        let both = KeyRing::from_secrets(&[("k1", [1; 32]), ("k2", [2; 32])]).unwrap();
+        let relabelled = v.replacen("v1.k1.", "v1.k2.", 1);
+        assert_eq!(
+            open(&relabelled, Kind::Session, "wiki", &both, NOW, None),
+            Err(OpenError::Forged)
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_old_values_valid() {
+        let old = ring("k1", 1);
+        let v = sealed(&old);
+        let rotated = KeyRing::from_secrets(&[("k2", [2; 32]), ("k1", [1; 32])]).unwrap();
+        assert!(open(&v, Kind::Session, "wiki", &rotated, NOW, None).is_ok());
+        assert!(sealed(&rotated).starts_with("v1.k2."));
+    }
+
+    #[test]
+    fn sec_33_a_session_for_one_app_is_worthless_on_another() {
+        let keys = ring("k1", 1);
+        let v = sealed(&keys);
+        assert_eq!(
+            open(&v, Kind::Session, "app", &keys, NOW, None),
+            Err(OpenError::Forged)
+        );
+    }
+
+    #[test]
+    fn sec_29_other_token_types_are_not_sessions() {
+        let keys = ring("k1", 1);
+        let mut c = claims();
+        c.kind = Kind::Restricted;
+        let v = seal(&c, &keys, &SystemRandom::default()).unwrap();
+        assert_eq!(
+            open(&v, Kind::Session, "wiki", &keys, NOW, None),
+            Err(OpenError::Forged)
+        );
+        assert!(open(&v, Kind::Restricted, "wiki", &keys, NOW, None).is_ok());
+    }
+
+    #[test]
+    fn sec_30_expiry_idle_and_skew_are_enforced_with_an_injected_clock() {
+        let keys = ring("k1", 1);
+        let v = sealed(&keys);
+        let exp = NOW + 24 * HOUR;
+        assert!(open(&v, Kind::Session, "wiki", &keys, exp, None).is_ok());
+        assert!(open(&v, Kind::Session, "wiki", &keys, exp + SKEW_MS, None).is_ok());
+        assert_eq!(
+            open(&v, Kind::Session, "wiki", &keys, exp + SKEW_MS + 1, None),
+            Err(OpenError::Expired)
+        );
+        // Idle: refreshed at NOW, idle limit 1 h.
+        assert!(open(&v, Kind::Session, "wiki", &keys, NOW + HOUR, Some(HOUR)).is_ok());
+        assert_eq!(
+            open(
+                &v,
+                Kind::Session,
+                "wiki",
+                &keys,
+                NOW + HOUR + SKEW_MS + 1,
+                Some(HOUR)
+            ),
+            Err(OpenError::Expired)
+        );
+        // A clock far behind the issuer's: refused beyond the tolerated skew.
+        assert_eq!(
+            open(&v, Kind::Session, "wiki", &keys, NOW - SKEW_MS - 1, None),
+            Err(OpenError::NotYetValid)
+        );
+        const { assert!(SKEW_MS <= 60_000) };
+    }
+}

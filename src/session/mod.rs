@@ -1,0 +1,312 @@
+//! "Who is this?": the gateway cookie, its keys, and revocation.
+
+pub mod cookie;
+pub mod keys;
+pub mod revocation;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderMap;
+use http::header::{COOKIE, HeaderValue};
+
+pub use cookie::{Claims, Kind, OpenError, SealError, SessionId};
+pub use keys::KeyRing;
+pub use revocation::Revocations;
+
+use crate::email::Email;
+use crate::policy::LoginMethod;
+use crate::random::Random;
+
+/// Cookie name on apps served over plain HTTP (development).
+pub const COOKIE_PLAIN: &str = "otpgate";
+/// Cookie name on apps served over HTTPS: the `__Host-` prefix makes browsers insist on
+/// `Secure`, `Path=/` and no `Domain`, so sibling hosts cannot plant it.
+pub const COOKIE_HOST: &str = "__Host-otpgate";
+
+/// The cookie name for an app whose public origin is (or is not) https.
+pub fn cookie_name(https: bool) -> &'static str {
+    if https { COOKIE_HOST } else { COOKIE_PLAIN }
+}
+
+/// Why no session could be read from a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// No gateway cookie.
+    #[error("no session cookie")]
+    Missing,
+    /// A cookie that does not open.
+    #[error("invalid session cookie: {0}")]
+    Invalid(#[from] OpenError),
+    /// A session ended on the server.
+    #[error("session revoked")]
+    Revoked,
+}
+
+impl SessionError {
+    /// A short label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Invalid(OpenError::Expired) => "expired",
+            Self::Invalid(_) => "invalid",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+/// Issues and opens sessions.
+#[derive(Debug)]
+pub struct Sessions {
+    keys: ArcSwap<KeyRing>,
+    revocations: Revocations,
+    random: Arc<dyn Random>,
+}
+
+impl Sessions {
+    /// A session service with these keys.
+    pub fn new(keys: KeyRing, random: Arc<dyn Random>) -> Self {
+        Self {
+            keys: ArcSwap::from_pointee(keys),
+            revocations: Revocations::default(),
+            random,
+        }
+    }
+
+    /// Replaces the keys (config reload).
+    pub fn replace_keys(&self, keys: KeyRing) {
+        self.keys.store(Arc::new(keys));
+    }
+
+    /// The revocation cache.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
+    /// Issues a new session with a fresh random id (SECURITY.md 32) for `app`.
+    pub fn issue(
+        &self,
+        kind: Kind,
+        app: &str,
+        email: Email,
+        method: LoginMethod,
+        lifetime: Duration,
+        now_ms: u64,
+    ) -> Result<(Claims, String), SealError> {
+        let id = SessionId(crate::random::bytes(self.random.as_ref())?);
+        let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+        let claims = Claims {
+            kind,
+            id,
+            app: app.to_owned(),
+            email,
+            method,
+            issued_ms: now_ms,
+            expires_ms: now_ms.saturating_add(lifetime_ms),
+            refreshed_ms: now_ms,
+        };
+        let value = cookie::seal(&claims, &self.keys.load(), self.random.as_ref())?;
+        Ok((claims, value))
+    }
+
+    /// Re-seals a session with a new activity time (idle timeout), same id and expiry.
+    pub fn refresh(&self, claims: &Claims, now_ms: u64) -> Result<String, SealError> {
+        let mut c = claims.clone();
+        c.refreshed_ms = now_ms;
+        cookie::seal(&c, &self.keys.load(), self.random.as_ref())
+    }
+
+    /// The session of a request for `app`: the first `name` cookie that opens and is not
+    /// revoked. Several cookies of that name are tried (at most four).
+    pub fn from_headers(
+        &self,
+        headers: &HeaderMap,
+        name: &str,
+        app: &str,
+        now_ms: u64,
+        idle: Option<Duration>,
+    ) -> Result<Claims, SessionError> {
+        let idle_ms = idle.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let keys = self.keys.load();
+        let mut last = SessionError::Missing;
+        for value in cookie_values(headers, name).take(4) {
+            match cookie::open(value, Kind::Session, app, &keys, now_ms, idle_ms) {
+                Ok(c) if self.revocations.is_revoked(&c) => last = SessionError::Revoked,
+                Ok(c) => return Ok(c),
+                Err(e) => last = SessionError::Invalid(e),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Values of the cookies called `name` in a request's `Cookie` headers.
+pub fn cookie_values<'a>(
+    headers: &'a HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+}
+
+/// Removes the gateway's cookies (both names) from the `Cookie` headers, keeping the others,
+/// so the upstream never sees a session (SECURITY.md 34).
+pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
+    let mentions = headers
+        .get_all(COOKIE)
+        .iter()
+        .any(|v| v.as_bytes().windows(7).any(|w| w == b"otpgate"));
+    if !mentions {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
+            !pair.is_empty() && name != COOKIE_PLAIN && name != COOKIE_HOST
+        })
+        .map(str::to_owned)
+        .collect();
+    headers.remove(COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(COOKIE, v);
+    }
+}
+
+/// `Set-Cookie` for a session (SPEC.md §4, SECURITY.md 28): `HttpOnly`, `SameSite=Lax`,
+/// `Path=/`, `Max-Age`, and `Secure` when the app's public origin is https.
+pub fn set_cookie(name: &str, value: &str, max_age: Duration, secure: bool) -> Option<HeaderValue> {
+    let secs = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+    let c = ::cookie::Cookie::build((name, value))
+        .path("/")
+        .http_only(true)
+        .same_site(::cookie::SameSite::Lax)
+        .secure(secure)
+        .max_age(::cookie::time::Duration::seconds(secs))
+        .build();
+    HeaderValue::from_str(&c.to_string()).ok()
+}
+
+/// `Set-Cookie` that deletes the session cookie.
+pub fn clear_cookie(name: &str, secure: bool) -> Option<HeaderValue> {
+    set_cookie(name, "", Duration::ZERO, secure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cookies: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for c in cookies {
+            h.append(COOKIE, c.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn sec_28_cookie_attributes() {
+        let v = set_cookie(COOKIE_HOST, "v1.k.abc", Duration::from_secs(3600), true).unwrap();
+        let s = v.to_str().unwrap();
+        assert!(s.starts_with("__Host-otpgate=v1.k.abc;"), "{s}");
+        for attr in [
+            "HttpOnly",
+            "SameSite=Lax",
+            "Secure",
+            "Path=/",
+            "Max-Age=3600",
+        ] {
+            assert!(s.contains(attr), "{attr} missing in {s}");
+        }
+        assert!(!s.contains("Domain"));
+        let v = set_cookie(COOKIE_PLAIN, "x", Duration::from_secs(60), false).unwrap();
+        assert!(!v.to_str().unwrap().contains("Secure"));
+        assert!(
+            clear_cookie(COOKIE_HOST, true)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("Max-Age=0")
+        );
+        assert_eq!(cookie_name(true), "__Host-otpgate");
+        assert_eq!(cookie_name(false), "otpgate");
+    }
+
+    #[test]
+    fn sec_32_every_session_gets_a_fresh_random_id() {
+        let keys = KeyRing::from_secrets(&[("k1", [3; 32])]).unwrap();
+        let s = Sessions::new(keys, crate::random::system());
+        let email = Email::parse("a@b.example").unwrap();
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let (c, v) = s
+                .issue(
+                    Kind::Session,
+                    "app",
+                    email.clone(),
+                    LoginMethod::OneTimePin,
+                    Duration::from_secs(60),
+                    1,
+                )
+                .unwrap();
+            assert!(ids.insert(c.id), "session id reused");
+            assert_eq!(
+                s.from_headers(
+                    &headers(&[&format!("otpgate={v}")]),
+                    COOKIE_PLAIN,
+                    "app",
+                    2,
+                    None
+                ),
+                Ok(c)
+            );
+        }
+    }
+
+    #[test]
+    fn finds_values_among_other_cookies() {
+        let h = headers(&["theme=dark; __Host-otpgate=v1.a.b", "otpgate=v1.c.d; x=1"]);
+        assert_eq!(
+            cookie_values(&h, COOKIE_HOST).collect::<Vec<_>>(),
+            ["v1.a.b"]
+        );
+        assert_eq!(
+            cookie_values(&h, COOKIE_PLAIN).collect::<Vec<_>>(),
+            ["v1.c.d"]
+        );
+        assert_eq!(cookie_values(&h, "otpgatex").count(), 0);
+    }
+
+    #[test]
+    fn sec_34_gateway_cookies_are_stripped_and_others_kept() {
+        let mut h = headers(&[
+            "theme=dark; __Host-otpgate=v1.a.b; lang=en",
+            "otpgate=v1.c.d",
+        ]);
+        strip_gateway_cookies(&mut h);
+        assert_eq!(
+            h.get_all(COOKIE).iter().collect::<Vec<_>>(),
+            ["theme=dark; lang=en"]
+        );
+        let mut h = headers(&["otpgate=v1.c.d"]);
+        strip_gateway_cookies(&mut h);
+        assert!(h.get(COOKIE).is_none());
+        let mut h = headers(&["nototpgate=1; a=b"]);
+        strip_gateway_cookies(&mut h);
+        assert_eq!(h[COOKIE], "nototpgate=1; a=b");
+    }
+}

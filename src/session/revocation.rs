@@ -1,0 +1,145 @@
+//! The in-memory view of revocations that every request checks without I/O. It is filled from
+//! the credentials store at start and kept current by polling it (so a `sessions revoke` from
+//! the command line or another replica takes effect within the poll interval).
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use dashmap::DashMap;
+
+use super::cookie::{Claims, SessionId};
+use crate::store::{Revocation, RevocationKind};
+
+/// How often the store is polled for new revocations.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Revoked sessions and per-user cut-offs.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    sessions: DashMap<SessionId, u64>,
+    users: DashMap<String, u64>,
+    any: AtomicBool,
+    seq: AtomicI64,
+}
+
+impl Revocations {
+    /// Whether a session is revoked.
+    pub fn is_revoked(&self, c: &Claims) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        self.sessions.contains_key(&c.id)
+            || self
+                .users
+                .get(c.email.as_str())
+                .is_some_and(|cut| c.issued_ms < *cut)
+    }
+
+    /// Takes in revocations read from the store.
+    pub fn apply(&self, rows: &[Revocation]) {
+        for r in rows {
+            match r.kind {
+                RevocationKind::Session => {
+                    if let Some(id) = parse_id(&r.subject) {
+                        self.sessions.insert(id, r.expires_ms);
+                    }
+                }
+                RevocationKind::User => {
+                    let mut cut = self.users.entry(r.subject.clone()).or_insert(0);
+                    *cut = (*cut).max(r.not_before_ms);
+                }
+            }
+            self.seq.fetch_max(r.seq, Ordering::AcqRel);
+        }
+        if !rows.is_empty() {
+            self.any.store(true, Ordering::Release);
+        }
+    }
+
+    /// Records a revocation made by this process (visible at once, before the next poll).
+    pub fn revoke_session(&self, id: SessionId, expires_ms: u64) {
+        self.sessions.insert(id, expires_ms);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// The last store sequence number seen.
+    pub fn last_seq(&self) -> i64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    /// Forgets entries that can no longer match a live session.
+    pub fn prune(&self, now_ms: u64, max_session_ms: u64) {
+        self.sessions
+            .retain(|_, exp| *exp + super::cookie::SKEW_MS >= now_ms);
+        self.users.retain(|_, cut| {
+            cut.saturating_add(max_session_ms)
+                .saturating_add(super::cookie::SKEW_MS)
+                >= now_ms
+        });
+    }
+}
+
+fn parse_id(hex: &str) -> Option<SessionId> {
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(SessionId(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::email::Email;
+    use crate::policy::LoginMethod;
+    use crate::session::cookie::Kind;
+
+    fn claims(id: u8, email: &str, issued_ms: u64) -> Claims {
+        Claims {
+            kind: Kind::Session,
+            id: SessionId([id; 16]),
+            app: "a".into(),
+            email: Email::parse(email).unwrap(),
+            method: LoginMethod::OneTimePin,
+            issued_ms,
+            expires_ms: issued_ms + 1_000_000,
+            refreshed_ms: issued_ms,
+        }
+    }
+
+    #[test]
+    fn session_and_user_revocations() {
+        let r = Revocations::default();
+        let c1 = claims(1, "a@x.example", 1_000);
+        let c2 = claims(2, "a@x.example", 5_000);
+        let c3 = claims(3, "b@x.example", 1_000);
+        assert!(!r.is_revoked(&c1));
+        r.apply(&[
+            Revocation {
+                seq: 1,
+                kind: RevocationKind::Session,
+                subject: c3.id.hex(),
+                not_before_ms: 0,
+                expires_ms: 2_000_000,
+            },
+            Revocation {
+                seq: 2,
+                kind: RevocationKind::User,
+                subject: "a@x.example".into(),
+                not_before_ms: 3_000,
+                expires_ms: 9_000_000,
+            },
+        ]);
+        assert!(r.is_revoked(&c1), "issued before the cut-off");
+        assert!(
+            !r.is_revoked(&c2),
+            "issued after the cut-off: a fresh login works"
+        );
+        assert!(r.is_revoked(&c3));
+        assert_eq!(r.last_seq(), 2);
+        r.prune(10_000_000_000, 1_000);
+        assert!(!r.is_revoked(&c1));
+    }
+}

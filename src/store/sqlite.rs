@@ -1,0 +1,153 @@
+//! The embedded credentials store: SQLite in `data_dir` (WAL, full sync: what is committed
+//! survives a crash or a SIGKILL), schema versioned with `PRAGMA user_version`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Revocation, RevocationKind, StoreError};
+
+/// Schema migrations, applied in order; `user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: revocations (single sessions and "log out everywhere" cut-offs).
+    "CREATE TABLE revocations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL CHECK (kind IN ('session', 'user')),
+        subject TEXT NOT NULL,
+        not_before_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX revocations_expires ON revocations (expires_ms);",
+];
+
+/// The SQLite store. One connection; SQLite serialises writers anyway, and every operation is
+/// short (the lock is never held across an await: callers run on blocking threads).
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating when needed) `otpgate.db` in `data_dir` and migrates it.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+            path: data_dir.into(),
+            source,
+        })?;
+        let path = data_dir.join("otpgate.db");
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(f(&mut guard)?)
+    }
+
+    pub(super) fn add_revocation(
+        &self,
+        kind: RevocationKind,
+        subject: &str,
+        not_before_ms: u64,
+        expires_ms: u64,
+        now_ms: u64,
+    ) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO revocations (kind, subject, not_before_ms, expires_ms, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![kind.as_str(), subject, to_i64(not_before_ms), to_i64(expires_ms), to_i64(now_ms)],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    pub(super) fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, kind, subject, not_before_ms, expires_ms FROM revocations WHERE seq > ?1 ORDER BY seq",
+            )?;
+            let rows = st.query_map(params![seq], |r| {
+                let kind: String = r.get(1)?;
+                Ok(Revocation {
+                    seq: r.get(0)?,
+                    kind: if kind == "user" { RevocationKind::User } else { RevocationKind::Session },
+                    subject: r.get(2)?,
+                    not_before_ms: from_i64(r.get(3)?),
+                    expires_ms: from_i64(r.get(4)?),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub(super) fn prune(&self, now_ms: u64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM revocations WHERE expires_ms < ?1",
+                params![to_i64(now_ms)],
+            )
+        })
+    }
+
+    pub(super) fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))
+                .optional()
+                .map(|_| ())
+        })
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn from_i64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if version > known {
+        return Err(StoreError::Newer {
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
