@@ -20,7 +20,9 @@ pub mod commands;
 pub mod config;
 pub mod email;
 pub mod gateway;
+pub mod io;
 pub mod metrics;
+pub mod pages;
 pub mod path;
 pub mod policy;
 pub mod proxy;
@@ -28,6 +30,7 @@ pub mod random;
 pub mod return_to;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod store;
 pub mod users;
 
@@ -139,14 +142,15 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         (None, None)
     };
     let runtime = Runtime::build(config, &bound, None)?;
+    let cancel = CancellationToken::new();
     let parts = Parts {
         clock: options.clock,
         random: options.random,
         sessions,
         credentials,
+        shutdown: cancel.clone(),
     };
     let gateway = Arc::new(Gateway::new(runtime, bound, parts));
-    let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     if let Some(l) = listeners.http {
         tasks.push(server::spawn(

@@ -31,6 +31,13 @@ pub enum PathError {
     /// `%` not followed by two hex digits.
     #[error("malformed percent-escape in path")]
     BadEscape,
+    /// `%25` followed by two hex digits: a second decoding would change the path.
+    #[error("double percent-encoding in path")]
+    DoubleEncoding,
+    /// A `;parameter` in a segment other than the last (servlet containers drop it, so
+    /// `/;/admin` would reach `/admin` past a policy on `/admin`).
+    #[error("path parameter before the last segment")]
+    Parameter,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -42,14 +49,18 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+/// Characters whose escapes are decoded: RFC 3986 unreserved characters and the sub-delimiters,
+/// `:` and `@` that a path may contain literally. Upstream servers decode these before routing,
+/// so `/%40admin` and `/@admin` must be one path for the policies too.
+fn decoded(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&b)
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
-/// Normalises an origin-form path (no query). Borrowed when nothing had to change, which is
-/// the common case on the hot path.
+/// Normalises an origin-form path (no query) to one spelling: escapes of the characters above
+/// decoded, every other escape upper-case, raw non-ASCII bytes escaped. Borrowed when nothing
+/// had to change, which is the common case on the hot path.
 pub fn normalise(raw: &str) -> Result<Cow<'_, str>, PathError> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
@@ -72,10 +83,15 @@ pub fn normalise(raw: &str) -> Result<Cow<'_, str>, PathError> {
                     b'/' => return Err(PathError::EncodedSlash),
                     b'\\' => return Err(PathError::Backslash),
                     0x00..=0x1f | 0x7f => return Err(PathError::Control),
+                    b'%' if bytes.get(i + 3).copied().and_then(hex).is_some()
+                        && bytes.get(i + 4).copied().and_then(hex).is_some() =>
+                    {
+                        return Err(PathError::DoubleEncoding);
+                    }
                     _ => {}
                 }
                 let canonical = [b'%', HEX_UPPER[usize::from(h)], HEX_UPPER[usize::from(l)]];
-                if is_unreserved(v) {
+                if decoded(v) {
                     out.get_or_insert_with(|| bytes[..i].to_vec()).push(v);
                 } else if bytes[i..i + 3] != canonical {
                     out.get_or_insert_with(|| bytes[..i].to_vec())
@@ -88,6 +104,14 @@ pub fn normalise(raw: &str) -> Result<Cow<'_, str>, PathError> {
             }
             b'\\' => return Err(PathError::Backslash),
             0x00..=0x1f | 0x7f => return Err(PathError::Control),
+            0x80..=0xff => {
+                let o = out.get_or_insert_with(|| bytes[..i].to_vec());
+                o.extend_from_slice(&[
+                    b'%',
+                    HEX_UPPER[usize::from(b >> 4)],
+                    HEX_UPPER[usize::from(b & 15)],
+                ]);
+            }
             _ => {
                 if let Some(o) = out.as_mut() {
                     o.push(b);
@@ -98,11 +122,17 @@ pub fn normalise(raw: &str) -> Result<Cow<'_, str>, PathError> {
     }
     let path: Cow<'_, str> = match out {
         None => Cow::Borrowed(raw),
-        // Only ASCII bytes were substituted into a string that was valid UTF-8.
+        // Every byte written is ASCII.
         Some(v) => Cow::Owned(String::from_utf8(v).map_err(|_| PathError::BadEscape)?),
     };
     check_segments(&path)?;
     Ok(path)
+}
+
+/// Where a segment's `;parameters` start (a literal `;` or its escape `%3B`), if anywhere.
+fn param_start(seg: &[u8]) -> Option<usize> {
+    (0..seg.len())
+        .find(|&i| seg[i] == b';' || (seg[i] == b'%' && seg.get(i + 1..i + 3) == Some(b"3B")))
 }
 
 fn check_segments(path: &str) -> Result<(), PathError> {
@@ -112,19 +142,22 @@ fn check_segments(path: &str) -> Result<(), PathError> {
         if i < p.len() && p[i] != b'/' {
             continue;
         }
+        let last = i == p.len();
         let seg = &p[start..i];
-        match seg.first() {
+        if seg.is_empty() {
             // "/" alone and a trailing slash are fine; "//" in the middle is not.
-            None if i < p.len() => return Err(PathError::EmptySegment),
-            // Only segments starting with a dot can be dot segments (also "..;x", which
-            // servlet containers read as "..").
-            Some(b'.') => {
-                let name = seg.split(|b| *b == b';').next().unwrap_or(seg);
-                if name == b"." || name == b".." {
-                    return Err(PathError::DotSegment);
-                }
+            if !last {
+                return Err(PathError::EmptySegment);
             }
-            _ => {}
+        } else {
+            let params = param_start(seg);
+            let name = &seg[..params.unwrap_or(seg.len())];
+            if name == b"." || name == b".." {
+                return Err(PathError::DotSegment);
+            }
+            if params.is_some() && !last {
+                return Err(PathError::Parameter);
+            }
         }
         start = i + 1;
     }
@@ -141,7 +174,8 @@ pub fn prefix_covers(prefix: &str, path: &str) -> bool {
     if prefix.ends_with('/') || path.len() == prefix.len() {
         return true;
     }
-    matches!(path.as_bytes()[prefix.len()], b'/' | b';')
+    let rest = &path.as_bytes()[prefix.len()..];
+    rest[0] == b'/' || rest[0] == b';' || rest.starts_with(b"%3B")
 }
 
 #[cfg(test)]
@@ -205,10 +239,36 @@ mod tests {
             ("/a%", BadEscape),
             ("/a%4", BadEscape),
             ("/a%zz", BadEscape),
+            ("/%2561dmin", DoubleEncoding),
+            ("/a%252Fb", DoubleEncoding),
+            ("/;/admin", Parameter),
+            ("/admin;x/users", Parameter),
+            ("/api;x/admin", Parameter),
+            ("/a%3Bx/b", Parameter),
+            ("/a%3bx/b", Parameter),
+            ("/.%3B/x", DotSegment),
+            ("/..%3bx", DotSegment),
         ];
         for (p, want) in cases {
             assert_eq!(normalise(p), Err(want), "{p:?}");
         }
+    }
+
+    #[test]
+    fn one_spelling_per_path() {
+        // Sub-delimiters, `:` and `@` are decoded; raw non-ASCII is escaped.
+        assert_eq!(normalise("/%40admin").unwrap(), "/@admin");
+        assert_eq!(normalise("/a%3db%2C%3A").unwrap(), "/a=b,:");
+        assert_eq!(normalise("/donn\u{e9}es/x").unwrap(), "/donn%C3%A9es/x");
+        assert_eq!(normalise("/donn%c3%a9es/x").unwrap(), "/donn%C3%A9es/x");
+        // Reserved characters that change meaning stay escaped.
+        assert_eq!(
+            normalise("/a%3fb%23c%20d%3bx").unwrap(),
+            "/a%3Fb%23c%20d%3Bx"
+        );
+        assert_eq!(normalise("/100%25").unwrap(), "/100%25");
+        // The last segment may carry parameters.
+        assert_eq!(normalise("/x;jsessionid=1").unwrap(), "/x;jsessionid=1");
     }
 
     #[test]
@@ -224,6 +284,7 @@ mod tests {
         assert!(prefix_covers("/admin", "/admin/"));
         assert!(prefix_covers("/admin", "/admin/x"));
         assert!(prefix_covers("/admin", "/admin;v=1"));
+        assert!(prefix_covers("/admin", "/admin%3Bv=1"));
         assert!(!prefix_covers("/admin", "/administrator"));
         assert!(!prefix_covers("/admin", "/adm"));
         assert!(prefix_covers("/static/", "/static/app.js"));
@@ -233,13 +294,17 @@ mod tests {
 
     proptest! {
         #[test]
-        fn output_is_a_fixed_point_and_never_ambiguous(p in "/[a-zA-Z0-9%./;_~\\-]{0,40}") {
+        fn output_is_a_fixed_point_and_never_ambiguous(p in "/[a-zA-Z0-9%./;_~@:=\\-\\u{e9}]{0,40}") {
             if let Ok(n) = normalise(&p) {
                 let again = normalise(&n).unwrap();
                 prop_assert_eq!(again.as_ref(), n.as_ref());
                 let lower = n.to_ascii_lowercase();
                 prop_assert!(!lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("//"));
                 prop_assert!(!n.split('/').any(|s| s == "." || s == ".."));
+                prop_assert!(n.is_ascii());
+                // No parameters before the last segment.
+                let segs: Vec<&str> = n.split('/').collect();
+                prop_assert!(segs[..segs.len() - 1].iter().all(|s| !s.contains(';') && !s.contains("%3B")));
             }
         }
     }

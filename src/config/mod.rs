@@ -134,8 +134,8 @@ impl fmt::Debug for CertPair {
 pub struct SessionConfig {
     /// Absolute lifetime of a session (at most 30 days).
     pub duration: Duration,
-    /// Optional inactivity limit.
-    pub idle_timeout: Option<Duration>,
+    /// Inactivity limit (default 8 hours, at most the session duration).
+    pub idle_timeout: Duration,
     /// The cookie keys file.
     pub keys_file: PathBuf,
 }

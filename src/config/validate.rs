@@ -188,9 +188,12 @@ pub(super) fn validate(
     if session_duration > MAX_SESSION {
         c.err("session.duration", "must be at most 30d (SECURITY.md 30)");
     }
-    if let Some(idle) = f.session.idle_timeout
-        && (idle.is_zero() || idle > session_duration)
-    {
+    // SECURITY.md 30: sessions also end after inactivity; on by default.
+    let idle_timeout = f
+        .session
+        .idle_timeout
+        .unwrap_or_else(|| session_duration.min(8 * 3600 * Duration::from_secs(1)));
+    if idle_timeout.is_zero() || idle_timeout > session_duration {
         c.err(
             "session.idle_timeout",
             "must be above 0s and at most session.duration",
@@ -198,7 +201,7 @@ pub(super) fn validate(
     }
     let session = SessionConfig {
         duration: session_duration,
-        idle_timeout: f.session.idle_timeout,
+        idle_timeout,
         keys_file: f
             .session
             .keys_file
@@ -1059,7 +1062,16 @@ fn policy(c: &mut Ctx<'_>, p: file::PolicyFile, at: &str) -> Option<Policy> {
     let mut paths = Vec::new();
     for (k, raw) in p.paths.iter().enumerate() {
         match crate::path::normalise(raw) {
-            Ok(n) if n == raw.as_str() => paths.push(raw.clone()),
+            Ok(n) if n == raw.as_str() => {
+                // A block on "/admin/" leaves "/admin" itself open (S3 of the review).
+                if action == Action::Block && raw.len() > 1 && raw.ends_with('/') {
+                    c.warn(
+                        format!("{at}.paths[{k}]"),
+                        format!("{raw:?} covers what is below it but not {:?} itself; write {:?} to cover both", &raw[..raw.len() - 1], &raw[..raw.len() - 1]),
+                    );
+                }
+                paths.push(raw.clone());
+            }
             Ok(n) => c.err(
                 format!("{at}.paths[{k}]"),
                 format!("write the normalised form {n:?}"),

@@ -3,8 +3,8 @@
 use http::{Response, StatusCode};
 
 use crate::body::Body;
-use crate::gateway::pages;
 use crate::gateway::route::HostError;
+use crate::pages::Pages;
 use crate::path::PathError;
 use crate::proxy::ProxyError;
 
@@ -33,6 +33,18 @@ pub enum GateError {
     /// The method is not allowed on a gateway page.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A form that is not a small `application/x-www-form-urlencoded` body.
+    #[error("malformed form")]
+    BadForm,
+    /// A store the login needs is unreachable: logins fail closed.
+    #[error("a store is unavailable")]
+    Unavailable,
+    /// Too many open connections (WebSocket tunnels) to take another.
+    #[error("too many open connections")]
+    Busy,
+    /// Something that should not fail did (no randomness, a sealing failure).
+    #[error("internal error")]
+    Internal,
     /// Upstream problems.
     #[error(transparent)]
     Proxy(#[from] ProxyError),
@@ -45,6 +57,8 @@ pub enum Blame {
     Client,
     /// The upstream failed.
     Upstream,
+    /// The gateway or one of its stores failed.
+    Internal,
 }
 
 impl GateError {
@@ -54,6 +68,7 @@ impl GateError {
             Self::Proxy(ProxyError::Connect(_) | ProxyError::Timeout | ProxyError::Upstream(_)) => {
                 Blame::Upstream
             }
+            Self::Unavailable | Self::Internal => Blame::Internal,
             _ => Blame::Client,
         }
     }
@@ -61,7 +76,9 @@ impl GateError {
     /// The status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Host(_) | Self::Path(_) => StatusCode::BAD_REQUEST,
+            Self::Host(_) | Self::Path(_) | Self::BadForm => StatusCode::BAD_REQUEST,
+            Self::Unavailable | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UnknownHost | Self::NotFound => StatusCode::NOT_FOUND,
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::Forbidden => StatusCode::FORBIDDEN,
@@ -75,7 +92,7 @@ impl GateError {
     }
 
     /// The response for this error. Details stay in the log; the client gets a generic page.
-    pub fn into_response(self) -> Response<Body> {
+    pub fn into_response(self, pages: &Pages) -> Response<Body> {
         let status = self.status();
         let (title, message) = match &self {
             Self::Host(_) => ("Bad request", "The request did not name a valid host."),
@@ -101,8 +118,21 @@ impl GateError {
             Self::Proxy(ProxyError::Timeout) => {
                 ("Gateway timeout", "The application did not answer in time.")
             }
+            Self::BadForm => (
+                "Bad request",
+                "The form could not be read. Please go back and try again.",
+            ),
+            Self::Unavailable => (
+                "Sign-in unavailable",
+                "Signing in is not possible right now. Please try again in a moment.",
+            ),
+            Self::Internal => ("Something went wrong", "Please try again."),
+            Self::Busy => (
+                "Busy",
+                "Too many connections are open right now. Please try again in a moment.",
+            ),
             Self::Proxy(_) => ("Bad gateway", "The application is not reachable right now."),
         };
-        pages::error(status, title, message)
+        pages.error(status, title, message)
     }
 }

@@ -50,16 +50,19 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
 }
 
 /// Whether the client reached us over HTTPS: the listener's TLS, or a trusted proxy's
-/// `X-Forwarded-Proto: https`.
+/// `X-Forwarded-Proto: https`. The last value counts: it was written by the nearest proxy (a
+/// proxy that appends would leave a client's own value in front).
 pub fn client_https(tls: bool, peer_trusted: bool, headers: &HeaderMap) -> bool {
     if tls {
         return true;
     }
     peer_trusted
         && headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            .get_all("x-forwarded-proto")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
             .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
 }
 
@@ -109,6 +112,24 @@ mod tests {
         assert_eq!(
             client_ip(lb, &h(&["[2001:db8::1]:443"]), &trusted).to_string(),
             "2001:db8::1"
+        );
+    }
+
+    #[test]
+    fn the_nearest_proxys_scheme_counts() {
+        let mut m = HeaderMap::new();
+        m.append("x-forwarded-proto", "https".parse().unwrap());
+        m.append("x-forwarded-proto", "http".parse().unwrap());
+        assert!(
+            !client_https(false, true, &m),
+            "a client-supplied https in front does not count"
+        );
+        let mut m = HeaderMap::new();
+        m.insert("x-forwarded-proto", "http, https".parse().unwrap());
+        assert!(client_https(false, true, &m));
+        assert!(
+            !client_https(false, false, &m),
+            "untrusted peers are not believed"
         );
     }
 

@@ -5,7 +5,6 @@
 
 pub mod error;
 pub mod forwarded;
-pub mod pages;
 pub mod route;
 
 use std::borrow::Cow;
@@ -29,6 +28,7 @@ use crate::body::Body;
 use crate::clock::Clock;
 use crate::config::{AppConfig, Config, HostPattern, Origin, Upstream as UpstreamConfig};
 use crate::metrics::{self, AppMetrics, DecisionLabel};
+use crate::pages::{Pages, PagesError};
 use crate::policy::{self, Decision};
 use crate::proxy::{self, HttpClient, ProxyError, Upstream};
 use crate::random::Random;
@@ -79,6 +79,9 @@ pub enum BuildError {
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// A page template is broken.
+    #[error(transparent)]
+    Pages(#[from] PagesError),
 }
 
 /// One app, ready to serve.
@@ -111,6 +114,8 @@ pub struct Runtime {
     pub users: Users,
     /// The audit log.
     pub audit: Audit,
+    /// Page and mail templates.
+    pub pages: Pages,
     router: Router,
     clients: Vec<(Vec<CertificateDer<'static>>, Arc<HttpClient>)>,
 }
@@ -175,12 +180,14 @@ impl Runtime {
         let origins = apps.iter().map(|a| a.origin.clone()).collect();
         let users = Users::from_config(&config.users);
         let audit = Audit::open(&config.audit)?;
+        let pages = Pages::load(config.templates_dir.as_deref())?;
         Ok(Self {
             config: Arc::new(config),
             apps,
             origins,
             users,
             audit,
+            pages,
             router,
             clients,
         })
@@ -230,6 +237,8 @@ pub struct Gateway {
     random: Arc<dyn Random>,
     sessions: Sessions,
     credentials: Credentials,
+    tunnels: Arc<tokio::sync::Semaphore>,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The long-lived parts of a gateway, made once at start.
@@ -243,19 +252,25 @@ pub struct Parts {
     pub sessions: Sessions,
     /// The durable store.
     pub credentials: Credentials,
+    /// Fired on shutdown (ends WebSocket tunnels).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Gateway {
     /// A gateway serving `runtime`.
     pub fn new(runtime: Runtime, bound: BoundAddrs, parts: Parts) -> Self {
+        // Tunnels count against the same limit as client connections (set at start).
+        let tunnels = runtime.config.limits.max_connections;
         Self {
             runtime: ArcSwap::from_pointee(runtime),
             bound,
             ready: AtomicBool::new(false),
             clock: parts.clock,
             random: parts.random,
+            tunnels: Arc::new(tokio::sync::Semaphore::new(tunnels)),
             sessions: parts.sessions,
             credentials: parts.credentials,
+            shutdown: parts.shutdown,
         }
     }
 
@@ -325,9 +340,10 @@ impl Gateway {
                     Blame::Upstream => {
                         tracing::warn!(app = app.map_or("-", |a| a.config.name.as_str()), error = %e, "upstream failure");
                     }
+                    Blame::Internal => tracing::error!(error = %e, "request failed"),
                     Blame::Client => tracing::debug!(error = %e, "request refused"),
                 }
-                e.into_response()
+                e.into_response(&rt.pages)
             }
         };
         match app {
@@ -420,12 +436,11 @@ impl Gateway {
             path,
             ip: client.ip,
         };
-        let mut identity = None;
-        let mut refreshed = None;
+        let mut session = None;
         let decision = match policy::decide(&app.config.policies, &facts, None) {
             Decision::LoginRequired(_) | Decision::Allow(_) => {
                 let now_ms = self.now_ms();
-                let idle = rt.config.session.idle_timeout;
+                let idle = Some(rt.config.session.idle_timeout);
                 match self.sessions.from_headers(
                     req.headers(),
                     app.cookie_name,
@@ -438,12 +453,14 @@ impl Gateway {
                         if e != SessionError::Missing {
                             app.metrics.session_rejected(e.label());
                         }
+                        let clear = e != SessionError::Missing;
                         return Ok(self.login_required(
+                            &rt.pages,
                             app,
                             path,
                             req.uri().query(),
                             req.headers(),
-                            e != SessionError::Missing,
+                            clear,
                         ));
                     }
                     Ok(claims) => {
@@ -456,8 +473,13 @@ impl Gateway {
                         };
                         let d = policy::decide(&app.config.policies, &facts, Some(&who));
                         if d.permits() {
-                            identity = Some(identity_headers(&claims, user));
-                            refreshed = self.refresh_cookie(app, &claims, idle, now_ms);
+                            let refreshed = self.refresh_cookie(
+                                app,
+                                &claims,
+                                rt.config.session.idle_timeout,
+                                now_ms,
+                            );
+                            session = Some((identity_headers(&claims, user), refreshed, claims));
                         }
                         d
                     }
@@ -476,7 +498,30 @@ impl Gateway {
             return Err(GateError::Forbidden);
         }
 
-        // 7. Upstream.
+        // 7. Upstream. A WebSocket upgrade needs a tunnel slot; the tunnel ends with the session.
+        let (identity, refreshed, claims) = match session {
+            Some((i, r, c)) => (Some(i), r, Some(c)),
+            None => (None, None, None),
+        };
+        let tunnel = if proxy::headers::wants_websocket(req.headers()) {
+            let permit = self
+                .tunnels
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| GateError::Busy)?;
+            let max_lifetime = claims
+                .as_ref()
+                .map(|c| Duration::from_millis(c.expires_ms.saturating_sub(self.now_ms())));
+            Some(proxy::TunnelLimits {
+                permit,
+                idle: rt.config.limits.idle_timeout,
+                max_lifetime,
+                shutdown: self.shutdown.clone(),
+                session: claims.map(|c| (self.sessions.revocations_arc(), c)),
+            })
+        } else {
+            None
+        };
         let target = proxy::Target {
             app: &app.config.name,
             upstream: &app.upstream,
@@ -485,12 +530,19 @@ impl Gateway {
             preserve_host: app.config.preserve_host,
             metrics: &app.metrics,
             identity,
+            tunnel,
         };
         let changed = normalised.is_some();
         let path = normalised.unwrap_or_default();
         let mut response = proxy::forward(target, req, &path, changed, client).await?;
         if let Some(cookie) = refreshed {
-            response.headers_mut().append(SET_COOKIE, cookie);
+            let h = response.headers_mut();
+            h.append(SET_COOKIE, cookie);
+            // A response carrying a session must never be stored by a shared cache.
+            h.insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            );
         }
         Ok(response)
     }
@@ -499,6 +551,7 @@ impl Gateway {
     /// (SPEC.md §4). A cookie that was sent but did not open is deleted.
     fn login_required(
         &self,
+        pages: &Pages,
         app: &App,
         path: &str,
         query: Option<&str>,
@@ -512,7 +565,7 @@ impl Gateway {
         }
         let login_url = return_to::with_rd(&format!("{}{LOGIN_PATH}", app.origin), &original);
         let mut response = if wants_json(headers) {
-            pages::json(
+            pages.json(
                 StatusCode::UNAUTHORIZED,
                 &serde_json::json!({ "error": "login_required", "login_url": login_url }),
             )
@@ -531,10 +584,10 @@ impl Gateway {
         &self,
         app: &App,
         claims: &Claims,
-        idle: Option<Duration>,
+        idle: Duration,
         now_ms: u64,
     ) -> Option<HeaderValue> {
-        let idle_ms = u64::try_from(idle?.as_millis()).ok()?;
+        let idle_ms = u64::try_from(idle.as_millis()).ok()?;
         let refresh_after = (idle_ms / 10).clamp(1_000, 60_000);
         if now_ms.saturating_sub(claims.refreshed_ms) < refresh_after {
             return None;
@@ -556,7 +609,7 @@ impl Gateway {
         match path {
             LOGIN_PATH if read => {
                 let now_ms = self.now_ms();
-                let idle = rt.config.session.idle_timeout;
+                let idle = Some(rt.config.session.idle_timeout);
                 if self
                     .sessions
                     .from_headers(
@@ -618,6 +671,6 @@ pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(location) {
         r.headers_mut().insert(LOCATION, v);
     }
-    pages::security_headers(r.headers_mut());
+    crate::pages::static_headers(r.headers_mut());
     r
 }

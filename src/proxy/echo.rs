@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use super::ProxyError;
 use super::client::UpstreamBody;
 use crate::body::Body;
-use crate::gateway::pages::{self, escape};
+use crate::pages::{escape, fallback_html};
 
 /// The identity headers the gateway sets, in display order.
 const IDENTITY: [(&str, &str); 3] = [
@@ -120,5 +120,5 @@ fn html(
                 .unwrap_or_default()
         ),
     );
-    pages::html(StatusCode::OK, &format!("{app} (echo)"), &body)
+    fallback_html(StatusCode::OK, &format!("{app} (echo)"), &body)
 }

@@ -245,15 +245,17 @@ fn collect_connection_tokens(headers: &HeaderMap, out: &mut Removals) {
     }
 }
 
-/// Whether a request asks for a protocol switch (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+/// Whether a request asks to switch to WebSocket (HTTP/1.1 `Connection: upgrade` +
+/// `Upgrade: websocket`). Other protocol switches (h2c, ...) are not passed through: their
+/// `Upgrade` header is dropped like any hop-by-hop header.
+pub fn wants_websocket(headers: &HeaderMap) -> bool {
+    let has_token = |name: HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
+    };
+    has_token(UPGRADE, "websocket") && has_token(CONNECTION, "upgrade")
 }
 
 fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
@@ -431,12 +433,20 @@ mod tests {
             ("upgrade", "websocket"),
             ("sec-websocket-key", "k"),
         ]);
-        assert!(wants_upgrade(&h));
+        assert!(wants_websocket(&h));
         prepare_request(&mut h, &info(false), true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["sec-websocket-key"], "k");
-        assert!(!wants_upgrade(&map(&[("upgrade", "websocket")])));
+        assert!(!wants_websocket(&map(&[("upgrade", "websocket")])));
+        assert!(!wants_websocket(&map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "h2c")
+        ])));
+        assert!(wants_websocket(&map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket")
+        ])));
     }
 
     #[test]

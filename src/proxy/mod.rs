@@ -92,7 +92,7 @@ const X_OTPGATE_USER: http::HeaderName = http::HeaderName::from_static("x-otpgat
 const X_OTPGATE_GROUPS: http::HeaderName = http::HeaderName::from_static("x-otpgate-groups");
 
 /// One app's forwarding settings.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Target<'a> {
     /// The app's name (for echo and logs).
     pub app: &'a str,
@@ -108,6 +108,26 @@ pub struct Target<'a> {
     pub metrics: &'a AppMetrics,
     /// Who is asking, when a session allowed the request.
     pub identity: Option<Identity>,
+    /// Limits for the tunnel, when the request asks for WebSocket (without them no upgrade is
+    /// passed through).
+    pub tunnel: Option<TunnelLimits>,
+}
+
+/// What keeps an upgraded (WebSocket) connection in check once it is a plain byte tunnel:
+/// a slot among `limits.max_connections`, the idle timeout, the session's expiry and
+/// revocation, and the gateway's shutdown.
+#[derive(Debug)]
+pub struct TunnelLimits {
+    /// The tunnel's slot; released when it ends.
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+    /// Closed after this long without traffic.
+    pub idle: Duration,
+    /// Closed at the latest after this long (what is left of the session).
+    pub max_lifetime: Option<Duration>,
+    /// Closed on shutdown.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Closed when this session is revoked.
+    pub session: Option<(Arc<crate::session::Revocations>, crate::session::Claims)>,
 }
 
 /// Client facts for the forwarding headers.
@@ -142,8 +162,11 @@ pub async fn forward(
             return Err(ProxyError::TooLarge);
         }
     }
-    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    let upgrade = req.version() == Version::HTTP_11
+        && t.tunnel.is_some()
+        && headers::wants_websocket(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let tunnel = if upgrade { t.tunnel } else { None };
     let (mut parts, body) = req.into_parts();
 
     // The Host the client asked for, as sent (kept for X-Forwarded-Host / preserve_host).
@@ -255,17 +278,61 @@ pub async fn forward(
             ));
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let Some(limits) = tunnel else {
+            return Err(ProxyError::Upstream(
+                "upstream switched protocols unasked".into(),
+            ));
+        };
         tokio::spawn(async move {
             let (Ok(down), Ok(up)) = tokio::join!(client_upgrade, upstream_upgrade) else {
                 tracing::debug!("protocol upgrade did not complete on both sides");
                 return;
             };
-            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                tracing::debug!(error = %e, "upgraded connection ended");
-            }
+            run_tunnel(TokioIo::new(down), TokioIo::new(up), limits).await;
         });
     }
     headers::clean_response(resp.headers_mut(), switching);
+    crate::session::strip_gateway_set_cookies(resp.headers_mut());
     Ok(resp.map(Body::Upstream))
+}
+
+/// Copies bytes both ways until either side closes, the tunnel idles out, the session ends or
+/// is revoked, or the gateway shuts down.
+async fn run_tunnel<A, B>(down: A, up: B, limits: TunnelLimits)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let TunnelLimits {
+        permit,
+        idle,
+        max_lifetime,
+        shutdown,
+        session,
+    } = limits;
+    let activity = Arc::new(crate::io::Activity::new());
+    let mut down = crate::io::Tracked::new(down, activity.clone());
+    let mut up = crate::io::Tracked::new(up, activity.clone());
+    let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+    tokio::pin!(copy);
+    let deadline = tokio::time::sleep(max_lifetime.unwrap_or(Duration::from_secs(366 * 86_400)));
+    tokio::pin!(deadline);
+    let mut check = tokio::time::interval(crate::session::revocation::POLL_INTERVAL);
+    let why = loop {
+        tokio::select! {
+            r = &mut copy => break match r { Ok(_) => "closed", Err(_) => "error" },
+            () = shutdown.cancelled() => break "shutdown",
+            () = &mut deadline => break "session expired",
+            _ = check.tick() => {
+                if activity.idle() >= idle {
+                    break "idle";
+                }
+                if session.as_ref().is_some_and(|(r, c)| r.is_revoked(c)) {
+                    break "session revoked";
+                }
+            }
+        }
+    };
+    tracing::debug!(reason = why, "tunnel ended");
+    drop(permit);
 }

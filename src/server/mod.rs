@@ -7,24 +7,21 @@ pub mod tls;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Limits, Listen};
 use crate::gateway::{BoundAddrs, ConnInfo, Gateway};
+use crate::io::{Activity, Tracked};
 
 /// Listener problems.
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +214,7 @@ struct ConnCtx {
     kind: Kind,
     gw: Arc<Gateway>,
     info: ConnInfo,
-    activity: Activity,
+    activity: Arc<Activity>,
 }
 
 async fn serve_http<I>(
@@ -234,12 +231,9 @@ async fn serve_http<I>(
         kind,
         gw,
         info,
-        activity: Activity::new(),
+        activity: Arc::new(Activity::new()),
     });
-    let io = TokioIo::new(Tracked {
-        inner: io,
-        ctx: ctx.clone(),
-    });
+    let io = TokioIo::new(Tracked::new(io, ctx.activity.clone()));
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| {
         let ctx = svc_ctx.clone();
@@ -292,117 +286,5 @@ async fn serve_http<I>(
                 closing = true;
             }
         }
-    }
-}
-
-/// Last I/O time and requests in flight of a connection, for the idle timeout.
-struct Activity {
-    base: Instant,
-    last_ms: AtomicU64,
-    busy: AtomicU32,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            base: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            busy: AtomicU32::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn busy(&self) -> Busy<'_> {
-        self.busy.fetch_add(1, Ordering::Relaxed);
-        Busy(self)
-    }
-
-    /// Completes once the connection has had no I/O and no request in flight for `idle`.
-    async fn idle_for(&self, idle: Duration) {
-        loop {
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            tokio::time::sleep_until(self.base + last + idle).await;
-            let now = self.base.elapsed();
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            if self.busy.load(Ordering::Relaxed) == 0 && now >= last + idle {
-                return;
-            }
-            if self.busy.load(Ordering::Relaxed) > 0 {
-                // A long request: look again later.
-                self.touch();
-            }
-        }
-    }
-}
-
-struct Busy<'a>(&'a Activity);
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
-    }
-}
-
-/// An I/O stream that records activity for the idle timeout.
-struct Tracked<I> {
-    inner: I,
-    ctx: Arc<ConnCtx>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.ctx.activity.touch();
-        }
-        r
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.ctx.activity.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.ctx.activity.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -30,6 +30,8 @@ pub enum Kind {
     Session = 1,
     /// A session that may only set a new password (temporary-password logins).
     Restricted = 2,
+    /// A login transaction (the browser's half of a code, link or password login).
+    Login = 3,
 }
 
 impl Kind {
@@ -37,6 +39,7 @@ impl Kind {
         match self {
             Self::Session => "session",
             Self::Restricted => "restricted",
+            Self::Login => "login",
         }
     }
 }
@@ -142,32 +145,25 @@ pub enum SealError {
     Crypto,
 }
 
-/// Seals `claims` with the ring's current key.
-pub fn seal(claims: &Claims, keys: &KeyRing, random: &dyn Random) -> Result<String, SealError> {
+/// Seals `body` as a token of `kind` for `app` with the ring's current key:
+/// `v1.<kid>.<base64url(nonce ‖ ciphertext ‖ tag)>`.
+pub fn seal_bytes(
+    kind: Kind,
+    app: &str,
+    body: &[u8],
+    keys: &KeyRing,
+    random: &dyn Random,
+) -> Result<String, SealError> {
     let key = keys.current();
-    let app = claims.app.as_bytes();
-    let email = claims.email.as_str().as_bytes();
-    if app.len() > 255 || email.len() > 255 {
-        return Err(SealError::Crypto);
-    }
     let nonce: [u8; NONCE_LEN] = crate::random::bytes(random)?;
-    let mut data = Vec::with_capacity(NONCE_LEN + 44 + app.len() + email.len() + TAG_LEN);
+    let mut data = Vec::with_capacity(NONCE_LEN + body.len() + TAG_LEN);
     data.extend_from_slice(&nonce);
-    data.push(claims.kind as u8);
-    data.extend_from_slice(&claims.id.0);
-    data.extend_from_slice(&claims.issued_ms.to_be_bytes());
-    data.extend_from_slice(&claims.expires_ms.to_be_bytes());
-    data.extend_from_slice(&claims.refreshed_ms.to_be_bytes());
-    data.push(method_code(claims.method));
-    data.push(app.len() as u8);
-    data.extend_from_slice(app);
-    data.push(email.len() as u8);
-    data.extend_from_slice(email);
+    data.extend_from_slice(body);
     let tag = key
         .aead
         .seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad(claims.kind, &key.id, &claims.app)),
+            Aad::from(aad(kind, &key.id, app)),
             &mut data[NONCE_LEN..],
         )
         .map_err(|_| SealError::Crypto)?;
@@ -180,16 +176,13 @@ pub fn seal(claims: &Claims, keys: &KeyRing, random: &dyn Random) -> Result<Stri
     Ok(out)
 }
 
-/// Opens a value for `app` as `kind`, checking authenticity first, then expiry against
-/// `now_ms` (and, when `idle_ms` is set, inactivity).
-pub fn open(
+/// Opens a token of `kind` for `app`; the bytes come back only if the tag verifies.
+pub fn open_bytes(
     value: &str,
     kind: Kind,
     app: &str,
     keys: &KeyRing,
-    now_ms: u64,
-    idle_ms: Option<u64>,
-) -> Result<Claims, OpenError> {
+) -> Result<Vec<u8>, OpenError> {
     if value.len() > MAX_VALUE_LEN {
         return Err(OpenError::TooLong);
     }
@@ -208,8 +201,43 @@ pub fn open(
         .aead
         .open_in_place(nonce, Aad::from(aad(kind, kid, app)), sealed)
         .map_err(|_| OpenError::Forged)?;
+    Ok(plain.to_vec())
+}
+
+/// Seals session `claims` with the ring's current key.
+pub fn seal(claims: &Claims, keys: &KeyRing, random: &dyn Random) -> Result<String, SealError> {
+    let app = claims.app.as_bytes();
+    let email = claims.email.as_str().as_bytes();
+    let (Ok(app_len), Ok(email_len)) = (u8::try_from(app.len()), u8::try_from(email.len())) else {
+        return Err(SealError::Crypto);
+    };
+    let mut body = Vec::with_capacity(44 + app.len() + email.len());
+    body.push(claims.kind as u8);
+    body.extend_from_slice(&claims.id.0);
+    body.extend_from_slice(&claims.issued_ms.to_be_bytes());
+    body.extend_from_slice(&claims.expires_ms.to_be_bytes());
+    body.extend_from_slice(&claims.refreshed_ms.to_be_bytes());
+    body.push(method_code(claims.method));
+    body.push(app_len);
+    body.extend_from_slice(app);
+    body.push(email_len);
+    body.extend_from_slice(email);
+    seal_bytes(claims.kind, &claims.app, &body, keys, random)
+}
+
+/// Opens session claims for `app` as `kind`, checking authenticity first, then expiry against
+/// `now_ms` (and, when `idle_ms` is set, inactivity).
+pub fn open(
+    value: &str,
+    kind: Kind,
+    app: &str,
+    keys: &KeyRing,
+    now_ms: u64,
+    idle_ms: Option<u64>,
+) -> Result<Claims, OpenError> {
+    let plain = open_bytes(value, kind, app, keys)?;
     // Authentic from here on: the layout was written by `seal`.
-    let claims = parse(plain).ok_or(OpenError::Forged)?;
+    let claims = parse(&plain).ok_or(OpenError::Forged)?;
     if claims.kind != kind || claims.app != app {
         return Err(OpenError::Forged);
     }

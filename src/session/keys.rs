@@ -77,6 +77,25 @@ pub struct Key {
     /// When it was made (Unix seconds).
     pub created: u64,
     pub(crate) aead: LessSafeKey,
+    mac: ring::hmac::Key,
+}
+
+impl Key {
+    /// HMAC-SHA256 under this key, domain-separated by `label` (code digests, CSRF tokens).
+    /// Parts are length-prefixed so different splits never collide.
+    pub fn mac(&self, label: &str, parts: &[&[u8]]) -> [u8; 32] {
+        let mut ctx = ring::hmac::Context::with_key(&self.mac);
+        ctx.update(&(label.len() as u64).to_be_bytes());
+        ctx.update(label.as_bytes());
+        for p in parts {
+            ctx.update(&(p.len() as u64).to_be_bytes());
+            ctx.update(p);
+        }
+        let tag = ctx.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&tag.as_ref()[..32]);
+        out
+    }
 }
 
 impl fmt::Debug for Key {
@@ -237,6 +256,7 @@ fn make_key(id: &str, secret: &[u8], created: u64) -> Key {
         id: id.to_owned(),
         created,
         aead: LessSafeKey::new(unbound),
+        mac: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derive(secret, b"otpgate mac v1")),
     }
 }
 

@@ -25,6 +25,44 @@ pub const COOKIE_PLAIN: &str = "otpgate";
 /// `Secure`, `Path=/` and no `Domain`, so sibling hosts cannot plant it.
 pub const COOKIE_HOST: &str = "__Host-otpgate";
 
+/// Login-transaction cookie names (see `login::tx`).
+pub const LOGIN_COOKIE_HOST: &str = "__Host-otpgate-login";
+/// Login-transaction cookie name on plain-http apps.
+pub const LOGIN_COOKIE_PLAIN: &str = "otpgate-login";
+
+/// Every cookie name the gateway owns.
+pub const GATEWAY_COOKIES: [&str; 4] = [
+    COOKIE_HOST,
+    COOKIE_PLAIN,
+    LOGIN_COOKIE_HOST,
+    LOGIN_COOKIE_PLAIN,
+];
+
+/// Removes `Set-Cookie` headers of an upstream response that would set one of the gateway's own
+/// cookies: an app (or a header it reflects) must not plant a session in a visitor's browser.
+pub fn strip_gateway_set_cookies(headers: &mut HeaderMap) {
+    let set_cookie = http::header::SET_COOKIE;
+    let planted = |v: &HeaderValue| {
+        let name = v
+            .to_str()
+            .map_or("", |s| s.split_once('=').map_or(s, |(k, _)| k).trim());
+        GATEWAY_COOKIES.iter().any(|c| c.eq_ignore_ascii_case(name))
+    };
+    if !headers.get_all(&set_cookie).iter().any(planted) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(&set_cookie)
+        .iter()
+        .filter(|v| !planted(v))
+        .cloned()
+        .collect();
+    headers.remove(&set_cookie);
+    for v in kept {
+        headers.append(&set_cookie, v);
+    }
+}
+
 /// The cookie name for an app whose public origin is (or is not) https.
 pub fn cookie_name(https: bool) -> &'static str {
     if https { COOKIE_HOST } else { COOKIE_PLAIN }
@@ -60,7 +98,7 @@ impl SessionError {
 #[derive(Debug)]
 pub struct Sessions {
     keys: ArcSwap<KeyRing>,
-    revocations: Revocations,
+    revocations: Arc<Revocations>,
     random: Arc<dyn Random>,
 }
 
@@ -69,7 +107,7 @@ impl Sessions {
     pub fn new(keys: KeyRing, random: Arc<dyn Random>) -> Self {
         Self {
             keys: ArcSwap::from_pointee(keys),
-            revocations: Revocations::default(),
+            revocations: Arc::default(),
             random,
         }
     }
@@ -82,6 +120,11 @@ impl Sessions {
     /// The revocation cache.
     pub fn revocations(&self) -> &Revocations {
         &self.revocations
+    }
+
+    /// The revocation cache, shared (for long-lived tunnels).
+    pub fn revocations_arc(&self) -> Arc<Revocations> {
+        self.revocations.clone()
     }
 
     /// Issues a new session with a fresh random id (SECURITY.md 32) for `app`.
@@ -275,6 +318,27 @@ mod tests {
                 Ok(c)
             );
         }
+    }
+
+    #[test]
+    fn upstreams_cannot_set_the_gateways_cookies() {
+        let mut h = HeaderMap::new();
+        for v in [
+            "a=1; Path=/",
+            "__Host-otpgate=v1.x; Path=/; Secure",
+            "OTPGATE=v1.y",
+            "otpgate-login=z",
+            "b=2",
+        ] {
+            h.append(http::header::SET_COOKIE, v.parse().unwrap());
+        }
+        strip_gateway_set_cookies(&mut h);
+        let left: Vec<&str> = h
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(left, ["a=1; Path=/", "b=2"]);
     }
 
     #[test]

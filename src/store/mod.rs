@@ -74,6 +74,15 @@ pub struct Revocation {
     pub expires_ms: u64,
 }
 
+/// Consecutive failed logins of one account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Failures {
+    /// Failures since the last success.
+    pub consecutive: u32,
+    /// Locked after reaching the cap, until `users unlock`.
+    pub locked: bool,
+}
+
 /// The credentials store.
 #[derive(Debug, Clone)]
 pub enum Credentials {
@@ -114,6 +123,33 @@ impl Credentials {
     pub fn prune(&self, now_ms: u64) -> Result<usize, StoreError> {
         match self {
             Self::Embedded(db) => db.prune(now_ms),
+        }
+    }
+
+    /// The failure count of an account (blocking).
+    pub fn failures(&self, email: &str) -> Result<Failures, StoreError> {
+        match self {
+            Self::Embedded(db) => db.failures(email),
+        }
+    }
+
+    /// Counts a failed login; locks the account when `cap` is reached (blocking).
+    pub fn record_failure(
+        &self,
+        email: &str,
+        now_ms: u64,
+        cap: u32,
+    ) -> Result<Failures, StoreError> {
+        match self {
+            Self::Embedded(db) => db.record_failure(email, now_ms, cap),
+        }
+    }
+
+    /// Clears the failure count and any lock (a success, or `users unlock`) (blocking). Returns
+    /// whether there was anything to clear.
+    pub fn reset_failures(&self, email: &str) -> Result<bool, StoreError> {
+        match self {
+            Self::Embedded(db) => db.reset_failures(email),
         }
     }
 
@@ -167,6 +203,32 @@ mod tests {
         assert_eq!(s.prune(10_000).unwrap(), 1);
         assert_eq!(s.revocations_since(0).unwrap().len(), 1);
         s.ping().unwrap();
+    }
+
+    #[test]
+    fn failures_count_lock_at_the_cap_and_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Credentials::open_embedded(dir.path()).unwrap();
+        assert_eq!(s.failures("a@b.example").unwrap(), Failures::default());
+        for i in 1..=3 {
+            let f = s.record_failure("a@b.example", 1_000, 3).unwrap();
+            assert_eq!(
+                f,
+                Failures {
+                    consecutive: i,
+                    locked: i == 3
+                }
+            );
+        }
+        drop(s);
+        let s = Credentials::open_embedded(dir.path()).unwrap();
+        assert!(
+            s.failures("a@b.example").unwrap().locked,
+            "the lock survives a restart"
+        );
+        assert!(s.reset_failures("a@b.example").unwrap());
+        assert_eq!(s.failures("a@b.example").unwrap(), Failures::default());
+        assert!(!s.reset_failures("a@b.example").unwrap());
     }
 
     #[test]

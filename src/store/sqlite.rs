@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Revocation, RevocationKind, StoreError};
+use super::{Failures, Revocation, RevocationKind, StoreError};
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -21,6 +21,13 @@ const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL
     );
     CREATE INDEX revocations_expires ON revocations (expires_ms);",
+    // 2: consecutive failed logins per account (growing delays, hard cap, `users unlock`).
+    "CREATE TABLE login_failures (
+        email TEXT PRIMARY KEY,
+        consecutive INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        locked_ms INTEGER
+    );",
 ];
 
 /// The SQLite store. One connection; SQLite serialises writers anyway, and every operation is
@@ -106,6 +113,59 @@ impl SqliteStore {
                 "DELETE FROM revocations WHERE expires_ms < ?1",
                 params![to_i64(now_ms)],
             )
+        })
+    }
+
+    pub(super) fn failures(&self, email: &str) -> Result<Failures, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT consecutive, locked_ms FROM login_failures WHERE email = ?1",
+                params![email],
+                |r| {
+                    Ok(Failures {
+                        consecutive: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(u32::MAX),
+                        locked: r.get::<_, Option<i64>>(1)?.is_some(),
+                    })
+                },
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+        })
+    }
+
+    pub(super) fn record_failure(
+        &self,
+        email: &str,
+        now_ms: u64,
+        cap: u32,
+    ) -> Result<Failures, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO login_failures (email, consecutive, last_ms) VALUES (?1, 1, ?2)
+                 ON CONFLICT (email) DO UPDATE SET consecutive = consecutive + 1, last_ms = ?2",
+                params![email, to_i64(now_ms)],
+            )?;
+            tx.execute(
+                "UPDATE login_failures SET locked_ms = ?2 WHERE email = ?1 AND consecutive >= ?3 AND locked_ms IS NULL",
+                params![email, to_i64(now_ms), i64::from(cap)],
+            )?;
+            let f = tx.query_row(
+                "SELECT consecutive, locked_ms FROM login_failures WHERE email = ?1",
+                params![email],
+                |r| Ok(Failures { consecutive: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(u32::MAX), locked: r.get::<_, Option<i64>>(1)?.is_some() }),
+            )?;
+            tx.commit()?;
+            Ok(f)
+        })
+    }
+
+    pub(super) fn reset_failures(&self, email: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM login_failures WHERE email = ?1",
+                params![email],
+            )? > 0)
         })
     }
 

@@ -339,6 +339,15 @@ async fn upstream_handle(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> 
                 .collect();
             json_response(&serde_json::json!({ "bytes": n, "sha256": hex }))
         }
+        "/plant" => Response::builder()
+            .header(
+                "set-cookie",
+                "__Host-otpgate=v1.planted.AAAA; Path=/; Secure; HttpOnly",
+            )
+            .header("set-cookie", "otpgate-login=planted; Path=/")
+            .header("set-cookie", "theme=dark; Path=/")
+            .body(full("planted"))
+            .unwrap(),
         "/slow" => {
             let ms = query_u64(&req, "ms").unwrap_or(1000);
             tokio::time::sleep(Duration::from_millis(ms)).await;

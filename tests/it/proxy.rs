@@ -464,3 +464,100 @@ async fn builtin_echo_shows_what_the_app_receives() {
     );
     assert!(html.text().await.unwrap().contains("app is behind otpgate"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_32_upstreams_cannot_plant_the_gateways_cookies() {
+    let up = Upstream::start().await;
+    let gw = Gw::start(&bypass_app(&up.url(), "")).await;
+    let r = raw(gw.http(), "GET /plant HTTP/1.1\nHost: app.test", b"").await;
+    assert_eq!(r.status, 200);
+    let cookies: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, ["theme=dark; Path=/"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_websocket_upgrades_are_passed_through() {
+    let up = Upstream::start().await;
+    let gw = Gw::start(&bypass_app(&up.url(), "")).await;
+    let r = raw(gw.http(), "GET / HTTP/1.1\nHost: app.test\nConnection: Upgrade, HTTP2-Settings\nUpgrade: h2c\nHTTP2-Settings: AAMAAABkAAQAAP__", b"").await;
+    assert_eq!(r.status, 200, "served as a plain request");
+    let h = r.json()["headers"].clone();
+    assert!(
+        h.get("upgrade").is_none() && h.get("http2-settings").is_none(),
+        "{h}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_websocket_tunnels_are_closed_and_count_against_the_connection_cap() {
+    let up = Upstream::start().await;
+    let gw = Gw::start(&bypass_app(&up.url(), "").replace(
+        "apps:",
+        "limits: { idle_timeout: 1s, max_connections: 2 }\napps:",
+    ))
+    .await;
+    let url = format!("ws://app.test:{}/ws", gw.http().port());
+    let (mut first, _) = tokio_tungstenite::client_async(
+        url.clone(),
+        tokio::net::TcpStream::connect(gw.http()).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let (_second, _) = tokio_tungstenite::client_async(
+        url.clone(),
+        tokio::net::TcpStream::connect(gw.http()).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    // Both slots are taken by tunnels: a third upgrade is refused, plain requests still work.
+    let err = tokio_tungstenite::client_async(
+        url.clone(),
+        tokio::net::TcpStream::connect(gw.http()).await.unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    // An active tunnel stays open past the idle time...
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        first.send(Message::text("ping")).await.unwrap();
+        assert!(first.next().await.unwrap().is_ok());
+    }
+    // ...an idle one is closed by the gateway.
+    let end = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            match first.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "idle tunnel still open");
+    // Freed slots take new tunnels.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (mut again, _) = tokio_tungstenite::client_async(
+        url,
+        tokio::net::TcpStream::connect(gw.http()).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    again.send(Message::text("hi")).await.unwrap();
+    assert_eq!(
+        again
+            .next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "hi"
+    );
+}

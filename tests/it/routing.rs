@@ -237,3 +237,43 @@ apps:
     );
     assert_eq!(up.hits(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_35_path_parameters_and_alternative_spellings_cannot_dodge_policies() {
+    let up = Upstream::start().await;
+    let gw = Gw::start(&two_apps(&up)).await;
+    // Servlet containers drop ";params" from every segment: /;/admin would be /admin.
+    for path in [
+        "/;/admin",
+        "/admin;x/users",
+        "/public;x/../admin",
+        "/a%3Bx/admin",
+        "/%2561dmin",
+    ] {
+        let r = raw(
+            gw.http(),
+            &format!("GET {path} HTTP/1.1\nHost: private.test"),
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 400, "{path}");
+    }
+    assert_eq!(up.hits(), 0);
+    // One spelling per path: decoded sub-delimiters, escaped non-ASCII, upper-case escapes.
+    let r = raw(
+        gw.http(),
+        "GET /public/%40me/caf\u{e9}/%7e/%3d HTTP/1.1\nHost: private.test",
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/public/@me/caf%C3%A9/~/=");
+    // The last segment may carry parameters; policies still see the segment.
+    let r = raw(
+        gw.http(),
+        "GET /admin;jsessionid=1 HTTP/1.1\nHost: private.test",
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}

@@ -478,3 +478,99 @@ async fn key_rotation_keeps_sessions_and_retired_keys_end_them() {
     assert_eq!(get(&gw, "app.test", "/", Some(&old)).await.status(), 302);
     assert_eq!(get(&gw, "app.test", "/", Some(&new)).await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_4_redirects_never_carry_credentials() {
+    let up = Upstream::start().await;
+    let gw = start(&up, "").await;
+    let alice = gw.mint("app", "alice@corp.example");
+    let value = alice.split_once('=').unwrap().1.to_owned();
+    // The redirect to the login page carries the original URL only, even when a (wrong-app or
+    // stale) session cookie came with the request.
+    let wiki_cookie = alice.clone();
+    for cookie in [None, Some(wiki_cookie.as_str())] {
+        let r = get(&gw, "wiki.test", "/page?token=abc", cookie).await;
+        assert_eq!(r.status(), 302);
+        let location = r.headers()["location"].to_str().unwrap();
+        let (_, query) = location.split_once('?').unwrap();
+        let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        assert_eq!(params.len(), 1, "{location}");
+        assert_eq!(params[0].0, "rd");
+        assert!(
+            !location.contains(&value) && !location.contains("otpgate="),
+            "{location}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_31_websocket_tunnels_end_when_the_session_is_revoked() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let up = Upstream::start().await;
+    let yaml = protected(&up, "").replace(
+        "listen: { http: 127.0.0.1:0, https: 127.0.0.1:0, admin: 127.0.0.1:0 }",
+        "listen: { http: 127.0.0.1:0, admin: 127.0.0.1:0 }",
+    );
+    let yaml = yaml
+        .replace(
+            "tls: { certificates: [ { cert: site.pem, key: site-key.pem } ] }\n",
+            "",
+        )
+        .replace(
+            "hosts: [app.test]",
+            "hosts: [app.test]\n    public_url: http://app.test",
+        );
+    let gw = Gw::start(&yaml).await;
+    let alice = gw.mint("app", "alice@corp.example");
+    let url = format!("ws://app.test:{}/ws", gw.http().port());
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        url.as_str(),
+    )
+    .unwrap();
+    req.headers_mut().insert("cookie", alice.parse().unwrap());
+    // Without the cookie: no tunnel.
+    let anon = tokio_tungstenite::client_async(
+        url.as_str(),
+        tokio::net::TcpStream::connect(gw.http()).await.unwrap(),
+    )
+    .await;
+    assert!(anon.is_err());
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        req,
+        tokio::net::TcpStream::connect(gw.http()).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(
+        ws.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "hello"
+    );
+    otpgate::commands::revoke_user(
+        &gw.config(),
+        "alice@corp.example",
+        &otpgate::clock::SystemClock,
+        otpgate::random::system().as_ref(),
+    )
+    .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the tunnel outlived the session");
+}
