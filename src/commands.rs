@@ -179,26 +179,7 @@ pub fn revoke_user(
     clock: &dyn Clock,
     random: &dyn Random,
 ) -> Result<String, CommandError> {
-    let users = Users::from_config(&config.users);
-    let mut addresses: Vec<String> = Vec::new();
-    if let Ok(e) = Email::parse(user) {
-        addresses.push(e.to_string());
-    }
-    if let Some(u) = users.by_id(user.trim()) {
-        if let Ok(e) = Email::parse(&u.id) {
-            addresses.push(e.to_string());
-        }
-        if let Some(t) = &u.temp_auth_email {
-            addresses.push(t.to_string());
-        }
-    }
-    addresses.sort();
-    addresses.dedup();
-    if addresses.is_empty() {
-        return Err(CommandError::Refused(format!(
-            "{user:?} is neither a configured user nor an address"
-        )));
-    }
+    let addresses = addresses_of(config, user)?;
     let store = Credentials::open_embedded(&config.data_dir)?;
     let audit = Audit::open(&config.audit)?;
     let now_ms = u64::try_from(clock.now().as_millis()).unwrap_or(u64::MAX);
@@ -222,6 +203,66 @@ pub fn revoke_user(
         crate::audit::rfc3339(clock.now()),
         session::revocation::POLL_INTERVAL.as_secs()
     ))
+}
+
+/// `otpgate users unlock ID`: clears the failed-login count and lock of a user (by address,
+/// or every address of a configured user id).
+pub fn unlock_user(
+    config: &Config,
+    user: &str,
+    clock: &dyn Clock,
+    random: &dyn Random,
+) -> Result<String, CommandError> {
+    let addresses = addresses_of(config, user)?;
+    let store = Credentials::open_embedded(&config.data_dir)?;
+    let audit = Audit::open(&config.audit)?;
+    let request_id = crate::random::request_id(random);
+    let mut cleared = Vec::new();
+    for a in &addresses {
+        if store.reset_failures(a)? {
+            cleared.push(a.as_str());
+        }
+        audit.record(
+            clock.now(),
+            Event::new("user.unlocked")
+                .email(a)
+                .request(&request_id)
+                .with("via", "command line"),
+        );
+    }
+    Ok(if cleared.is_empty() {
+        format!("{} had no failed logins", addresses.join(", "))
+    } else {
+        format!(
+            "unlocked {}; failed-login counts cleared",
+            cleared.join(", ")
+        )
+    })
+}
+
+/// The addresses a user id or address stands for.
+fn addresses_of(config: &Config, user: &str) -> Result<Vec<String>, CommandError> {
+    let users = Users::from_config(&config.users);
+    let mut addresses: Vec<String> = Vec::new();
+    if let Ok(e) = Email::parse(user) {
+        addresses.push(e.to_string());
+    }
+    if let Some(u) = users.by_id(user.trim()) {
+        if let Ok(e) = Email::parse(&u.id) {
+            addresses.push(e.to_string());
+        }
+        if let Some(t) = &u.temp_auth_email {
+            addresses.push(t.to_string());
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+    if addresses.is_empty() {
+        return Err(CommandError::Refused(format!(
+            "{user:?} is neither a configured user nor an address"
+        )));
+    }
+    Ok(addresses)
 }
 
 /// `otpgate keys list`.

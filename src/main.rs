@@ -56,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// User administration.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Cookie key administration.
     Keys {
         #[command(subcommand)]
@@ -92,6 +97,15 @@ enum SessionsCommand {
         /// A user id or address.
         #[arg(long)]
         user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Clear a user's failed-login count and lock.
+    Unlock {
+        /// A user id or address.
+        id: String,
     },
 }
 
@@ -198,6 +212,9 @@ fn admin(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
         Command::Sessions {
             command: SessionsCommand::Revoke { user },
         } => commands::revoke_user(c, &user, &clock, random.as_ref()),
+        Command::Users {
+            command: UsersCommand::Unlock { id },
+        } => commands::unlock_user(c, &id, &clock, random.as_ref()),
         Command::Keys {
             command: KeysCommand::List,
         } => commands::keys_list(c, &clock, random.as_ref()),

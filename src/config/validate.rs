@@ -954,6 +954,10 @@ fn apps(
                 let mut v = Vec::new();
                 for (j, m) in list.iter().enumerate() {
                     match LoginMethod::parse(m) {
+                        Some(m @ (LoginMethod::OneTimeLink | LoginMethod::OneTimeToken)) => c.err(
+                            format!("{at}.login_methods[{j}]"),
+                            format!("{m} logins are not available in this version yet"),
+                        ),
                         Some(m) if idps.enabled(m) => v.push(m),
                         Some(m) => c.err(format!("{at}.login_methods[{j}]"), format!("{m} is not among identity_providers")),
                         None => c.err(
