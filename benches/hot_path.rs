@@ -131,12 +131,20 @@ fn session(c: &mut Criterion) {
     let email = Email::parse("alice@corp.example").unwrap_or_else(|_| unreachable!());
     let now = 1_800_000_000_000;
     let (_, value) = sessions
-        .issue(Kind::Session, "app", email, LoginMethod::OneTimePin, std::time::Duration::from_secs(86_400), now)
+        .issue(
+            Kind::Session,
+            "app",
+            email,
+            LoginMethod::OneTimePin,
+            std::time::Duration::from_secs(86_400),
+            now,
+        )
         .unwrap_or_else(|_| unreachable!());
     let mut headers = browser_headers();
     headers.insert(
         http::header::COOKIE,
-        HeaderValue::from_str(&format!("theme=dark; {}={value}", cookie_name(true))).unwrap_or_else(|_| unreachable!()),
+        HeaderValue::from_str(&format!("theme=dark; {}={value}", cookie_name(true)))
+            .unwrap_or_else(|_| unreachable!()),
     );
     let ps = policies();
     let groups: Vec<std::sync::Arc<str>> = vec!["engineering".into()];
@@ -144,10 +152,23 @@ fn session(c: &mut Criterion) {
     c.bench_function("session open + policy decide", |b| {
         b.iter(|| {
             let claims = sessions
-                .from_headers(black_box(&headers), cookie_name(true), "app", now + 1000, None)
+                .from_headers(
+                    black_box(&headers),
+                    cookie_name(true),
+                    "app",
+                    now + 1000,
+                    None,
+                )
                 .unwrap_or_else(|_| unreachable!());
-            let who = policy::Identity { email: &claims.email, groups: &groups, login_method: claims.method };
-            let req = policy::Request { path: "/projects/42", ip };
+            let who = policy::Identity {
+                email: &claims.email,
+                groups: &groups,
+                login_method: claims.method,
+            };
+            let req = policy::Request {
+                path: "/projects/42",
+                ip,
+            };
             let before = policy::decide(&ps, &req, None);
             let after = policy::decide(&ps, &req, Some(&who));
             black_box((before.permits(), after.permits()))
