@@ -10,7 +10,8 @@
 //! ```
 //!
 //! beside `config` (YAML → validated runtime config), `metrics`, `admin` (health, readiness,
-//! metrics) and `clock` (injected time). `policy`, `path` and `email` are pure.
+//! metrics), `mailer` (the outgoing-mail queue) and `clock` (injected time). `policy`, `path`
+//! and `email` are pure.
 
 pub mod admin;
 pub mod audit;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod email;
 pub mod gateway;
 pub mod io;
+pub mod mailer;
 pub mod metrics;
 pub mod pages;
 pub mod path;

@@ -24,6 +24,16 @@ pub const CONFIG_RELOADS: &str = "otpgate_config_reloads_total";
 pub const CONNECTIONS: &str = "otpgate_open_connections";
 /// TLS handshakes that failed or timed out.
 pub const TLS_FAILURES: &str = "otpgate_tls_handshake_failures_total";
+/// Mails accepted by the mailer and not yet sent or given up.
+pub const MAIL_QUEUE_DEPTH: &str = "otpgate_mail_queue_depth";
+/// Mails handed to the relay (or written to the outbox), by kind.
+pub const MAIL_SENT: &str = "otpgate_mail_sent_total";
+/// Mails given up after the last attempt (or a permanent refusal), by kind.
+pub const MAIL_FAILED: &str = "otpgate_mail_failed_total";
+/// Delivery attempts repeated after a temporary failure, by kind.
+pub const MAIL_RETRIES: &str = "otpgate_mail_retries_total";
+/// Mails refused because the queue was full (or the mailer was stopping), by kind.
+pub const MAIL_DROPPED: &str = "otpgate_mail_dropped_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -70,6 +80,26 @@ fn describe() {
     );
     metrics::describe_gauge!(CONNECTIONS, "Open client connections, by listener.");
     metrics::describe_counter!(TLS_FAILURES, "TLS handshakes that failed or timed out.");
+    metrics::describe_gauge!(
+        MAIL_QUEUE_DEPTH,
+        "Mails accepted and not yet sent or given up (queued, being sent or waiting to retry)."
+    );
+    metrics::describe_counter!(
+        MAIL_SENT,
+        "Mails handed to the relay or the outbox, by kind."
+    );
+    metrics::describe_counter!(
+        MAIL_FAILED,
+        "Mails given up after the last attempt or a permanent refusal, by kind."
+    );
+    metrics::describe_counter!(
+        MAIL_RETRIES,
+        "Delivery attempts repeated after a temporary failure, by kind."
+    );
+    metrics::describe_counter!(
+        MAIL_DROPPED,
+        "Mails refused because the queue was full or the mailer was stopping, by kind."
+    );
 }
 
 /// The Prometheus text exposition of every metric.

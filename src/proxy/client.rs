@@ -20,7 +20,8 @@ pub type UpstreamBody = Limited<Incoming>;
 /// A pooled HTTP/HTTPS client.
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>;
 
-fn system_roots() -> &'static [CertificateDer<'static>] {
+/// The system trust store, read once per process (the mailer shares it).
+pub(crate) fn system_roots() -> &'static [CertificateDer<'static>] {
     static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let found = rustls_native_certs::load_native_certs();

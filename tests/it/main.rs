@@ -6,9 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
+mod smtp;
 
 mod cli;
 mod lifecycle;
+mod mail;
 mod proxy;
 mod routing;
 mod sessions;
