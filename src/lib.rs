@@ -22,6 +22,7 @@ pub mod config;
 pub mod email;
 pub mod gateway;
 pub mod io;
+pub mod login;
 pub mod mailer;
 pub mod metrics;
 pub mod pages;
@@ -45,10 +46,12 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, Problem};
 use crate::gateway::{BoundAddrs, BuildError, Gateway, Parts, Runtime};
+use crate::mailer::{MailError, Mailer};
 use crate::server::tls::{CertStore, SniResolver, TlsError};
 use crate::server::{Kind, Listeners, ServerError};
 use crate::session::keys::KeyError;
 use crate::session::{KeyRing, Sessions};
+use crate::state::State;
 use crate::store::{Credentials, StoreError};
 
 /// What a gateway is started with besides its config.
@@ -84,6 +87,9 @@ pub enum StartError {
     /// The runtime could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The mail transport could not be set up.
+    #[error(transparent)]
+    Mail(#[from] MailError),
     /// The cookie keys could not be read or made.
     #[error(transparent)]
     Keys(#[from] KeyError),
@@ -143,13 +149,17 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     } else {
         (None, None)
     };
+    let mailer = Mailer::start(&config.mail)?;
     let runtime = Runtime::build(config, &bound, None)?;
     let cancel = CancellationToken::new();
+    let state = State::memory(options.clock.clone());
     let parts = Parts {
         clock: options.clock,
         random: options.random,
         sessions,
         credentials,
+        state,
+        mailer,
         shutdown: cancel.clone(),
     };
     let gateway = Arc::new(Gateway::new(runtime, bound, parts));
@@ -195,6 +205,17 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         gateway.clone(),
         cancel.clone(),
     )));
+    let sweeper = gateway.clone();
+    let sweep_cancel = cancel.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                () = sweep_cancel.cancelled() => break,
+                _ = tick.tick() => sweeper.state().sweep(),
+            }
+        }
+    }));
     gateway.set_ready(true);
     Ok(Running {
         gateway,
@@ -258,11 +279,14 @@ impl Running {
         self.cancel.cancel();
     }
 
-    /// Waits until every listener has drained after [`Running::shutdown`].
+    /// Waits until every listener has drained after [`Running::shutdown`], then gives queued
+    /// mail the same grace to leave.
     pub async fn wait(self) {
         for t in self.tasks {
             let _ = t.await;
         }
+        let grace = self.gateway.runtime().config.limits.shutdown_grace;
+        self.gateway.mailer().shutdown(grace).await;
     }
 }
 

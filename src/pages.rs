@@ -100,7 +100,7 @@ impl Pages {
     fn check(&self) -> Result<(), PagesError> {
         let sample = context! {
             app => "app", title => "Title", message => "Message", csrf => "t", email => "a@b.example",
-            error => "Error", minutes => 10, length => 6, code => "123456", signed_in => true,
+            error => "Error", minutes => 10, length => 6, code => "123456", signed_in => true, rd => "https://app.example/",
         };
         for (name, _) in BUILT_IN {
             self.render(name, sample.clone())?;

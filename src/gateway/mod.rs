@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
 use http::header::{ACCEPT, HeaderValue, LOCATION, SET_COOKIE};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use rustls::pki_types::CertificateDer;
 
@@ -27,6 +27,7 @@ use crate::audit::{Audit, AuditError};
 use crate::body::Body;
 use crate::clock::Clock;
 use crate::config::{AppConfig, Config, HostPattern, Origin, Upstream as UpstreamConfig};
+use crate::mailer::Mailer;
 use crate::metrics::{self, AppMetrics, DecisionLabel};
 use crate::pages::{Pages, PagesError};
 use crate::policy::{self, Decision};
@@ -34,6 +35,7 @@ use crate::proxy::{self, HttpClient, ProxyError, Upstream};
 use crate::random::Random;
 use crate::return_to;
 use crate::session::{self, Claims, SessionError, Sessions};
+use crate::state::State;
 use crate::store::Credentials;
 use crate::users::Users;
 use route::Router;
@@ -41,7 +43,7 @@ use route::Router;
 /// The reserved path prefix of the gateway's own pages on every app host.
 pub const RESERVED_PREFIX: &str = "/.otpgate/";
 /// The login page (stable).
-pub const LOGIN_PATH: &str = "/.otpgate/login";
+pub const LOGIN_PATH: &str = crate::login::LOGIN_PATH;
 
 /// What the server knows about a client connection.
 #[derive(Debug, Clone)]
@@ -237,6 +239,8 @@ pub struct Gateway {
     random: Arc<dyn Random>,
     sessions: Sessions,
     credentials: Credentials,
+    state: State,
+    mailer: Mailer,
     tunnels: Arc<tokio::sync::Semaphore>,
     shutdown: tokio_util::sync::CancellationToken,
 }
@@ -252,6 +256,10 @@ pub struct Parts {
     pub sessions: Sessions,
     /// The durable store.
     pub credentials: Credentials,
+    /// Ephemeral shared state (codes, rate limits).
+    pub state: State,
+    /// Outgoing mail.
+    pub mailer: Mailer,
     /// Fired on shutdown (ends WebSocket tunnels).
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -270,6 +278,8 @@ impl Gateway {
             tunnels: Arc::new(tokio::sync::Semaphore::new(tunnels)),
             sessions: parts.sessions,
             credentials: parts.credentials,
+            state: parts.state,
+            mailer: parts.mailer,
             shutdown: parts.shutdown,
         }
     }
@@ -277,6 +287,24 @@ impl Gateway {
     /// Sessions (keys, revocations).
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
+    }
+
+    /// Ephemeral shared state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Outgoing mail.
+    pub fn mailer(&self) -> &Mailer {
+        &self.mailer
+    }
+
+    /// Whether mail goes to the development outbox (suppressed codes are then logged at info).
+    pub fn mail_is_outbox(&self) -> bool {
+        matches!(
+            self.runtime.load().config.mail.transport,
+            crate::config::MailTransport::Outbox(_)
+        )
     }
 
     /// The durable store.
@@ -289,7 +317,7 @@ impl Gateway {
         &self.random
     }
 
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
     }
 
@@ -427,7 +455,14 @@ impl Gateway {
 
         // 5. The gateway's own pages are never proxied.
         if path.starts_with(RESERVED_PREFIX) || path == "/.otpgate" {
-            return self.gateway_page(rt, app, &req, path);
+            let path = path.to_owned();
+            let ctx = crate::login::Ctx {
+                gw: self,
+                rt,
+                app,
+                ip: client.ip,
+            };
+            return crate::login::handle(ctx, req, &path).await;
         }
 
         // 6. Policy: first without an identity; only when the answer depends on who it is,
@@ -595,44 +630,6 @@ impl Gateway {
         let value = self.sessions.refresh(claims, now_ms).ok()?;
         let left = Duration::from_millis(claims.expires_ms.saturating_sub(now_ms));
         session::set_cookie(app.cookie_name, &value, left, app.origin.https)
-    }
-
-    /// The gateway's own pages under `/.otpgate/`.
-    fn gateway_page(
-        &self,
-        rt: &Runtime,
-        app: &App,
-        req: &Request<Incoming>,
-        path: &str,
-    ) -> Result<Response<Body>, GateError> {
-        let read = matches!(*req.method(), Method::GET | Method::HEAD);
-        match path {
-            LOGIN_PATH if read => {
-                let now_ms = self.now_ms();
-                let idle = Some(rt.config.session.idle_timeout);
-                if self
-                    .sessions
-                    .from_headers(
-                        req.headers(),
-                        app.cookie_name,
-                        &app.config.name,
-                        now_ms,
-                        idle,
-                    )
-                    .is_ok()
-                {
-                    // Already logged in: straight to the validated target (SECURITY.md 3).
-                    let target = return_to::rd_param(req.uri().query())
-                        .and_then(|rd| return_to::validate(&rd, &app.origin, &rt.origins))
-                        .map_or_else(|| return_to::root(&app.origin), String::from);
-                    return Ok(redirect(StatusCode::FOUND, &target));
-                }
-                // The login form itself arrives with the one-time PIN login.
-                Err(GateError::NotFound)
-            }
-            LOGIN_PATH => Err(GateError::MethodNotAllowed),
-            _ => Err(GateError::NotFound),
-        }
     }
 }
 

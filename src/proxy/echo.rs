@@ -85,6 +85,27 @@ pub async fn respond(
     Ok(r)
 }
 
+/// The echo page's stylesheet, admitted by its hash (the page allows no other style or script).
+const STYLE: &str = "body{margin:0;font:15px/1.5 system-ui,sans-serif;color:#1d2330;background:#f5f6f8}\
+main{max-width:56rem;margin:4vh auto;padding:1.5rem 2rem;background:#fff;border:1px solid #d9dde5;border-radius:12px}\
+h1{font-size:1.3rem}h2{font-size:1.05rem;margin-top:1.5rem}code{font-size:.9em}\
+table{border-collapse:collapse;width:100%;font-size:.85rem}th,td{text-align:left;vertical-align:top;padding:.3rem .5rem;\
+border-bottom:1px solid #e3e6ec;word-break:break-all}th{white-space:nowrap;width:14rem}tr.id th,tr.id td{background:#eef3ff}\
+a{color:#2456d3}";
+
+fn csp() -> &'static http::HeaderValue {
+    static CSP: std::sync::OnceLock<http::HeaderValue> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use base64::Engine as _;
+        let digest = ring::digest::digest(&ring::digest::SHA256, STYLE.as_bytes());
+        let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+        http::HeaderValue::from_str(&format!(
+            "default-src 'none'; style-src 'sha256-{hash}'; frame-ancestors 'none'"
+        ))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("default-src 'none'"))
+    })
+}
+
 fn html(
     app: &str,
     parts: &http::request::Parts,
@@ -92,33 +113,47 @@ fn html(
     identity: &BTreeMap<&str, &str>,
 ) -> Response<Body> {
     let who = match identity.get("email") {
-        Some(e) => format!("<p>Signed in as <strong>{}</strong>.</p>", escape(e)),
+        Some(e) => format!(
+            "<p>Signed in as <strong>{}</strong>. <a href=\"/.otpgate/logout\">Sign out</a></p>",
+            escape(e)
+        ),
         None => {
             "<p>No identity headers: this request was let through without a login.</p>".to_owned()
         }
     };
     let mut rows = String::new();
     for (k, vs) in headers {
+        let class = if k.starts_with("x-otpgate-") {
+            " class=\"id\""
+        } else {
+            ""
+        };
         for v in vs {
             rows.push_str(&format!(
-                "<tr><th>{}</th><td>{}</td></tr>",
+                "<tr{class}><th>{}</th><td>{}</td></tr>",
                 escape(k),
                 escape(v)
             ));
         }
     }
-    let body = format!(
-        "<h1>{} is behind otpgate</h1>{who}<p><code>{} {}</code></p>\
-         <h2>Headers the app received</h2><table>{rows}</table>",
-        escape(app),
-        escape(parts.method.as_str()),
-        escape(
-            &parts
-                .uri
-                .path_and_query()
-                .map(ToString::to_string)
-                .unwrap_or_default()
-        ),
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let doc = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{app} (echo)</title>\
+         <style>{STYLE}</style></head><body><main><h1>{app} is behind otpgate</h1>{who}\
+         <p>This is <code>builtin:echo</code>: it shows the request it received, as an upstream app would see it.</p>\
+         <p><code>{method} {target}</code></p><h2>Headers the app received</h2><table>{rows}</table></main></body></html>",
+        app = escape(app),
+        method = escape(parts.method.as_str()),
+        target = escape(&target),
     );
-    fallback_html(StatusCode::OK, &format!("{app} (echo)"), &body)
+    let mut r = fallback_html(StatusCode::OK, "", "");
+    *r.body_mut() = Body::full(doc);
+    r.headers_mut()
+        .insert(http::header::CONTENT_SECURITY_POLICY, csp().clone());
+    r
 }

@@ -117,6 +117,11 @@ impl Sessions {
         self.keys.store(Arc::new(keys));
     }
 
+    /// The current keys.
+    pub fn keys(&self) -> arc_swap::Guard<Arc<KeyRing>> {
+        self.keys.load()
+    }
+
     /// The revocation cache.
     pub fn revocations(&self) -> &Revocations {
         &self.revocations

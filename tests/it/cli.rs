@@ -599,3 +599,70 @@ apps:
     let out = otpgate(&["keys", "retire", &current, "--config", c]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// SPEC.md §2, the newcomer's path: the binary on the committed config, a browser at
+/// https://localhost/, the PIN read from the development outbox, the echo app at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newcomer_path_in_a_browser_with_the_committed_config() {
+    init();
+    let Some(mut b) = crate::browser::Browser::start("newcomer").await else {
+        return;
+    };
+    let (dir, cfg) = scratch_with_committed_config();
+    let mut p = spawn(&cfg, &[]).await;
+    let port = p.https.unwrap().port();
+    b.client
+        .goto(&format!("https://localhost:{port}/"))
+        .await
+        .unwrap();
+    assert!(
+        b.client
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .starts_with("/.otpgate/login")
+    );
+    b.shot("login").await;
+    b.fill_and_submit("input[name=email]", "Newcomer@Example.org")
+        .await;
+    assert!(b.text().await.contains("A code has been emailed to you"));
+    let line = p.wait_for_line("mail written to the outbox").await;
+    assert!(line.contains("newcomer@example.org"), "{line}");
+    let outbox = dir.path().join("data/outbox");
+    let file = std::fs::read_dir(&outbox)
+        .unwrap()
+        .next()
+        .expect("a mail in the outbox")
+        .unwrap()
+        .path();
+    let mail = crate::smtp::ReceivedMail::parse(std::fs::read(&file).unwrap());
+    let pin = mail
+        .text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 6 && l.bytes().all(|c| c.is_ascii_digit()))
+        .expect("a PIN")
+        .to_owned();
+    assert!(
+        !line.contains(&pin),
+        "the log line says where, never the PIN"
+    );
+    b.fill_and_submit("input[name=code]", &pin).await;
+    assert_eq!(
+        b.client.current_url().await.unwrap().as_str(),
+        format!("https://localhost:{port}/")
+    );
+    let text = b.text().await;
+    assert!(
+        text.contains("demo is behind otpgate")
+            && text.contains("Signed in as newcomer@example.org"),
+        "{text}"
+    );
+    assert!(
+        text.contains("x-otpgate-email") && text.contains("x-otpgate-user"),
+        "{text}"
+    );
+    b.shot("echo").await;
+    b.close().await;
+}

@@ -5,11 +5,13 @@
 // Test code: a panic is how a test reports failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod browser;
 mod harness;
 mod smtp;
 
 mod cli;
 mod lifecycle;
+mod login;
 mod mail;
 mod proxy;
 mod routing;

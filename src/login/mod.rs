@@ -1,0 +1,825 @@
+//! The gateway's own pages under `/.otpgate/` on every app host: the one-time PIN login
+//! (SPEC.md §4) and logout.
+//!
+//! ```text
+//! GET  /.otpgate/login   email form (a new login transaction cookie, CSRF token)
+//! POST /.otpgate/login   "Send me a code": always the same answer, a code only to allowed people
+//! POST /.otpgate/code    the code: session cookie and 303 to the validated return target
+//! GET  /.otpgate/logout  "Sign out" button
+//! POST /.otpgate/logout  ends the session on the server and clears the cookie
+//! ```
+//!
+//! Anti-enumeration (SECURITY.md 10): every well-formed address gets the same status, headers
+//! and page, after the same work (a PIN and its digest are made and stored for every request;
+//! for addresses that get no mail the stored record can never succeed) and no sooner than a
+//! fixed floor; mail leaves through a queue, never inline.
+
+pub mod pin;
+pub mod tx;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{CONTENT_TYPE, SET_COOKIE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use minijinja::context;
+
+use crate::audit::Event;
+use crate::body::Body;
+use crate::email::Email;
+use crate::gateway::{App, GateError, Gateway, Runtime, redirect};
+use crate::mailer::OutgoingMail;
+use crate::policy::{self, LoginMethod};
+use crate::return_to;
+use crate::session::{self, Kind, SessionError};
+use crate::state::{CodeRecord, Consume, StateError};
+use crate::store::{Failures, RevocationKind, StoreError};
+use tx::LoginTx;
+
+/// The login page (stable path).
+pub const LOGIN_PATH: &str = "/.otpgate/login";
+/// Where codes are posted.
+pub const CODE_PATH: &str = "/.otpgate/code";
+/// The logout page (stable path).
+pub const LOGOUT_PATH: &str = "/.otpgate/logout";
+
+/// The answer to "send me a code" is never faster than this, so the time it takes says nothing
+/// about the address (the work behind it takes microseconds either way).
+const RESPONSE_FLOOR: Duration = Duration::from_millis(10);
+/// Largest form accepted.
+const MAX_FORM: usize = 16 * 1024;
+/// Failed logins after which answers are slowed down, doubling each time.
+const DELAY_AFTER: u32 = 3;
+/// The longest such delay.
+const MAX_DELAY: Duration = Duration::from_secs(8);
+
+/// The message for every failed code (SECURITY.md 11).
+pub const NO_ACCESS: &str = "That account does not have access.";
+/// The message for a malformed address.
+pub const INVALID_EMAIL: &str = "Enter a valid email address.";
+const EXPIRED_FORM: &str = "Your sign-in form expired. Please try again.";
+
+/// Metric: codes requested, by app and outcome (`sent`, or `suppressed` with a reason).
+pub const CODES: &str = "otpgate_codes_total";
+/// Metric: login attempts, by app, method and outcome.
+pub const LOGINS: &str = "otpgate_logins_total";
+/// Metric: requests over a rate limit, by limit.
+pub const RATE_LIMITED: &str = "otpgate_rate_limited_total";
+
+/// Why no code was mailed. Operators see it in the audit log and metrics; visitors never do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suppressed {
+    PolicyBlock,
+    UnknownUser,
+    RateLimited,
+    Locked,
+}
+
+impl Suppressed {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::PolicyBlock => "policy_block",
+            Self::UnknownUser => "unknown_user",
+            Self::RateLimited => "rate_limited",
+            Self::Locked => "locked",
+        }
+    }
+}
+
+/// One request for a gateway page.
+pub(crate) struct Ctx<'a> {
+    pub(crate) gw: &'a Gateway,
+    pub(crate) rt: &'a Runtime,
+    pub(crate) app: &'a App,
+    pub(crate) ip: IpAddr,
+}
+
+impl std::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("app", &self.app.config.name)
+            .field("ip", &self.ip)
+            .finish()
+    }
+}
+
+/// Answers a request under `/.otpgate/`.
+pub(crate) async fn handle(
+    c: Ctx<'_>,
+    req: Request<Incoming>,
+    path: &str,
+) -> Result<Response<Body>, GateError> {
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let post = *req.method() == Method::POST;
+    let pin_offered = c
+        .app
+        .config
+        .login_methods
+        .contains(&LoginMethod::OneTimePin);
+    match path {
+        LOGIN_PATH if read => c.login_page(req.uri().query(), req.headers()),
+        LOGIN_PATH if post && pin_offered => c.request_code(req).await,
+        CODE_PATH if post && pin_offered => c.verify_code(req).await,
+        CODE_PATH if read => Ok(redirect(
+            StatusCode::SEE_OTHER,
+            &format!("{}{LOGIN_PATH}", c.app.origin),
+        )),
+        LOGOUT_PATH if read => Ok(c.logout_page(req.headers())),
+        LOGOUT_PATH if post => c.logout(req).await,
+        LOGIN_PATH | CODE_PATH | LOGOUT_PATH => Err(GateError::MethodNotAllowed),
+        _ => Err(GateError::NotFound),
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> GateError {
+    tracing::error!(error = %e, "login refused: a store is unavailable");
+    GateError::Unavailable
+}
+
+impl From<StateError> for GateError {
+    fn from(e: StateError) -> Self {
+        unavailable(e)
+    }
+}
+
+impl From<StoreError> for GateError {
+    fn from(e: StoreError) -> Self {
+        unavailable(e)
+    }
+}
+
+impl Ctx<'_> {
+    fn name(&self) -> &str {
+        &self.app.config.name
+    }
+
+    fn origin(&self) -> String {
+        self.app.origin.to_string()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.gw.now_ms()
+    }
+
+    fn audit(&self, e: Event<'_>) {
+        self.rt
+            .audit
+            .record(self.gw.clock().now(), e.app(self.name()).ip(self.ip));
+    }
+
+    fn tx_cookie(&self) -> &'static str {
+        tx::cookie_name(self.app.origin.https)
+    }
+
+    /// `GET /.otpgate/login`: the email form with a new transaction, or, for visitors who are
+    /// signed in already, straight on to the validated target.
+    fn login_page(
+        &self,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Response<Body>, GateError> {
+        let target = return_to::rd_param(query)
+            .and_then(|rd| return_to::validate(&rd, &self.app.origin, &self.rt.origins));
+        let idle = Some(self.rt.config.session.idle_timeout);
+        if self
+            .gw
+            .sessions()
+            .from_headers(
+                headers,
+                self.app.cookie_name,
+                self.name(),
+                self.now_ms(),
+                idle,
+            )
+            .is_ok()
+        {
+            let to = target.map_or_else(|| return_to::root(&self.app.origin), String::from);
+            return Ok(redirect(StatusCode::FOUND, &to));
+        }
+        let rd = target.map_or_else(|| return_to::root(&self.app.origin), String::from);
+        let tx = LoginTx::new(self.gw.random().as_ref(), self.now_ms(), rd)
+            .map_err(|_| GateError::Internal)?;
+        Ok(self.email_page(&tx, "", None, StatusCode::OK, true))
+    }
+
+    fn email_page(
+        &self,
+        tx: &LoginTx,
+        email: &str,
+        error: Option<&str>,
+        status: StatusCode,
+        set_cookie: bool,
+    ) -> Response<Body> {
+        let keys = self.gw.sessions().keys();
+        let csrf = tx::csrf_token(&keys, "login", self.name(), &tx.id);
+        let mut r = self.rt.pages.page(
+            status,
+            "login.html",
+            context! { app => self.name(), csrf, email, error },
+        );
+        if set_cookie {
+            match tx.seal(self.name(), &keys, self.gw.random().as_ref()) {
+                Ok(v) => {
+                    if let Some(h) = session::set_cookie(
+                        self.tx_cookie(),
+                        &v,
+                        tx::LIFETIME,
+                        self.app.origin.https,
+                    ) {
+                        r.headers_mut().append(SET_COOKIE, h);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot seal a login transaction"),
+            }
+        }
+        r
+    }
+
+    fn code_page(&self, tx: &LoginTx, email: &str, error: Option<&str>) -> Response<Body> {
+        let keys = self.gw.sessions().keys();
+        let csrf = tx::csrf_token(&keys, "login", self.name(), &tx.id);
+        let (minutes, length) = self
+            .rt
+            .config
+            .identity_providers
+            .pin
+            .as_ref()
+            .map_or((10, 6), |p| (p.ttl.as_secs().div_ceil(60), p.length));
+        self.rt.pages.page(
+            StatusCode::OK,
+            "code.html",
+            context! { app => self.name(), csrf, email, error, minutes, length, rd => tx.rd.as_str() },
+        )
+    }
+
+    /// The transaction of a form post, if its cookie, CSRF token and origin all check out.
+    fn checked_tx(&self, headers: &HeaderMap, form: &HashMap<String, String>) -> Option<LoginTx> {
+        let keys = self.gw.sessions().keys();
+        let tx =
+            LoginTx::from_headers(headers, self.tx_cookie(), self.name(), &keys, self.now_ms())?;
+        let token = form.get("csrf").map_or("", String::as_str);
+        (tx::origin_ok(headers, &self.origin())
+            && tx::csrf_ok(&keys, "login", self.name(), &tx.id, token))
+        .then_some(tx)
+    }
+
+    /// A form that failed its CSRF check: start over with a fresh transaction.
+    fn expired_form(&self) -> Result<Response<Body>, GateError> {
+        let tx = LoginTx::new(
+            self.gw.random().as_ref(),
+            self.now_ms(),
+            return_to::root(&self.app.origin),
+        )
+        .map_err(|_| GateError::Internal)?;
+        Ok(self.email_page(&tx, "", Some(EXPIRED_FORM), StatusCode::BAD_REQUEST, true))
+    }
+
+    /// Whether the policy would let `email` in on the login's target (before mailing a code,
+    /// and again after it was entered: policies may change in between).
+    fn would_allow(&self, email: &Email, rd: &str) -> bool {
+        let path = url::Url::parse(rd)
+            .ok()
+            .filter(|u| u.host_str() == Some(self.app.origin.host.as_str()))
+            .and_then(|u| {
+                crate::path::normalise(u.path())
+                    .ok()
+                    .map(|p| p.into_owned())
+            })
+            .unwrap_or_else(|| "/".to_owned());
+        let user = self.rt.users.by_email(email.as_str());
+        let groups = user.map_or(&[][..], |u| &u.groups[..]);
+        let who = policy::Identity {
+            email,
+            groups,
+            login_method: LoginMethod::OneTimePin,
+        };
+        policy::decide(
+            &self.app.config.policies,
+            &policy::Request {
+                path: &path,
+                ip: self.ip,
+            },
+            Some(&who),
+        )
+        .permits()
+    }
+
+    async fn failures(&self, email: &str) -> Result<Failures, GateError> {
+        let e = email.to_owned();
+        Ok(self.gw.credentials().run(move |s| s.failures(&e)).await?)
+    }
+
+    /// `POST /.otpgate/login`.
+    async fn request_code(&self, req: Request<Incoming>) -> Result<Response<Body>, GateError> {
+        let started = tokio::time::Instant::now();
+        let (parts, body) = req.into_parts();
+        let form = read_form(&parts.headers, body).await?;
+        let Some(tx) = self.checked_tx(&parts.headers, &form) else {
+            return self.expired_form();
+        };
+        let typed = form.get("email").map_or("", String::as_str);
+        let Ok(email) = Email::parse(typed) else {
+            // Decided from the syntax alone, before any lookup, limit or mail (SECURITY.md 6).
+            return Ok(self.email_page(
+                &tx,
+                typed,
+                Some(INVALID_EMAIL),
+                StatusCode::BAD_REQUEST,
+                false,
+            ));
+        };
+        let request_id = crate::random::request_id(self.gw.random().as_ref());
+        self.audit(
+            Event::new("code.requested")
+                .email(email.as_str())
+                .request(&request_id)
+                .with("login_method", "onetimepin"),
+        );
+        self.issue_code(&tx, &email, &request_id).await?;
+        tokio::time::sleep_until(started + RESPONSE_FLOOR).await;
+        Ok(self.code_page(&tx, email.as_str(), None))
+    }
+
+    async fn issue_code(
+        &self,
+        tx: &LoginTx,
+        email: &Email,
+        request_id: &str,
+    ) -> Result<(), GateError> {
+        let Some(idp) = self.rt.config.identity_providers.pin.as_ref() else {
+            return Err(GateError::NotFound);
+        };
+        let limits = &self.rt.config.rate_limits;
+        let state = self.gw.state();
+        // The same accounting for every well-formed address (SECURITY.md 17).
+        let per_ip = state
+            .hit(&key_ip(self.ip), limits.login_requests_per_ip.per)
+            .await?;
+        let per_address = state
+            .hit(&key_sends(email), limits.code_sends_per_address.per)
+            .await?;
+        let cool = state
+            .put_new(&key_cooldown(email), b"1", limits.code_resend_cooldown)
+            .await?;
+        let failures = self.failures(email.as_str()).await?;
+        let allowed = self.would_allow(email, &tx.rd);
+        let over_ip = per_ip > u64::from(limits.login_requests_per_ip.count);
+        let over_address = per_address > u64::from(limits.code_sends_per_address.count);
+        for (over, limit) in [
+            (over_ip, "ip"),
+            (over_address, "address"),
+            (!cool, "cooldown"),
+        ] {
+            if over {
+                ::metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
+            }
+        }
+        let reason = if !allowed {
+            Some(if self.rt.users.by_email(email.as_str()).is_some() {
+                Suppressed::PolicyBlock
+            } else {
+                Suppressed::UnknownUser
+            })
+        } else if over_ip || over_address || !cool {
+            Some(Suppressed::RateLimited)
+        } else if failures.locked {
+            Some(Suppressed::Locked)
+        } else {
+            None
+        };
+
+        // A PIN and its digest for every request, mailed or not.
+        let keys = self.gw.sessions().keys();
+        let key = keys.current();
+        let code = pin::generate(self.gw.random().as_ref(), idp.length)
+            .map_err(|_| GateError::Internal)?;
+        let payload = pin::Payload {
+            email: email.to_string(),
+            kid: key.id.clone(),
+            decoy: reason.is_some(),
+        };
+        let record = CodeRecord {
+            payload: payload.to_bytes(),
+            digest: pin::digest(key, &tx.id, email.as_str(), &code),
+            attempts: idp.max_attempts,
+        };
+        let code_key = key_code(&tx.hex());
+        match reason {
+            None => {
+                state.put_code(&code_key, record, idp.ttl, true).await?;
+                // A new code supersedes the address's older ones.
+                if let Some(old) = state
+                    .swap(&key_index(email), tx.hex().as_bytes(), idp.ttl)
+                    .await?
+                {
+                    let old = String::from_utf8_lossy(&old).into_owned();
+                    if old != tx.hex() {
+                        state.delete(&key_code(&old)).await?;
+                    }
+                }
+                let queued = self.mail_pin(email, &code, idp.ttl);
+                self.audit(
+                    Event::new("code.sent")
+                        .email(email.as_str())
+                        .request(request_id)
+                        .with("queued", queued),
+                );
+                ::metrics::counter!(CODES, "app" => self.name().to_owned(), "outcome" => "sent")
+                    .increment(1);
+            }
+            Some(reason) => {
+                // A decoy never replaces a pending real code of this browser.
+                state.put_code(&code_key, record, idp.ttl, false).await?;
+                self.audit(
+                    Event::new("code.suppressed")
+                        .email(email.as_str())
+                        .request(request_id)
+                        .with("reason", reason.as_str()),
+                );
+                ::metrics::counter!(CODES, "app" => self.name().to_owned(), "outcome" => "suppressed", "reason" => reason.as_str())
+                    .increment(1);
+                if self.gw.mail_is_outbox() {
+                    tracing::info!(app = self.name(), email = %email, reason = reason.as_str(), "no code mailed");
+                } else {
+                    tracing::debug!(app = self.name(), email = %email, reason = reason.as_str(), "no code mailed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the PIN mail; the PIN stands alone on its own line of the text part.
+    fn mail_pin(&self, email: &Email, code: &str, ttl: Duration) -> bool {
+        let ctx = context! { app => self.name(), code, minutes => ttl.as_secs().div_ceil(60) };
+        let rendered = (
+            self.rt.pages.render("pin_subject.txt", ctx.clone()),
+            self.rt.pages.render("pin.txt", ctx.clone()),
+            self.rt.pages.render("pin.html", ctx),
+        );
+        let (Ok(subject), Ok(text), html) = rendered else {
+            tracing::error!(app = self.name(), "cannot render the PIN mail");
+            return false;
+        };
+        self.gw.mailer().enqueue(OutgoingMail {
+            to: email.clone(),
+            subject: one_line(&subject),
+            text,
+            html: html.ok(),
+            kind: "pin",
+            app: self.name().to_owned(),
+        })
+    }
+
+    /// `POST /.otpgate/code`.
+    async fn verify_code(&self, req: Request<Incoming>) -> Result<Response<Body>, GateError> {
+        let (parts, body) = req.into_parts();
+        let form = read_form(&parts.headers, body).await?;
+        let Some(tx) = self.checked_tx(&parts.headers, &form) else {
+            return self.expired_form();
+        };
+        let Some(idp) = self.rt.config.identity_providers.pin.as_ref() else {
+            return Err(GateError::NotFound);
+        };
+        let limits = &self.rt.config.rate_limits;
+        let state = self.gw.state();
+        let request_id = crate::random::request_id(self.gw.random().as_ref());
+        let code_key = key_code(&tx.hex());
+        let typed = form.get("code").map_or("", String::as_str);
+
+        if state
+            .hit(&key_ip(self.ip), limits.login_requests_per_ip.per)
+            .await?
+            > u64::from(limits.login_requests_per_ip.count)
+        {
+            ::metrics::counter!(RATE_LIMITED, "limit" => "ip").increment(1);
+            return Ok(self.failed(&tx, None, "throttled", &request_id));
+        }
+        let Some(payload) = state
+            .peek_code(&code_key)
+            .await?
+            .and_then(|b| pin::Payload::from_bytes(&b))
+        else {
+            return Ok(self.failed(&tx, None, "no_code", &request_id));
+        };
+        let email = payload.email.clone();
+        let failures = self.failures(&email).await?;
+        if failures.locked {
+            return Ok(self.failed(&tx, Some(&email), "locked", &request_id));
+        }
+        if failures.consecutive >= DELAY_AFTER {
+            // Growing delays before the hard cap (SECURITY.md 16).
+            let n = (failures.consecutive - DELAY_AFTER).min(10);
+            tokio::time::sleep((Duration::from_millis(250) * 2u32.pow(n)).min(MAX_DELAY)).await;
+        }
+        let keys = self.gw.sessions().keys();
+        let digest = match (
+            payload.decoy,
+            pin::clean(typed, idp.length),
+            pin::key_for(&keys, Some(&payload.kid)),
+        ) {
+            (false, Some(code), Some(key)) => pin::digest(key, &tx.id, &email, &code),
+            // Decoys and malformed input use an attempt like a wrong code.
+            _ => crate::random::bytes::<32>(self.gw.random().as_ref())
+                .map_err(|_| GateError::Internal)?,
+        };
+        match state.consume_code(&code_key, &digest).await? {
+            Consume::Accepted(_) => self.logged_in(&tx, &email, &request_id).await,
+            Consume::Rejected { left } => {
+                let (e, now, cap) = (
+                    email.clone(),
+                    self.now_ms(),
+                    limits.failed_logins_per_account,
+                );
+                let after = self
+                    .gw
+                    .credentials()
+                    .run(move |s| s.record_failure(&e, now, cap))
+                    .await?;
+                if after.locked && !failures.locked {
+                    self.audit(
+                        Event::new("login.locked")
+                            .email(&email)
+                            .request(&request_id)
+                            .with("failures", after.consecutive),
+                    );
+                }
+                let reason = if left == 0 {
+                    "wrong_code_burnt"
+                } else {
+                    "wrong_code"
+                };
+                Ok(self.failed(&tx, Some(&email), reason, &request_id))
+            }
+            Consume::Missing => {
+                // Used, expired or burnt meanwhile: still a failed login on this account.
+                let (e, now, cap) = (
+                    email.clone(),
+                    self.now_ms(),
+                    limits.failed_logins_per_account,
+                );
+                self.gw
+                    .credentials()
+                    .run(move |s| s.record_failure(&e, now, cap))
+                    .await?;
+                Ok(self.failed(&tx, Some(&email), "no_code", &request_id))
+            }
+        }
+    }
+
+    /// Every failure gets the same page and status (SECURITY.md 11).
+    fn failed(
+        &self,
+        tx: &LoginTx,
+        email: Option<&str>,
+        reason: &str,
+        request_id: &str,
+    ) -> Response<Body> {
+        let mut e = Event::new("login.failed")
+            .request(request_id)
+            .with("reason", reason)
+            .with("login_method", "onetimepin");
+        if let Some(email) = email {
+            e = e.email(email);
+        }
+        self.audit(e);
+        ::metrics::counter!(LOGINS, "app" => self.name().to_owned(), "method" => "onetimepin", "outcome" => "failure").increment(1);
+        self.code_page(tx, email.unwrap_or(""), Some(NO_ACCESS))
+    }
+
+    /// A correct code: a new session (SECURITY.md 32) and a 303 to the re-validated target.
+    async fn logged_in(
+        &self,
+        tx: &LoginTx,
+        email: &str,
+        request_id: &str,
+    ) -> Result<Response<Body>, GateError> {
+        let Ok(email) = Email::parse(email) else {
+            return Ok(self.failed(tx, None, "invalid_record", request_id));
+        };
+        if !self.would_allow(&email, &tx.rd) {
+            return Ok(self.failed(tx, Some(email.as_str()), "policy", request_id));
+        }
+        let e = email.to_string();
+        self.gw
+            .credentials()
+            .run(move |s| s.reset_failures(&e))
+            .await?;
+        self.gw.state().delete(&key_index(&email)).await?;
+        let now = self.now_ms();
+        let (claims, value) = self
+            .gw
+            .sessions()
+            .issue(
+                Kind::Session,
+                self.name(),
+                email.clone(),
+                LoginMethod::OneTimePin,
+                self.app.session_lifetime,
+                now,
+            )
+            .map_err(|_| GateError::Internal)?;
+        let target = return_to::validate(&tx.rd, &self.app.origin, &self.rt.origins)
+            .map_or_else(|| return_to::root(&self.app.origin), String::from);
+        let mut r = redirect(StatusCode::SEE_OTHER, &target);
+        let https = self.app.origin.https;
+        for h in [
+            session::set_cookie(
+                self.app.cookie_name,
+                &value,
+                self.app.session_lifetime,
+                https,
+            ),
+            session::clear_cookie(self.tx_cookie(), https),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            r.headers_mut().append(SET_COOKIE, h);
+        }
+        self.audit(
+            Event::new("login.succeeded")
+                .email(email.as_str())
+                .request(request_id)
+                .with("login_method", "onetimepin"),
+        );
+        self.audit(
+            Event::new("session.issued")
+                .email(email.as_str())
+                .request(request_id)
+                .with("session", short_id(&claims.id))
+                .with(
+                    "expires",
+                    crate::audit::rfc3339(Duration::from_millis(claims.expires_ms)),
+                ),
+        );
+        ::metrics::counter!(LOGINS, "app" => self.name().to_owned(), "method" => "onetimepin", "outcome" => "success").increment(1);
+        Ok(r)
+    }
+
+    /// `GET /.otpgate/logout`.
+    fn logout_page(&self, headers: &HeaderMap) -> Response<Body> {
+        let idle = Some(self.rt.config.session.idle_timeout);
+        match self.gw.sessions().from_headers(
+            headers,
+            self.app.cookie_name,
+            self.name(),
+            self.now_ms(),
+            idle,
+        ) {
+            Ok(c) => {
+                let csrf =
+                    tx::csrf_token(&self.gw.sessions().keys(), "logout", self.name(), &c.id.0);
+                let email = c.email.to_string();
+                self.rt.pages.page(
+                    StatusCode::OK,
+                    "logout.html",
+                    context! { app => self.name(), signed_in => true, email, csrf },
+                )
+            }
+            Err(_) => self.rt.pages.page(
+                StatusCode::OK,
+                "logout.html",
+                context! { app => self.name(), signed_in => false },
+            ),
+        }
+    }
+
+    /// `POST /.otpgate/logout`: the session ends on the server (a copied cookie stops working,
+    /// also after a restart) and the cookie is cleared.
+    async fn logout(&self, req: Request<Incoming>) -> Result<Response<Body>, GateError> {
+        let (parts, body) = req.into_parts();
+        let form = read_form(&parts.headers, body).await?;
+        let idle = Some(self.rt.config.session.idle_timeout);
+        let now = self.now_ms();
+        match self.gw.sessions().from_headers(
+            &parts.headers,
+            self.app.cookie_name,
+            self.name(),
+            now,
+            idle,
+        ) {
+            Ok(c) => {
+                let token = form.get("csrf").map_or("", String::as_str);
+                let keys = self.gw.sessions().keys();
+                if !(tx::origin_ok(&parts.headers, &self.origin())
+                    && tx::csrf_ok(&keys, "logout", self.name(), &c.id.0, token))
+                {
+                    return Ok(self.rt.pages.error(
+                        StatusCode::FORBIDDEN,
+                        "Sign-out not confirmed",
+                        "Please use the Sign out button on the sign-out page.",
+                    ));
+                }
+                let (hex, expires) = (c.id.hex(), c.expires_ms);
+                self.gw
+                    .credentials()
+                    .run(move |s| s.revoke(RevocationKind::Session, &hex, 0, expires, now))
+                    .await?;
+                self.gw
+                    .sessions()
+                    .revocations()
+                    .revoke_session(c.id, expires);
+                let request_id = crate::random::request_id(self.gw.random().as_ref());
+                self.audit(
+                    Event::new("logout")
+                        .email(c.email.as_str())
+                        .request(&request_id)
+                        .with("session", short_id(&c.id)),
+                );
+                self.audit(
+                    Event::new("session.revoked")
+                        .email(c.email.as_str())
+                        .request(&request_id)
+                        .with("scope", "one session")
+                        .with("session", short_id(&c.id)),
+                );
+            }
+            Err(SessionError::Missing | SessionError::Invalid(_) | SessionError::Revoked) => {}
+        }
+        let mut r = self.rt.pages.page(
+            StatusCode::OK,
+            "signed_out.html",
+            context! { app => self.name() },
+        );
+        if let Some(h) = session::clear_cookie(self.app.cookie_name, self.app.origin.https) {
+            r.headers_mut().append(SET_COOKIE, h);
+        }
+        Ok(r)
+    }
+}
+
+/// The first 4 bytes of a session id, for correlating audit events (not enough to forge one).
+fn short_id(id: &session::SessionId) -> String {
+    crate::random::hex(&id.0[..4])
+}
+
+/// A subject line: the first line, without control characters (SECURITY.md 9).
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
+}
+
+fn key_ip(ip: IpAddr) -> String {
+    format!("otpgate:rl:ip:{ip}")
+}
+fn key_sends(email: &Email) -> String {
+    format!("otpgate:rl:send:{email}")
+}
+fn key_cooldown(email: &Email) -> String {
+    format!("otpgate:cool:{email}")
+}
+fn key_index(email: &Email) -> String {
+    format!("otpgate:pinidx:{email}")
+}
+fn key_code(tx_hex: &str) -> String {
+    format!("otpgate:pin:{tx_hex}")
+}
+
+/// Reads an `application/x-www-form-urlencoded` body (at most 16 KiB); the first value of each
+/// field counts.
+async fn read_form(
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<HashMap<String, String>, GateError> {
+    let form_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';').next().is_some_and(|t| {
+                t.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        });
+    if !form_type {
+        return Err(GateError::BadForm);
+    }
+    let bytes = Limited::new(body, MAX_FORM)
+        .collect()
+        .await
+        .map_err(|_| GateError::BadForm)?
+        .to_bytes();
+    let mut form = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(&bytes) {
+        form.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+    }
+    Ok(form)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_lines_cannot_carry_header_breaks() {
+        assert_eq!(one_line("Your code\r\nBcc: x@evil.example"), "Your code");
+        assert_eq!(one_line("\n  Code for app\u{7}\n"), "Code for app");
+    }
+}
