@@ -502,6 +502,18 @@ impl Gw {
         .unwrap()
     }
 
+    /// The Prometheus text of the admin listener.
+    pub async fn metrics(&self) -> String {
+        self.client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Rewrites the config file (for reload tests).
     pub fn write_config(&self, yaml: &str) {
         std::fs::write(&self.config_path, yaml).unwrap();

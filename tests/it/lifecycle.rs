@@ -225,14 +225,7 @@ async fn reload_swaps_the_config_and_keeps_it_when_the_new_file_is_bad() {
             .status(),
         200
     );
-    let m = client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.contains("otpgate_config_reloads_total{result=\"success\"}"),
         "{m}"

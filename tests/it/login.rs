@@ -37,6 +37,15 @@ apps:
     )
 }
 
+/// A real SMTP server, an upstream, and a gateway mailing through the one in front of the other.
+/// `None` when aiosmtpd is not installed (outside CI).
+async fn setup(extra: &str) -> Option<(SmtpServer, Upstream, Gw)> {
+    let smtp = SmtpServer::start().await?;
+    let up = Upstream::start().await;
+    let gw = Gw::start_with(&config(&up, &smtp, extra), CERTS).await;
+    Some((smtp, up, gw))
+}
+
 /// A browser-like client: keeps cookies, sends `Origin` on posts, reads CSRF tokens.
 struct Visitor {
     client: reqwest::Client,
@@ -201,11 +210,9 @@ fn events(gw: &Gw, name: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pin_login_end_to_end_over_real_smtp() {
-    let Some(smtp) = SmtpServer::start().await else {
+    let Some((smtp, _up, gw)) = setup("").await else {
         return;
     };
-    let up = Upstream::start().await;
-    let gw = Gw::start_with(&config(&up, &smtp, ""), CERTS).await;
     let mut v = Visitor::new(&gw);
     let port = gw.https().port();
 
@@ -284,15 +291,7 @@ async fn pin_login_end_to_end_over_real_smtp() {
     assert_eq!(seen["headers"]["x-otpgate-email"][0], "alice@corp.example");
     assert_eq!(seen["headers"]["x-otpgate-groups"][0], "engineering");
     assert_eq!(seen["query"], "x=1");
-    let m = gw
-        .client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.contains("otpgate_logins_total{app=\"app\",method=\"onetimepin\",outcome=\"success\"}"),
         "{m}"
@@ -305,11 +304,9 @@ async fn pin_login_end_to_end_over_real_smtp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sec_6_malformed_addresses_are_refused_from_their_syntax_alone() {
-    let Some(smtp) = SmtpServer::start().await else {
+    let Some((smtp, _up, gw)) = setup("").await else {
         return;
     };
-    let up = Upstream::start().await;
-    let gw = Gw::start_with(&config(&up, &smtp, ""), CERTS).await;
     let mut v = Visitor::new(&gw);
     v.get("/.otpgate/login").await;
     for bad in [
@@ -345,11 +342,9 @@ async fn sec_6_malformed_addresses_are_refused_from_their_syntax_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sec_8_non_ascii_addresses_are_refused() {
-    let Some(smtp) = SmtpServer::start().await else {
+    let Some((_smtp, _up, gw)) = setup("").await else {
         return;
     };
-    let up = Upstream::start().await;
-    let gw = Gw::start_with(&config(&up, &smtp, ""), CERTS).await;
     let mut v = Visitor::new(&gw);
     v.get("/.otpgate/login").await;
     for bad in [
@@ -372,11 +367,9 @@ async fn sec_8_non_ascii_addresses_are_refused() {
 /// values; lookups use parameterised queries (a hostile address is just data).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sec_9_no_header_or_query_is_built_from_unvalidated_input() {
-    let Some(smtp) = SmtpServer::start().await else {
+    let Some((smtp, _up, gw)) = setup("").await else {
         return;
     };
-    let up = Upstream::start().await;
-    let gw = Gw::start_with(&config(&up, &smtp, ""), CERTS).await;
     let mut v = Visitor::new(&gw);
     // Valid dot-atom characters that mean something to SQL or shells.
     let odd = "o'neil+x=1%y|z@corp.example";
@@ -659,11 +652,9 @@ async fn sec_14_a_code_is_accepted_once_even_under_concurrent_submission() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sec_15_a_code_completes_only_the_login_of_the_browser_that_asked() {
-    let Some(smtp) = SmtpServer::start().await else {
+    let Some((smtp, _up, gw)) = setup("").await else {
         return;
     };
-    let up = Upstream::start().await;
-    let gw = Gw::start_with(&config(&up, &smtp, ""), CERTS).await;
     let mut victim = Visitor::new(&gw);
     victim.request_code("alice@corp.example").await;
     let pin = pin_of(
@@ -795,15 +786,7 @@ async fn sec_17_sends_are_limited_per_address_and_per_ip_for_every_address() {
         .collect();
     assert!(to.contains(&"new2@corp.example".to_owned()));
     assert!(!to.contains(&"new3@corp.example".to_owned()), "{to:?}");
-    let m = gw
-        .client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.contains("otpgate_rate_limited_total{limit=\"ip\"}"),
         "{m}"
@@ -816,11 +799,9 @@ async fn sec_17_sends_are_limited_per_address_and_per_ip_for_every_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sec_18_pins_are_never_stored_or_logged_in_clear() {
-    let Some(smtp) = SmtpServer::start().await else {
+    let Some((smtp, _up, gw)) = setup("").await else {
         return;
     };
-    let up = Upstream::start().await;
-    let gw = Gw::start_with(&config(&up, &smtp, ""), CERTS).await;
     let mut v = Visitor::new(&gw);
     v.request_code("alice@corp.example").await;
     let pin = pin_of(
@@ -975,11 +956,9 @@ async fn sec_38_authentication_events_are_audited_without_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sec_31_logout_ends_the_session_on_the_server_also_after_a_restart() {
-    let Some(smtp) = SmtpServer::start().await else {
+    let Some((smtp, _up, gw)) = setup("").await else {
         return;
     };
-    let up = Upstream::start().await;
-    let gw = Gw::start_with(&config(&up, &smtp, ""), CERTS).await;
     let mut v = Visitor::new(&gw);
     v.request_code("alice@corp.example").await;
     let pin = pin_of(

@@ -345,15 +345,7 @@ async fn upstream_down_gives_502_page() {
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
     assert!(r.text().await.unwrap().contains("Bad gateway"));
-    let m = gw
-        .client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.contains("otpgate_requests_total{app=\"app\",status=\"502\"}"),
         "{m}"

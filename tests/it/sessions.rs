@@ -190,15 +190,7 @@ async fn sec_33_a_session_opens_only_its_own_app_and_policy_still_decides() {
         403
     );
     assert_eq!(up.hits(), 1);
-    let m = gw
-        .client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.contains("otpgate_sessions_rejected_total{app=\"wiki\",reason=\"invalid\"} 1"),
         "{m}"
