@@ -153,6 +153,13 @@ impl Credentials {
         }
     }
 
+    /// Whether the address has a password of its own (blocking).
+    pub fn has_password(&self, email: &str) -> Result<bool, StoreError> {
+        match self {
+            Self::Embedded(db) => db.has_password(email),
+        }
+    }
+
     /// Checks that the store answers (blocking).
     pub fn ping(&self) -> Result<(), StoreError> {
         match self {

@@ -28,6 +28,31 @@ const MIGRATIONS: &[&str] = &[
         last_ms INTEGER NOT NULL,
         locked_ms INTEGER
     );",
+    // 3: passwords users chose (argon2id PHC strings), temporary passwords (keyed digests, with
+    //    their issue time for the once-per-24h rule) and one-time links (keyed digests).
+    "CREATE TABLE passwords (
+        email TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        changed_ms INTEGER NOT NULL
+    );
+    CREATE TABLE temp_passwords (
+        email TEXT PRIMARY KEY,
+        digest BLOB NOT NULL,
+        kid TEXT NOT NULL,
+        issued_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        used_ms INTEGER
+    );
+    CREATE TABLE link_tokens (
+        digest BLOB PRIMARY KEY,
+        email TEXT NOT NULL,
+        app TEXT NOT NULL,
+        rd TEXT NOT NULL,
+        issued_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        used_ms INTEGER
+    );
+    CREATE INDEX link_tokens_expires ON link_tokens (expires_ms);",
 ];
 
 /// The SQLite store. One connection; SQLite serialises writers anyway, and every operation is
@@ -166,6 +191,14 @@ impl SqliteStore {
                 "DELETE FROM login_failures WHERE email = ?1",
                 params![email],
             )? > 0)
+        })
+    }
+
+    pub(super) fn has_password(&self, email: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT 1 FROM passwords WHERE email = ?1", params![email], |_| Ok(()))
+                .optional()
+                .map(|o| o.is_some())
         })
     }
 
