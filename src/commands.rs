@@ -37,6 +37,12 @@ pub enum CommandError {
     /// Sealing a cookie.
     #[error(transparent)]
     Seal(#[from] SealError),
+    /// The templates.
+    #[error(transparent)]
+    Pages(#[from] crate::pages::PagesError),
+    /// The mail transport.
+    #[error(transparent)]
+    Mail(#[from] crate::mailer::MailError),
 }
 
 fn app<'a>(config: &'a Config, name: &str) -> Result<&'a AppConfig, CommandError> {
@@ -307,4 +313,112 @@ pub fn keys_rotate(
 pub fn keys_retire(config: &Config, id: &str) -> Result<String, CommandError> {
     KeyRing::retire(&config.session.keys_file, id)?;
     Ok(format!("retired key {id}; send SIGHUP to running gateways"))
+}
+
+/// The app and method of a "Send Authentication Email": `method` defaults to the config's
+/// `temporary_authentication`, `app` to the first app offering it.
+pub fn auth_email_target<'a>(
+    config: &'a Config,
+    app_name: Option<&str>,
+    method: Option<LoginMethod>,
+) -> Result<(&'a AppConfig, LoginMethod), CommandError> {
+    let method = method.unwrap_or(config.temporary_authentication);
+    if method == LoginMethod::OneTimePin {
+        return Err(CommandError::Refused(
+            "the method is onetimelink or onetimetoken (PINs are requested at the login page)"
+                .into(),
+        ));
+    }
+    if !config.identity_providers.enabled(method) {
+        return Err(CommandError::Refused(format!(
+            "{method} is not among identity_providers"
+        )));
+    }
+    let a = match app_name {
+        Some(name) => app(config, name)?,
+        None => config
+            .apps
+            .iter()
+            .find(|a| a.login_methods.contains(&method))
+            .ok_or_else(|| CommandError::Refused(format!("no app offers {method}")))?,
+    };
+    if !a.login_methods.contains(&method) {
+        return Err(CommandError::Refused(format!(
+            "app {:?} does not offer {method} (its login_methods)",
+            a.name
+        )));
+    }
+    Ok((a, method))
+}
+
+/// `otpgate send-auth-email`: mails a one-time link or a temporary password to users and
+/// group members at once; one line per user. The bool is false when a user could not be
+/// mailed (exit 1).
+#[allow(clippy::too_many_arguments)] // the command line's options, one each
+pub async fn send_auth_email(
+    config: &Config,
+    users: &[String],
+    groups: &[String],
+    app_name: Option<&str>,
+    method: Option<LoginMethod>,
+    force: bool,
+    clock: &dyn Clock,
+    random: &std::sync::Arc<dyn Random>,
+) -> Result<(String, bool), CommandError> {
+    if users.is_empty() && groups.is_empty() {
+        return Err(CommandError::Refused(
+            "name at least one --user or --group".into(),
+        ));
+    }
+    let (a, method) = auth_email_target(config, app_name, method)?;
+    let bound = crate::gateway::BoundAddrs {
+        http: config.listen.http,
+        https: config.listen.https,
+        admin: config.listen.admin,
+    };
+    let origin = crate::gateway::app_origin(a, &bound);
+    let keys = KeyRing::load_or_create(
+        &config.session.keys_file,
+        random.as_ref(),
+        clock.unix_secs(),
+    )?;
+    let credentials = Credentials::open_embedded(&config.data_dir)?;
+    let pages = crate::pages::Pages::load(config.templates_dir.as_deref())?;
+    let audit = Audit::open(&config.audit)?;
+    let mailer = crate::mailer::Mailer::start(&config.mail)?;
+    let table = Users::from_config(&config.users);
+    let operator = crate::login::send::Operator {
+        issuer: crate::login::send::Issuer {
+            pages: &pages,
+            keys: &keys,
+            credentials: &credentials,
+            random: random.as_ref(),
+            providers: &config.identity_providers,
+        },
+        users: &table,
+        mailer: &mailer,
+        audit: &audit,
+        clock,
+        via: "command line",
+    };
+    let job = crate::login::send::Job {
+        app: &a.name,
+        origin: &origin,
+        method,
+        force,
+        users,
+        groups,
+    };
+    let lines = operator.send(&job).await;
+    mailer.shutdown(Duration::from_secs(5)).await;
+    let mut out = String::new();
+    for g in groups {
+        if table.in_group(g).is_empty() {
+            out.push_str(&format!("group {g}: no users\n"));
+        }
+    }
+    for (id, outcome) in &lines {
+        out.push_str(&format!("{id}: {}\n", outcome.as_str()));
+    }
+    Ok((out, lines.iter().all(|(_, o)| o.ok())))
 }

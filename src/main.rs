@@ -51,6 +51,26 @@ enum Command {
         #[arg(long, default_value = "onetimepin", value_parser = method)]
         method: LoginMethod,
     },
+    /// "Send Authentication Email": mail a one-time link or a temporary password to users and
+    /// the members of groups now; prints one line per user (`sent`, `skipped (sent within
+    /// 24h)`, `no address`).
+    SendAuthEmail {
+        /// A user id (or an address); repeat for more.
+        #[arg(long = "user", value_name = "ID", required_unless_present = "groups")]
+        users: Vec<String>,
+        /// Every member of a group; repeat for more.
+        #[arg(long = "group", value_name = "NAME")]
+        groups: Vec<String>,
+        /// The app named in the mail (default: the first app offering the method).
+        #[arg(long)]
+        app: Option<String>,
+        /// `link` or `token` (default: the config's `temporary_authentication`).
+        #[arg(long, value_parser = auth_method)]
+        method: Option<LoginMethod>,
+        /// Send a temporary password even if one went out within `reissue_after` (audited).
+        #[arg(long)]
+        force: bool,
+    },
     /// Session administration.
     Sessions {
         #[command(subcommand)]
@@ -130,6 +150,14 @@ fn method(s: &str) -> Result<LoginMethod, String> {
     LoginMethod::parse(s).ok_or_else(|| {
         format!("unknown login method {s:?} (onetimepin, onetimelink or onetimetoken)")
     })
+}
+
+fn auth_method(s: &str) -> Result<LoginMethod, String> {
+    match s {
+        "link" | "onetimelink" => Ok(LoginMethod::OneTimeLink),
+        "token" | "onetimetoken" => Ok(LoginMethod::OneTimeToken),
+        _ => Err(format!("expected link or token, found {s:?}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -224,6 +252,49 @@ fn admin(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
         Command::Keys {
             command: KeysCommand::Retire { id },
         } => commands::keys_retire(c, &id),
+        Command::SendAuthEmail {
+            users,
+            groups,
+            app,
+            method,
+            force,
+        } => {
+            // Delivery problems are logged by the mailer: show them on stderr, beside the
+            // per-user lines on stdout.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .try_init();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            let sent = runtime.block_on(commands::send_auth_email(
+                c,
+                &users,
+                &groups,
+                app.as_deref(),
+                method,
+                force,
+                &clock,
+                &random,
+            ));
+            return Ok(match sent {
+                Ok((lines, all_ok)) => {
+                    print!("{lines}");
+                    if all_ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("otpgate: error: {e}");
+                    ExitCode::from(1)
+                }
+            });
+        }
         Command::Serve | Command::CheckConfig => return Ok(ExitCode::from(2)),
     };
     match out {

@@ -27,6 +27,32 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("pin_subject.txt", include_str!("templates/pin_subject.txt")),
     ("pin.txt", include_str!("templates/pin.txt")),
     ("pin.html", include_str!("templates/pin.html")),
+    ("sent.html", include_str!("templates/sent.html")),
+    (
+        "link_confirm.html",
+        include_str!("templates/link_confirm.html"),
+    ),
+    ("password.html", include_str!("templates/password.html")),
+    (
+        "link_subject.txt",
+        include_str!("templates/link_subject.txt"),
+    ),
+    ("link.txt", include_str!("templates/link.txt")),
+    ("link.html", include_str!("templates/link.html")),
+    (
+        "token_subject.txt",
+        include_str!("templates/token_subject.txt"),
+    ),
+    ("token.txt", include_str!("templates/token.txt")),
+    ("token.html", include_str!("templates/token.html")),
+    (
+        "password_changed_subject.txt",
+        include_str!("templates/password_changed_subject.txt"),
+    ),
+    (
+        "password_changed.txt",
+        include_str!("templates/password_changed.txt"),
+    ),
 ];
 
 /// Template problems, found when the templates are loaded.
@@ -101,6 +127,10 @@ impl Pages {
         let sample = context! {
             app => "app", title => "Title", message => "Message", csrf => "t", email => "a@b.example",
             error => "Error", minutes => 10, length => 6, code => "123456", signed_in => true, rd => "https://app.example/",
+            offer_pin => true, offer_link => true, offer_token => true, pw_email => "a@b.example", pw_error => "Error",
+            method => "token", hours => 24, valid => true, t => "k.t", link => "https://app.example/.otpgate/link?t=k.t",
+            password => "abcd-efgh-jkmn-pqrs", login_url => "https://app.example/.otpgate/login", min_length => 12,
+            when => "2026-01-01T00:00:00Z",
         };
         for (name, _) in BUILT_IN {
             self.render(name, sample.clone())?;

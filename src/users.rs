@@ -60,4 +60,16 @@ impl Users {
     pub fn by_id(&self, id: &str) -> Option<&Arc<User>> {
         self.by_id.get(id)
     }
+
+    /// The members of `group`, sorted by id.
+    pub fn in_group(&self, group: &str) -> Vec<Arc<User>> {
+        let mut v: Vec<Arc<User>> = self
+            .by_id
+            .values()
+            .filter(|u| u.groups.iter().any(|g| g.as_ref() == group))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
 }

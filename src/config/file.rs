@@ -199,6 +199,7 @@ pub(crate) struct TokenConfigFile {
     pub(crate) ttl: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub(crate) reissue_after: Option<Duration>,
+    pub(crate) min_password_length: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -259,6 +259,8 @@ pub struct TokenProvider {
     pub ttl: Duration,
     /// Minimum time between two temporary passwords for one user (at least 24 hours).
     pub reissue_after: Duration,
+    /// Shortest password users may choose (8 to 64 characters; 12 by default).
+    pub min_password_length: usize,
 }
 
 /// A user hosted in the config file.

@@ -723,6 +723,13 @@ fn identity_providers(
                         "must be at least 24h (SECURITY.md 24)",
                     );
                 }
+                let min_password_length = config.min_password_length.unwrap_or(12);
+                if !(8..=64).contains(&min_password_length) {
+                    c.err(
+                        format!("{at}.config.min_password_length"),
+                        "must be between 8 and 64 (SECURITY.md 25)",
+                    );
+                }
                 if out.token.is_some() {
                     c.err(&at, "onetimetoken is listed twice");
                 }
@@ -730,6 +737,7 @@ fn identity_providers(
                     name: name.unwrap_or_else(|| "Temporary password".into()),
                     ttl,
                     reissue_after,
+                    min_password_length: usize::try_from(min_password_length).unwrap_or(12),
                 });
             }
         }
@@ -954,10 +962,6 @@ fn apps(
                 let mut v = Vec::new();
                 for (j, m) in list.iter().enumerate() {
                     match LoginMethod::parse(m) {
-                        Some(m @ (LoginMethod::OneTimeLink | LoginMethod::OneTimeToken)) => c.err(
-                            format!("{at}.login_methods[{j}]"),
-                            format!("{m} logins are not available in this version yet"),
-                        ),
                         Some(m) if idps.enabled(m) => v.push(m),
                         Some(m) => c.err(format!("{at}.login_methods[{j}]"), format!("{m} is not among identity_providers")),
                         None => c.err(

@@ -165,10 +165,7 @@ impl Runtime {
                     }
                 }
             };
-            let origin = a
-                .public_url
-                .clone()
-                .unwrap_or_else(|| default_origin(a, bound));
+            let origin = app_origin(a, bound);
             apps.push(App {
                 cookie_name: session::cookie_name(origin.https),
                 session_lifetime: a.session_duration.unwrap_or(config.session.duration),
@@ -199,6 +196,13 @@ impl Runtime {
     pub fn app_for(&self, host: &str) -> Option<&App> {
         self.router.find(host).map(|i| &self.apps[i])
     }
+}
+
+/// An app's public origin: its `public_url`, else [`default_origin`].
+pub fn app_origin(a: &AppConfig, bound: &BoundAddrs) -> Origin {
+    a.public_url
+        .clone()
+        .unwrap_or_else(|| default_origin(a, bound))
 }
 
 /// An app's origin when `public_url` is not set: the HTTPS listener if there is one, else the

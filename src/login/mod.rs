@@ -1,12 +1,18 @@
-//! The gateway's own pages under `/.otpgate/` on every app host: the one-time PIN login
-//! (SPEC.md §4) and logout.
+//! The gateway's own pages under `/.otpgate/` on every app host (SPEC.md §4): the one-time PIN,
+//! the one-time link, temporary passwords and password logins, and logout.
 //!
 //! ```text
-//! GET  /.otpgate/login   email form (a new login transaction cookie, CSRF token)
-//! POST /.otpgate/login   "Send me a code": always the same answer, a code only to allowed people
-//! POST /.otpgate/code    the code: session cookie and 303 to the validated return target
-//! GET  /.otpgate/logout  "Sign out" button
-//! POST /.otpgate/logout  ends the session on the server and clears the cookie
+//! GET  /.otpgate/login     the forms of the app's methods (a new login transaction cookie, CSRF)
+//! POST /.otpgate/login     method=pin "Send me a code", =link "Email me a sign-in link",
+//!                          =token "Email me a temporary password": always the same answer, mail
+//!                          only to allowed people; =password: a password login
+//! POST /.otpgate/code      the code: session cookie and 303 to the validated return target
+//! GET  /.otpgate/link?t=   a one-time link's confirmation page (never uses the link)
+//! POST /.otpgate/link      the button on it: session cookie and 303 to the link's target
+//! GET  /.otpgate/password  "Choose a new password" (restricted session of a temporary password)
+//! POST /.otpgate/password  stores it; session cookie, other sessions end, notice by mail
+//! GET  /.otpgate/logout    "Sign out" button
+//! POST /.otpgate/logout    ends the session on the server and clears the cookie
 //! ```
 //!
 //! Anti-enumeration (SECURITY.md 10): every well-formed address gets the same status, headers
@@ -14,7 +20,11 @@
 //! for addresses that get no mail the stored record can never succeed) and no sooner than a
 //! fixed floor; mail leaves through a queue, never inline.
 
+mod link;
+mod password;
 pub mod pin;
+pub mod secret;
+pub mod send;
 pub mod tx;
 
 use std::collections::HashMap;
@@ -45,6 +55,10 @@ pub const LOGIN_PATH: &str = "/.otpgate/login";
 pub const CODE_PATH: &str = "/.otpgate/code";
 /// The logout page (stable path).
 pub const LOGOUT_PATH: &str = "/.otpgate/logout";
+/// The one-time link landing page (stable path: links sit in inboxes for a day).
+pub const LINK_PATH: &str = "/.otpgate/link";
+/// The "choose a new password" page of a temporary-password login.
+pub const PASSWORD_PATH: &str = "/.otpgate/password";
 
 /// The answer to "send me a code" is never faster than this, so the time it takes says nothing
 /// about the address (the work behind it takes microseconds either way).
@@ -66,6 +80,9 @@ const EXPIRED_FORM: &str = "Your sign-in form expired. Please try again.";
 pub const CODES: &str = "otpgate_codes_total";
 /// Metric: login attempts, by app, method and outcome.
 pub const LOGINS: &str = "otpgate_logins_total";
+/// Metric: links and temporary passwords requested from the login page, by app, method and
+/// outcome (`sent`, or `suppressed` with a reason).
+pub const AUTH_EMAILS: &str = "otpgate_auth_emails_total";
 /// Metric: requests over a rate limit, by limit.
 pub const RATE_LIMITED: &str = "otpgate_rate_limited_total";
 
@@ -114,24 +131,49 @@ pub(crate) async fn handle(
 ) -> Result<Response<Body>, GateError> {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let post = *req.method() == Method::POST;
-    let pin_offered = c
-        .app
-        .config
-        .login_methods
-        .contains(&LoginMethod::OneTimePin);
-    match path {
-        LOGIN_PATH if read => c.login_page(req.uri().query(), req.headers()),
-        LOGIN_PATH if post && pin_offered => c.request_code(req).await,
-        CODE_PATH if post && pin_offered => c.verify_code(req).await,
-        CODE_PATH if read => Ok(redirect(
+    let pin_offered = c.offers(LoginMethod::OneTimePin);
+    let link_offered = c.offers(LoginMethod::OneTimeLink);
+    let token_offered = c.offers(LoginMethod::OneTimeToken);
+    let to_login = || {
+        Ok(redirect(
             StatusCode::SEE_OTHER,
             &format!("{}{LOGIN_PATH}", c.app.origin),
-        )),
+        ))
+    };
+    match path {
+        LOGIN_PATH if read => c.login_page(req.uri().query(), req.headers()),
+        LOGIN_PATH if post => c.login_post(req).await,
+        CODE_PATH if post && pin_offered => c.verify_code(req).await,
+        LINK_PATH if read && link_offered => c.link_page(req.uri().query()).await,
+        LINK_PATH if post && link_offered => c.link_login(req).await,
+        PASSWORD_PATH if read && token_offered => Ok(c.password_page(req.headers())),
+        PASSWORD_PATH if post && token_offered => c.choose_password(req).await,
+        CODE_PATH | LINK_PATH | PASSWORD_PATH if read => to_login(),
         LOGOUT_PATH if read => Ok(c.logout_page(req.headers())),
         LOGOUT_PATH if post => c.logout(req).await,
-        LOGIN_PATH | CODE_PATH | LOGOUT_PATH => Err(GateError::MethodNotAllowed),
+        LOGIN_PATH | CODE_PATH | LOGOUT_PATH | LINK_PATH | PASSWORD_PATH => {
+            Err(GateError::MethodNotAllowed)
+        }
         _ => Err(GateError::NotFound),
     }
+}
+
+/// What a login-page form asks for (`method` field; the first offered when absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    Code,
+    Link,
+    TempPassword,
+    PasswordLogin,
+}
+
+/// What the email page shows besides its forms.
+#[derive(Debug, Default)]
+struct View<'a> {
+    email: &'a str,
+    error: Option<&'a str>,
+    pw_email: &'a str,
+    pw_error: Option<&'a str>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> GateError {
@@ -174,6 +216,81 @@ impl Ctx<'_> {
         tx::cookie_name(self.app.origin.https)
     }
 
+    /// The user who logs in as `email`, if the user table has one.
+    fn user(&self, email: &Email) -> Option<std::sync::Arc<crate::users::User>> {
+        self.rt.users.by_email(email.as_str()).cloned()
+    }
+
+    fn offers(&self, m: LoginMethod) -> bool {
+        self.app.config.login_methods.contains(&m)
+    }
+
+    /// `POST /.otpgate/login`: one of the login page's forms.
+    async fn login_post(&self, req: Request<Incoming>) -> Result<Response<Body>, GateError> {
+        let started = tokio::time::Instant::now();
+        let (parts, body) = req.into_parts();
+        let form = read_form(&parts.headers, body).await?;
+        let Some(tx) = self.checked_tx(&parts.headers, &form) else {
+            return self.expired_form();
+        };
+        let first = [
+            (LoginMethod::OneTimePin, Ask::Code),
+            (LoginMethod::OneTimeLink, Ask::Link),
+            (LoginMethod::OneTimeToken, Ask::TempPassword),
+        ]
+        .into_iter()
+        .find(|(m, _)| self.offers(*m))
+        .map(|(_, a)| a);
+        let ask = match form.get("method").map(String::as_str) {
+            None | Some("") => first,
+            Some("pin") => self.offers(LoginMethod::OneTimePin).then_some(Ask::Code),
+            Some("link") => self.offers(LoginMethod::OneTimeLink).then_some(Ask::Link),
+            Some("token") => self
+                .offers(LoginMethod::OneTimeToken)
+                .then_some(Ask::TempPassword),
+            Some("password") => self
+                .offers(LoginMethod::OneTimeToken)
+                .then_some(Ask::PasswordLogin),
+            Some(_) => None,
+        };
+        let Some(ask) = ask else {
+            return Err(GateError::BadForm);
+        };
+        let typed = form.get("email").map_or("", String::as_str);
+        let Ok(email) = Email::parse(typed) else {
+            // Decided from the syntax alone, before any lookup, limit or mail (SECURITY.md 6).
+            let view = if ask == Ask::PasswordLogin {
+                View {
+                    pw_email: typed,
+                    pw_error: Some(INVALID_EMAIL),
+                    ..View::default()
+                }
+            } else {
+                View {
+                    email: typed,
+                    error: Some(INVALID_EMAIL),
+                    ..View::default()
+                }
+            };
+            return Ok(self.email_page(&tx, &view, StatusCode::BAD_REQUEST, false));
+        };
+        match ask {
+            Ask::Code => self.request_code(&tx, &email, started).await,
+            Ask::Link => {
+                self.request_mail(&tx, &email, LoginMethod::OneTimeLink, started)
+                    .await
+            }
+            Ask::TempPassword => {
+                self.request_mail(&tx, &email, LoginMethod::OneTimeToken, started)
+                    .await
+            }
+            Ask::PasswordLogin => {
+                let typed = form.get("password").map_or("", String::as_str);
+                self.password_login(&tx, &email, typed).await
+            }
+        }
+    }
+
     /// `GET /.otpgate/login`: the email form with a new transaction, or, for visitors who are
     /// signed in already, straight on to the validated target.
     fn login_page(
@@ -202,14 +319,13 @@ impl Ctx<'_> {
         let rd = target.map_or_else(|| return_to::root(&self.app.origin), String::from);
         let tx = LoginTx::new(self.gw.random().as_ref(), self.now_ms(), rd)
             .map_err(|_| GateError::Internal)?;
-        Ok(self.email_page(&tx, "", None, StatusCode::OK, true))
+        Ok(self.email_page(&tx, &View::default(), StatusCode::OK, true))
     }
 
     fn email_page(
         &self,
         tx: &LoginTx,
-        email: &str,
-        error: Option<&str>,
+        view: &View<'_>,
         status: StatusCode,
         set_cookie: bool,
     ) -> Response<Body> {
@@ -218,7 +334,13 @@ impl Ctx<'_> {
         let mut r = self.rt.pages.page(
             status,
             "login.html",
-            context! { app => self.name(), csrf, email, error },
+            context! {
+                app => self.name(), csrf, email => view.email, error => view.error,
+                pw_email => view.pw_email, pw_error => view.pw_error,
+                offer_pin => self.offers(LoginMethod::OneTimePin),
+                offer_link => self.offers(LoginMethod::OneTimeLink),
+                offer_token => self.offers(LoginMethod::OneTimeToken),
+            },
         );
         if set_cookie {
             match tx.seal(self.name(), &keys, self.gw.random().as_ref()) {
@@ -274,12 +396,16 @@ impl Ctx<'_> {
             return_to::root(&self.app.origin),
         )
         .map_err(|_| GateError::Internal)?;
-        Ok(self.email_page(&tx, "", Some(EXPIRED_FORM), StatusCode::BAD_REQUEST, true))
+        let view = View {
+            error: Some(EXPIRED_FORM),
+            ..View::default()
+        };
+        Ok(self.email_page(&tx, &view, StatusCode::BAD_REQUEST, true))
     }
 
     /// Whether the policy would let `email` in on the login's target (before mailing a code,
     /// and again after it was entered: policies may change in between).
-    fn would_allow(&self, email: &Email, rd: &str) -> bool {
+    fn would_allow(&self, email: &Email, rd: &str, login_method: LoginMethod) -> bool {
         let path = url::Url::parse(rd)
             .ok()
             .filter(|u| u.host_str() == Some(self.app.origin.host.as_str()))
@@ -289,12 +415,12 @@ impl Ctx<'_> {
                     .map(|p| p.into_owned())
             })
             .unwrap_or_else(|| "/".to_owned());
-        let user = self.rt.users.by_email(email.as_str());
-        let groups = user.map_or(&[][..], |u| &u.groups[..]);
+        let user = self.user(email);
+        let groups = user.as_ref().map_or(&[][..], |u| &u.groups[..]);
         let who = policy::Identity {
             email,
             groups,
-            login_method: LoginMethod::OneTimePin,
+            login_method,
         };
         policy::decide(
             &self.app.config.policies,
@@ -312,25 +438,13 @@ impl Ctx<'_> {
         Ok(self.gw.credentials().run(move |s| s.failures(&e)).await?)
     }
 
-    /// `POST /.otpgate/login`.
-    async fn request_code(&self, req: Request<Incoming>) -> Result<Response<Body>, GateError> {
-        let started = tokio::time::Instant::now();
-        let (parts, body) = req.into_parts();
-        let form = read_form(&parts.headers, body).await?;
-        let Some(tx) = self.checked_tx(&parts.headers, &form) else {
-            return self.expired_form();
-        };
-        let typed = form.get("email").map_or("", String::as_str);
-        let Ok(email) = Email::parse(typed) else {
-            // Decided from the syntax alone, before any lookup, limit or mail (SECURITY.md 6).
-            return Ok(self.email_page(
-                &tx,
-                typed,
-                Some(INVALID_EMAIL),
-                StatusCode::BAD_REQUEST,
-                false,
-            ));
-        };
+    /// "Send me a code".
+    async fn request_code(
+        &self,
+        tx: &LoginTx,
+        email: &Email,
+        started: tokio::time::Instant,
+    ) -> Result<Response<Body>, GateError> {
         let request_id = crate::random::request_id(self.gw.random().as_ref());
         self.audit(
             Event::new("code.requested")
@@ -338,9 +452,9 @@ impl Ctx<'_> {
                 .request(&request_id)
                 .with("login_method", "onetimepin"),
         );
-        self.issue_code(&tx, &email, &request_id).await?;
+        self.issue_code(tx, email, &request_id).await?;
         tokio::time::sleep_until(started + RESPONSE_FLOOR).await;
-        Ok(self.code_page(&tx, email.as_str(), None))
+        Ok(self.code_page(tx, email.as_str(), None))
     }
 
     async fn issue_code(
@@ -365,7 +479,7 @@ impl Ctx<'_> {
             .put_new(&key_cooldown(email), b"1", limits.code_resend_cooldown)
             .await?;
         let failures = self.failures(email.as_str()).await?;
-        let allowed = self.would_allow(email, &tx.rd);
+        let allowed = self.would_allow(email, &tx.rd, LoginMethod::OneTimePin);
         let over_ip = per_ip > u64::from(limits.login_requests_per_ip.count);
         let over_address = per_address > u64::from(limits.code_sends_per_address.count);
         for (over, limit) in [
@@ -378,7 +492,7 @@ impl Ctx<'_> {
             }
         }
         let reason = if !allowed {
-            Some(if self.rt.users.by_email(email.as_str()).is_some() {
+            Some(if self.user(email).is_some() {
                 Suppressed::PolicyBlock
             } else {
                 Suppressed::UnknownUser
@@ -599,7 +713,7 @@ impl Ctx<'_> {
         let Ok(email) = Email::parse(email) else {
             return Ok(self.failed(tx, None, "invalid_record", request_id));
         };
-        if !self.would_allow(&email, &tx.rd) {
+        if !self.would_allow(&email, &tx.rd, LoginMethod::OneTimePin) {
             return Ok(self.failed(tx, Some(email.as_str()), "policy", request_id));
         }
         let e = email.to_string();
@@ -608,6 +722,18 @@ impl Ctx<'_> {
             .run(move |s| s.reset_failures(&e))
             .await?;
         self.gw.state().delete(&key_index(&email)).await?;
+        self.start_session(&email, LoginMethod::OneTimePin, &tx.rd, request_id)
+    }
+
+    /// A successful login of any method: a new session (SECURITY.md 32), the login
+    /// transaction and any restricted session cleared, and a 303 to the re-validated target.
+    fn start_session(
+        &self,
+        email: &Email,
+        method: LoginMethod,
+        rd: &str,
+        request_id: &str,
+    ) -> Result<Response<Body>, GateError> {
         let now = self.now_ms();
         let (claims, value) = self
             .gw
@@ -616,12 +742,12 @@ impl Ctx<'_> {
                 Kind::Session,
                 self.name(),
                 email.clone(),
-                LoginMethod::OneTimePin,
+                method,
                 self.app.session_lifetime,
                 now,
             )
             .map_err(|_| GateError::Internal)?;
-        let target = return_to::validate(&tx.rd, &self.app.origin, &self.rt.origins)
+        let target = return_to::validate(rd, &self.app.origin, &self.rt.origins)
             .map_or_else(|| return_to::root(&self.app.origin), String::from);
         let mut r = redirect(StatusCode::SEE_OTHER, &target);
         let https = self.app.origin.https;
@@ -643,7 +769,7 @@ impl Ctx<'_> {
             Event::new("login.succeeded")
                 .email(email.as_str())
                 .request(request_id)
-                .with("login_method", "onetimepin"),
+                .with("login_method", method.as_str()),
         );
         self.audit(
             Event::new("session.issued")
@@ -655,7 +781,7 @@ impl Ctx<'_> {
                     crate::audit::rfc3339(Duration::from_millis(claims.expires_ms)),
                 ),
         );
-        ::metrics::counter!(LOGINS, "app" => self.name().to_owned(), "method" => "onetimepin", "outcome" => "success").increment(1);
+        ::metrics::counter!(LOGINS, "app" => self.name().to_owned(), "method" => method.as_str(), "outcome" => "success").increment(1);
         Ok(r)
     }
 

@@ -292,6 +292,14 @@ impl Mailer {
         }
     }
 
+    /// Sends one mail now, with the queue's retries, and says whether it went out. For the
+    /// operator's "Send Authentication Email", which reports per user whether the mail left;
+    /// never used on a visitor's request (those go through [`Mailer::enqueue`]).
+    pub async fn send_now(&self, mail: &OutgoingMail) -> bool {
+        let _pending = Pending::new(self.inner.shared.clone());
+        deliver(mail, &self.inner.shared, &self.inner.cancel).await
+    }
+
     /// Mails accepted and not yet finished: waiting in the queue, being sent, or waiting to be
     /// retried.
     pub fn queue_depth(&self) -> usize {
@@ -384,7 +392,7 @@ async fn work(
             // Destructured inside the task so the whole `Queued` moves in: a closure-style
             // capture of `queued.mail` alone would drop the `Pending` count right here.
             let Queued { mail, pending } = queued;
-            deliver(&mail, &shared, &cancel).await;
+            let _ = deliver(&mail, &shared, &cancel).await;
             drop(pending);
             drop(slot);
         });
@@ -400,8 +408,8 @@ async fn work(
     let _ = tokio::time::timeout(Duration::from_secs(2), shared.transport.close()).await;
 }
 
-/// Delivers one mail with retries; logs and counts the outcome.
-async fn deliver(mail: &OutgoingMail, shared: &Shared, cancel: &CancellationToken) {
+/// Delivers one mail with retries; logs and counts the outcome; true when it was sent.
+async fn deliver(mail: &OutgoingMail, shared: &Shared, cancel: &CancellationToken) -> bool {
     let built = match message::build(
         &shared.from,
         mail,
@@ -409,12 +417,18 @@ async fn deliver(mail: &OutgoingMail, shared: &Shared, cancel: &CancellationToke
         shared.random.as_ref(),
     ) {
         Ok(b) => b,
-        Err(e) => return given_up(mail, 0, &e.to_string()),
+        Err(e) => {
+            given_up(mail, 0, &e.to_string());
+            return false;
+        }
     };
     let attempts = shared.retry.attempts;
     for attempt in 1..=attempts {
         let sent = tokio::select! {
-            () = cancel.cancelled() => return given_up(mail, attempt - 1, "abandoned at shutdown"),
+            () = cancel.cancelled() => {
+                given_up(mail, attempt - 1, "abandoned at shutdown");
+                return false;
+            }
             r = shared.transport.send(
                 &built.envelope,
                 &built.bytes,
@@ -433,19 +447,21 @@ async fn deliver(mail: &OutgoingMail, shared: &Shared, cancel: &CancellationToke
                     attempt,
                     "mail sent"
                 );
-                return;
+                return true;
             }
             Err(e) => e,
         };
         if err.permanent {
-            return given_up(
+            given_up(
                 mail,
                 attempt,
                 &format!("the relay refused it: {}", err.reason),
             );
+            return false;
         }
         if attempt == attempts {
-            return given_up(mail, attempt, &err.reason);
+            given_up(mail, attempt, &err.reason);
+            return false;
         }
         let delay = shared.retry.delay_after(attempt);
         tracing::warn!(
@@ -458,10 +474,14 @@ async fn deliver(mail: &OutgoingMail, shared: &Shared, cancel: &CancellationToke
         );
         metrics::counter!(MAIL_RETRIES, "kind" => mail.kind).increment(1);
         tokio::select! {
-            () = cancel.cancelled() => return given_up(mail, attempt, "abandoned at shutdown"),
+            () = cancel.cancelled() => {
+                given_up(mail, attempt, "abandoned at shutdown");
+                return false;
+            }
             () = tokio::time::sleep(delay) => {}
         }
     }
+    false
 }
 
 #[cfg(test)]

@@ -30,12 +30,19 @@ pub const LOGIN_COOKIE_HOST: &str = "__Host-otpgate-login";
 /// Login-transaction cookie name on plain-http apps.
 pub const LOGIN_COOKIE_PLAIN: &str = "otpgate-login";
 
+/// The restricted session of a temporary-password login (its only use is choosing a password).
+pub const RESTRICTED_COOKIE_HOST: &str = "__Host-otpgate-pw";
+/// The restricted session's cookie name on plain-http apps.
+pub const RESTRICTED_COOKIE_PLAIN: &str = "otpgate-pw";
+
 /// Every cookie name the gateway owns.
-pub const GATEWAY_COOKIES: [&str; 4] = [
+pub const GATEWAY_COOKIES: [&str; 6] = [
     COOKIE_HOST,
     COOKIE_PLAIN,
     LOGIN_COOKIE_HOST,
     LOGIN_COOKIE_PLAIN,
+    RESTRICTED_COOKIE_HOST,
+    RESTRICTED_COOKIE_PLAIN,
 ];
 
 /// Removes `Set-Cookie` headers of an upstream response that would set one of the gateway's own
@@ -175,11 +182,24 @@ impl Sessions {
         now_ms: u64,
         idle: Option<Duration>,
     ) -> Result<Claims, SessionError> {
+        self.of_kind(headers, Kind::Session, name, app, now_ms, idle)
+    }
+
+    /// Like [`Sessions::from_headers`] for a token of another kind (the restricted session).
+    pub fn of_kind(
+        &self,
+        headers: &HeaderMap,
+        kind: Kind,
+        name: &str,
+        app: &str,
+        now_ms: u64,
+        idle: Option<Duration>,
+    ) -> Result<Claims, SessionError> {
         let idle_ms = idle.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let keys = self.keys.load();
         let mut last = SessionError::Missing;
         for value in cookie_values(headers, name).take(4) {
-            match cookie::open(value, Kind::Session, app, &keys, now_ms, idle_ms) {
+            match cookie::open(value, kind, app, &keys, now_ms, idle_ms) {
                 Ok(c) if self.revocations.is_revoked(&c) => last = SessionError::Revoked,
                 Ok(c) => return Ok(c),
                 Err(e) => last = SessionError::Invalid(e),
@@ -223,7 +243,7 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
         .map(str::trim)
         .filter(|pair| {
             let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
-            !pair.is_empty() && name != COOKIE_PLAIN && name != COOKIE_HOST
+            !pair.is_empty() && !GATEWAY_COOKIES.contains(&name)
         })
         .map(str::to_owned)
         .collect();

@@ -83,6 +83,40 @@ pub struct Failures {
     pub locked: bool,
 }
 
+/// A temporary password as stored: its keyed digest, never the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TempPassword {
+    /// The address it belongs to.
+    pub email: String,
+    /// HMAC of the password under the key `kid`.
+    pub digest: [u8; 32],
+    /// The key of the digest.
+    pub kid: String,
+    /// When it was issued (Unix ms), for the once-per-`reissue_after` rule.
+    pub issued_ms: u64,
+    /// When it stops working (Unix ms).
+    pub expires_ms: u64,
+    /// Whether it was used (it works once).
+    pub used: bool,
+}
+
+/// A one-time link as stored: its keyed digest, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// HMAC of the token.
+    pub digest: [u8; 32],
+    /// Who it logs in.
+    pub email: String,
+    /// The app it is for.
+    pub app: String,
+    /// The validated return target.
+    pub rd: String,
+    /// Issued (Unix ms).
+    pub issued_ms: u64,
+    /// Stops working (Unix ms).
+    pub expires_ms: u64,
+}
+
 /// The credentials store.
 #[derive(Debug, Clone)]
 pub enum Credentials {
@@ -150,6 +184,82 @@ impl Credentials {
     pub fn reset_failures(&self, email: &str) -> Result<bool, StoreError> {
         match self {
             Self::Embedded(db) => db.reset_failures(email),
+        }
+    }
+
+    /// The Argon2id PHC string of an address's password (blocking).
+    pub fn password_hash(&self, email: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Self::Embedded(db) => db.password_hash(email),
+        }
+    }
+
+    /// Stores a password hash; committed (durable) when this returns (blocking).
+    pub fn set_password(&self, email: &str, hash: &str, now_ms: u64) -> Result<(), StoreError> {
+        match self {
+            Self::Embedded(db) => db.set_password(email, hash, now_ms),
+        }
+    }
+
+    /// Records a new temporary password unless one was issued within `reissue_after_ms` (then
+    /// nothing changes and the earlier one stays valid); `force` overrides (blocking). Returns
+    /// whether it was recorded.
+    pub fn issue_temp_password(
+        &self,
+        t: &TempPassword,
+        reissue_after_ms: u64,
+        force: bool,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Self::Embedded(db) => db.issue_temp_password(t, reissue_after_ms, force),
+        }
+    }
+
+    /// The current temporary password record of an address (blocking).
+    pub fn temp_password(&self, email: &str) -> Result<Option<TempPassword>, StoreError> {
+        match self {
+            Self::Embedded(db) => db.temp_password(email),
+        }
+    }
+
+    /// Marks the temporary password used if `digest` is its digest and it is unused and
+    /// unexpired; atomic (blocking). Returns whether it was.
+    pub fn use_temp_password(
+        &self,
+        email: &str,
+        digest: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Self::Embedded(db) => db.use_temp_password(email, digest, now_ms),
+        }
+    }
+
+    /// Stores a one-time link (blocking).
+    pub fn put_link(&self, link: &Link) -> Result<(), StoreError> {
+        match self {
+            Self::Embedded(db) => db.put_link(link),
+        }
+    }
+
+    /// A live (unused, unexpired) link, without using it (blocking).
+    pub fn link(&self, digest: &[u8; 32], now_ms: u64) -> Result<Option<Link>, StoreError> {
+        match self {
+            Self::Embedded(db) => db.link(digest, now_ms),
+        }
+    }
+
+    /// Uses a live link: atomic, so it works once (blocking).
+    pub fn use_link(&self, digest: &[u8; 32], now_ms: u64) -> Result<Option<Link>, StoreError> {
+        match self {
+            Self::Embedded(db) => db.use_link(digest, now_ms),
+        }
+    }
+
+    /// Deletes expired links (blocking).
+    pub fn prune_links(&self, now_ms: u64) -> Result<usize, StoreError> {
+        match self {
+            Self::Embedded(db) => db.prune_links(now_ms),
         }
     }
 
@@ -236,6 +346,98 @@ mod tests {
         assert!(s.reset_failures("a@b.example").unwrap());
         assert_eq!(s.failures("a@b.example").unwrap(), Failures::default());
         assert!(!s.reset_failures("a@b.example").unwrap());
+    }
+
+    #[test]
+    fn temporary_passwords_follow_the_reissue_rule_and_work_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Credentials::open_embedded(dir.path()).unwrap();
+        let day = 86_400_000;
+        let t = |digest: u8, at: u64| TempPassword {
+            email: "a@b.example".into(),
+            digest: [digest; 32],
+            kid: "k1".into(),
+            issued_ms: at,
+            expires_ms: at + day,
+            used: false,
+        };
+        assert!(s.issue_temp_password(&t(1, 1_000), day, false).unwrap());
+        // Within 24 h: nothing changes, the first stays valid.
+        assert!(!s.issue_temp_password(&t(2, 2_000), day, false).unwrap());
+        assert_eq!(
+            s.temp_password("a@b.example").unwrap().unwrap().digest,
+            [1; 32]
+        );
+        // --force replaces it.
+        assert!(s.issue_temp_password(&t(3, 3_000), day, true).unwrap());
+        assert!(
+            !s.use_temp_password("a@b.example", &[1; 32], 4_000).unwrap(),
+            "the replaced one is dead"
+        );
+        assert!(s.use_temp_password("a@b.example", &[3; 32], 4_000).unwrap());
+        assert!(
+            !s.use_temp_password("a@b.example", &[3; 32], 4_001).unwrap(),
+            "once"
+        );
+        // After 24 h a new one may be issued; an expired one does not work.
+        assert!(
+            s.issue_temp_password(&t(4, 3_000 + day), day, false)
+                .unwrap()
+        );
+        assert!(
+            !s.use_temp_password("a@b.example", &[4; 32], 3_000 + 2 * day)
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn links_work_once_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Credentials::open_embedded(dir.path()).unwrap();
+        let l = Link {
+            digest: [9; 32],
+            email: "a@b.example".into(),
+            app: "app".into(),
+            rd: "https://x/".into(),
+            issued_ms: 0,
+            expires_ms: 1_000,
+        };
+        s.put_link(&l).unwrap();
+        assert_eq!(
+            s.link(&[9; 32], 10).unwrap(),
+            Some(l.clone()),
+            "looking does not use it"
+        );
+        assert_eq!(s.link(&[9; 32], 20).unwrap(), Some(l.clone()));
+        assert_eq!(s.use_link(&[9; 32], 30).unwrap(), Some(l));
+        assert_eq!(s.use_link(&[9; 32], 40).unwrap(), None, "once");
+        assert_eq!(s.link(&[9; 32], 40).unwrap(), None);
+        let l2 = Link {
+            digest: [8; 32],
+            email: "a@b.example".into(),
+            app: "app".into(),
+            rd: "https://x/".into(),
+            issued_ms: 0,
+            expires_ms: 1_000,
+        };
+        s.put_link(&l2).unwrap();
+        assert_eq!(s.use_link(&[8; 32], 1_000).unwrap(), None, "expired");
+        assert_eq!(s.prune_links(2_000).unwrap(), 2);
+    }
+
+    #[test]
+    fn passwords_are_stored_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Credentials::open_embedded(dir.path()).unwrap();
+        assert_eq!(s.password_hash("a@b.example").unwrap(), None);
+        assert!(!s.has_password("a@b.example").unwrap());
+        s.set_password("a@b.example", "$argon2id$one", 1).unwrap();
+        s.set_password("a@b.example", "$argon2id$two", 2).unwrap();
+        assert_eq!(
+            s.password_hash("a@b.example").unwrap().as_deref(),
+            Some("$argon2id$two")
+        );
+        assert!(s.has_password("a@b.example").unwrap());
     }
 
     #[test]

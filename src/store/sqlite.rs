@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Failures, Revocation, RevocationKind, StoreError};
+use super::{Failures, Link, Revocation, RevocationKind, StoreError, TempPassword};
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -194,11 +194,156 @@ impl SqliteStore {
         })
     }
 
+    pub(super) fn password_hash(&self, email: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT hash FROM passwords WHERE email = ?1",
+                params![email],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    pub(super) fn set_password(
+        &self,
+        email: &str,
+        hash: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO passwords (email, hash, changed_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (email) DO UPDATE SET hash = ?2, changed_ms = ?3",
+                params![email, hash, to_i64(now_ms)],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub(super) fn issue_temp_password(
+        &self,
+        t: &TempPassword,
+        reissue_after_ms: u64,
+        force: bool,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let last: Option<i64> =
+                tx.query_row("SELECT issued_ms FROM temp_passwords WHERE email = ?1", params![t.email], |r| r.get(0)).optional()?;
+            let recent = last.is_some_and(|issued| from_i64(issued).saturating_add(reissue_after_ms) > t.issued_ms);
+            if recent && !force {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO temp_passwords (email, digest, kid, issued_ms, expires_ms, used_ms) VALUES (?1, ?2, ?3, ?4, ?5, NULL)
+                 ON CONFLICT (email) DO UPDATE SET digest = ?2, kid = ?3, issued_ms = ?4, expires_ms = ?5, used_ms = NULL",
+                params![t.email, &t.digest[..], t.kid, to_i64(t.issued_ms), to_i64(t.expires_ms)],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    pub(super) fn temp_password(&self, email: &str) -> Result<Option<TempPassword>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT email, digest, kid, issued_ms, expires_ms, used_ms FROM temp_passwords WHERE email = ?1",
+                params![email],
+                |r| {
+                    let digest: Vec<u8> = r.get(1)?;
+                    Ok(TempPassword {
+                        email: r.get(0)?,
+                        digest: digest.try_into().unwrap_or([0; 32]),
+                        kid: r.get(2)?,
+                        issued_ms: from_i64(r.get(3)?),
+                        expires_ms: from_i64(r.get(4)?),
+                        used: r.get::<_, Option<i64>>(5)?.is_some(),
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    pub(super) fn use_temp_password(
+        &self,
+        email: &str,
+        digest: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE temp_passwords SET used_ms = ?3 WHERE email = ?1 AND digest = ?2 AND used_ms IS NULL AND expires_ms > ?3",
+                params![email, &digest[..], to_i64(now_ms)],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    pub(super) fn put_link(&self, l: &Link) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO link_tokens (digest, email, app, rd, issued_ms, expires_ms, used_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+                params![&l.digest[..], l.email, l.app, l.rd, to_i64(l.issued_ms), to_i64(l.expires_ms)],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub(super) fn link(&self, digest: &[u8; 32], now_ms: u64) -> Result<Option<Link>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT email, app, rd, issued_ms, expires_ms FROM link_tokens WHERE digest = ?1 AND used_ms IS NULL AND expires_ms > ?2",
+                params![&digest[..], to_i64(now_ms)],
+                |r| Ok(Link { digest: *digest, email: r.get(0)?, app: r.get(1)?, rd: r.get(2)?, issued_ms: from_i64(r.get(3)?), expires_ms: from_i64(r.get(4)?) }),
+            )
+            .optional()
+        })
+    }
+
+    pub(super) fn use_link(
+        &self,
+        digest: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Option<Link>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE link_tokens SET used_ms = ?2 WHERE digest = ?1 AND used_ms IS NULL AND expires_ms > ?2",
+                params![&digest[..], to_i64(now_ms)],
+            )?;
+            if n != 1 {
+                return Ok(None);
+            }
+            let l = tx.query_row(
+                "SELECT email, app, rd, issued_ms, expires_ms FROM link_tokens WHERE digest = ?1",
+                params![&digest[..]],
+                |r| Ok(Link { digest: *digest, email: r.get(0)?, app: r.get(1)?, rd: r.get(2)?, issued_ms: from_i64(r.get(3)?), expires_ms: from_i64(r.get(4)?) }),
+            )?;
+            tx.commit()?;
+            Ok(Some(l))
+        })
+    }
+
+    pub(super) fn prune_links(&self, now_ms: u64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM link_tokens WHERE expires_ms < ?1",
+                params![to_i64(now_ms)],
+            )
+        })
+    }
+
     pub(super) fn has_password(&self, email: &str) -> Result<bool, StoreError> {
         self.with(|c| {
-            c.query_row("SELECT 1 FROM passwords WHERE email = ?1", params![email], |_| Ok(()))
-                .optional()
-                .map(|o| o.is_some())
+            c.query_row(
+                "SELECT 1 FROM passwords WHERE email = ?1",
+                params![email],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
         })
     }
 

@@ -1,0 +1,369 @@
+//! Making the Zscaler-style mails: a one-time link or a temporary password, recorded (as keyed
+//! digests) in the credentials store and rendered into a mail. The same code serves the
+//! visitor's own request from the login page, the operator's `otpgate send-auth-email` and the
+//! admin API; only the delivery differs (queued for visitors, sent at once for operators, who
+//! get a line per user).
+
+use std::time::Duration;
+
+use minijinja::context;
+
+use super::secret;
+use super::{LINK_PATH, LOGIN_PATH, one_line};
+use crate::config::{IdentityProviders, Origin};
+use crate::email::Email;
+use crate::mailer::OutgoingMail;
+use crate::pages::{Pages, PagesError};
+use crate::policy::LoginMethod;
+use crate::random::Random;
+use crate::session::KeyRing;
+use crate::store::{Credentials, Link, StoreError, TempPassword};
+
+/// Why a mail could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The method is not among the identity providers (or is the PIN, which is not mailed
+    /// this way).
+    #[error("{0} is not an enabled identity provider for authentication emails")]
+    NotOffered(LoginMethod),
+    /// No randomness.
+    #[error("no randomness available")]
+    Random,
+    /// The credentials store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A template.
+    #[error(transparent)]
+    Render(#[from] PagesError),
+}
+
+/// What the operator asked for, or what the visitor's request comes to.
+#[derive(Debug, Clone)]
+pub struct Order<'a> {
+    /// The app named in the mail and logged in to.
+    pub app: &'a str,
+    /// Its public origin: the link and the login address are built from it (SECURITY.md 21).
+    pub origin: &'a Origin,
+    /// Who logs in.
+    pub identity: &'a Email,
+    /// Where the mail goes (`temp_auth_email`, else the identity).
+    pub to: &'a Email,
+    /// The validated return target a link leads to.
+    pub rd: &'a str,
+    /// `onetimelink` or `onetimetoken`.
+    pub method: LoginMethod,
+    /// Send a temporary password even within `reissue_after` of the last one (operators only).
+    pub force: bool,
+    /// Now, Unix milliseconds.
+    pub now_ms: u64,
+}
+
+/// The outcome.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Recorded; this mail carries the secret.
+    Mail(OutgoingMail),
+    /// A temporary password was sent within `reissue_after`: nothing recorded, nothing to
+    /// send, the earlier password stays valid (SECURITY.md 24).
+    Skipped,
+}
+
+/// Everything a mail is made from.
+#[derive(Clone, Copy)]
+pub struct Issuer<'a> {
+    /// The templates.
+    pub pages: &'a Pages,
+    /// The keys the digests are made with.
+    pub keys: &'a KeyRing,
+    /// Where the digests are recorded.
+    pub credentials: &'a Credentials,
+    /// Randomness.
+    pub random: &'a dyn Random,
+    /// Lifetimes and the reissue rule.
+    pub providers: &'a IdentityProviders,
+}
+
+impl std::fmt::Debug for Issuer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer").finish_non_exhaustive()
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Issuer<'_> {
+    /// Records a new link or temporary password and renders its mail.
+    pub async fn prepare(&self, o: &Order<'_>) -> Result<Prepared, SendError> {
+        match o.method {
+            LoginMethod::OneTimeLink => self.link(o).await,
+            LoginMethod::OneTimeToken => self.token(o).await,
+            m @ LoginMethod::OneTimePin => Err(SendError::NotOffered(m)),
+        }
+    }
+
+    async fn link(&self, o: &Order<'_>) -> Result<Prepared, SendError> {
+        let idp = self
+            .providers
+            .link
+            .as_ref()
+            .ok_or(SendError::NotOffered(o.method))?;
+        let (param, digest) =
+            secret::new_link(self.keys.current(), self.random).map_err(|_| SendError::Random)?;
+        let record = Link {
+            digest,
+            email: o.identity.to_string(),
+            app: o.app.to_owned(),
+            rd: o.rd.to_owned(),
+            issued_ms: o.now_ms,
+            expires_ms: o.now_ms.saturating_add(ms(idp.ttl)),
+        };
+        self.credentials.run(move |s| s.put_link(&record)).await?;
+        let link = format!("{}{LINK_PATH}?t={param}", o.origin);
+        let hours = idp.ttl.as_secs().div_ceil(3600);
+        let ctx = context! { app => o.app, link, hours, email => o.identity.as_str() };
+        let mail = self.render(o, "link", "link", ctx)?;
+        Ok(Prepared::Mail(mail))
+    }
+
+    async fn token(&self, o: &Order<'_>) -> Result<Prepared, SendError> {
+        let idp = self
+            .providers
+            .token
+            .as_ref()
+            .ok_or(SendError::NotOffered(o.method))?;
+        let password = secret::new_temp_password(self.random).map_err(|_| SendError::Random)?;
+        let key = self.keys.current();
+        let record = TempPassword {
+            email: o.identity.to_string(),
+            digest: secret::temp_digest(key, o.identity.as_str(), &password),
+            kid: key.id.clone(),
+            issued_ms: o.now_ms,
+            expires_ms: o.now_ms.saturating_add(ms(idp.ttl)),
+            used: false,
+        };
+        let (reissue, force) = (ms(idp.reissue_after), o.force);
+        let recorded = self
+            .credentials
+            .run(move |s| s.issue_temp_password(&record, reissue, force))
+            .await?;
+        if !recorded {
+            return Ok(Prepared::Skipped);
+        }
+        let login_url = format!("{}{LOGIN_PATH}", o.origin);
+        let hours = idp.ttl.as_secs().div_ceil(3600);
+        let ctx =
+            context! { app => o.app, password, login_url, hours, email => o.identity.as_str() };
+        let mail = self.render(o, "token", "token", ctx)?;
+        Ok(Prepared::Mail(mail))
+    }
+
+    fn render(
+        &self,
+        o: &Order<'_>,
+        template: &str,
+        kind: &'static str,
+        ctx: minijinja::Value,
+    ) -> Result<OutgoingMail, SendError> {
+        let subject = self
+            .pages
+            .render(&format!("{template}_subject.txt"), ctx.clone())?;
+        let text = self.pages.render(&format!("{template}.txt"), ctx.clone())?;
+        let html = self.pages.render(&format!("{template}.html"), ctx).ok();
+        Ok(OutgoingMail {
+            to: o.to.clone(),
+            subject: one_line(&subject),
+            text,
+            html,
+            kind,
+            app: o.app.to_owned(),
+        })
+    }
+}
+
+/// What became of one user of an operator's send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The mail left (handed to the relay or written to the outbox).
+    Sent,
+    /// A temporary password went out within `reissue_after`; the earlier one stays valid.
+    Skipped,
+    /// Neither `temp_auth_email` nor an id that is an address.
+    NoAddress,
+    /// Neither a user id nor an address.
+    UnknownUser,
+    /// Recorded but not delivered, or not recorded (the reason is logged).
+    Failed,
+}
+
+impl Outcome {
+    /// The word printed after the user id.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Skipped => "skipped (sent within 24h)",
+            Self::NoAddress => "no address",
+            Self::UnknownUser => "unknown user",
+            Self::Failed => "not sent",
+        }
+    }
+
+    /// Whether the user got what was asked for (or has it from earlier).
+    pub fn ok(&self) -> bool {
+        matches!(self, Self::Sent | Self::Skipped)
+    }
+}
+
+/// "Send Authentication Email" (Zscaler's admin action), for the command line and the admin
+/// API: users by id and the members of groups, each mailed a link or a temporary password at
+/// once, with one outcome per user, audited as `auth_email.sent`.
+#[derive(Debug)]
+pub struct Operator<'a> {
+    /// Records and renders.
+    pub issuer: Issuer<'a>,
+    /// Who the ids and groups name.
+    pub users: &'a crate::users::Users,
+    /// Delivers at once.
+    pub mailer: &'a crate::mailer::Mailer,
+    /// `auth_email.sent` events.
+    pub audit: &'a crate::audit::Audit,
+    /// Now.
+    pub clock: &'a dyn crate::clock::Clock,
+    /// `command line` or `admin api`, for the audit log.
+    pub via: &'static str,
+}
+
+/// One operator's request.
+#[derive(Debug, Clone)]
+pub struct Job<'a> {
+    /// The app named in the mails; links log in to it.
+    pub app: &'a str,
+    /// Its public origin.
+    pub origin: &'a Origin,
+    /// `onetimelink` or `onetimetoken`.
+    pub method: LoginMethod,
+    /// Override the once-per-`reissue_after` rule (audited).
+    pub force: bool,
+    /// User ids (or addresses).
+    pub users: &'a [String],
+    /// Group names.
+    pub groups: &'a [String],
+}
+
+/// Who one line of the job is about.
+struct Target {
+    id: String,
+    identity: Option<Email>,
+    to: Option<Email>,
+    known: bool,
+}
+
+impl Operator<'_> {
+    fn targets(&self, job: &Job<'_>) -> Vec<Target> {
+        let mut out: Vec<Target> = Vec::new();
+        let mut push = |t: Target| {
+            if !out.iter().any(|o| o.id == t.id) {
+                out.push(t);
+            }
+        };
+        let of_user = |u: &crate::users::User| Target {
+            id: u.id.clone(),
+            identity: Email::parse(&u.id)
+                .ok()
+                .or_else(|| u.temp_auth_email.clone()),
+            to: u
+                .temp_auth_email
+                .clone()
+                .or_else(|| Email::parse(&u.id).ok()),
+            known: true,
+        };
+        for id in job.users {
+            let user = self.users.by_id(id).or_else(|| {
+                Email::parse(id)
+                    .ok()
+                    .and_then(|e| self.users.by_email(e.as_str()))
+            });
+            match (user, Email::parse(id)) {
+                (Some(u), _) => push(of_user(u)),
+                // An address outside the user table gets its mail there, as at the login page.
+                (None, Ok(e)) => push(Target {
+                    id: id.clone(),
+                    identity: Some(e.clone()),
+                    to: Some(e),
+                    known: true,
+                }),
+                (None, Err(_)) => push(Target {
+                    id: id.clone(),
+                    identity: None,
+                    to: None,
+                    known: false,
+                }),
+            }
+        }
+        for g in job.groups {
+            for u in self.users.in_group(g) {
+                push(of_user(&u));
+            }
+        }
+        out
+    }
+
+    /// Sends to every user the job names, in order (users first, then group members, each
+    /// once), and reports per user.
+    pub async fn send(&self, job: &Job<'_>) -> Vec<(String, Outcome)> {
+        let mut lines = Vec::new();
+        let rd = crate::return_to::root(job.origin);
+        for t in self.targets(job) {
+            let outcome = match (&t.identity, &t.to) {
+                _ if !t.known => Outcome::UnknownUser,
+                (Some(identity), Some(to)) => self.send_one(job, identity, to, &rd).await,
+                _ => Outcome::NoAddress,
+            };
+            lines.push((t.id, outcome));
+        }
+        lines
+    }
+
+    async fn send_one(&self, job: &Job<'_>, identity: &Email, to: &Email, rd: &str) -> Outcome {
+        let now = self.clock.now();
+        let order = Order {
+            app: job.app,
+            origin: job.origin,
+            identity,
+            to,
+            rd,
+            method: job.method,
+            force: job.force,
+            now_ms: u64::try_from(now.as_millis()).unwrap_or(u64::MAX),
+        };
+        let outcome = match self.issuer.prepare(&order).await {
+            Ok(Prepared::Mail(mail)) => {
+                if self.mailer.send_now(&mail).await {
+                    Outcome::Sent
+                } else {
+                    Outcome::Failed
+                }
+            }
+            Ok(Prepared::Skipped) => Outcome::Skipped,
+            Err(e) => {
+                tracing::error!(app = job.app, error = %e, "cannot prepare a sign-in mail");
+                Outcome::Failed
+            }
+        };
+        let request_id = crate::random::request_id(self.issuer.random);
+        self.audit.record(
+            now,
+            crate::audit::Event::new("auth_email.sent")
+                .app(job.app)
+                .email(identity.as_str())
+                .request(&request_id)
+                .with("to", to.as_str())
+                .with("login_method", job.method.as_str())
+                .with("forced", job.force)
+                .with("outcome", outcome.as_str())
+                .with("via", self.via),
+        );
+        outcome
+    }
+}
