@@ -289,7 +289,8 @@ impl Ctx<'_> {
                     .map(|p| p.into_owned())
             })
             .unwrap_or_else(|| "/".to_owned());
-        let user = self.rt.users.by_email(email.as_str());
+        let users = self.gw.users();
+        let user = users.by_email(email.as_str());
         let groups = user.map_or(&[][..], |u| &u.groups[..]);
         let who = policy::Identity {
             email,
@@ -378,7 +379,7 @@ impl Ctx<'_> {
             }
         }
         let reason = if !allowed {
-            Some(if self.rt.users.by_email(email.as_str()).is_some() {
+            Some(if self.gw.users().by_email(email.as_str()).is_some() {
                 Suppressed::PolicyBlock
             } else {
                 Suppressed::UnknownUser
