@@ -139,6 +139,7 @@ async fn send_auth_email(gw: &Gateway, req: Request<Incoming>) -> Response<Body>
         return problem(StatusCode::BAD_REQUEST, "unknown app");
     };
     let keys = Arc::clone(&*gw.sessions().keys());
+    let users = Arc::clone(&*gw.users());
     let operator = Operator {
         issuer: Issuer {
             pages: &rt.pages,
@@ -147,7 +148,7 @@ async fn send_auth_email(gw: &Gateway, req: Request<Incoming>) -> Response<Body>
             random: gw.random().as_ref(),
             providers: &rt.config.identity_providers,
         },
-        users: &rt.users,
+        users: &users,
         mailer: gw.mailer(),
         audit: &rt.audit,
         clock: gw.clock().as_ref(),

@@ -1,6 +1,8 @@
 //! The administrative commands behind the command line (`mint-cookie`, `policy explain`,
-//! `sessions revoke`, `keys`). They work on the config and the store directly, so they run
-//! beside a live gateway; `main.rs` only parses arguments and prints.
+//! `sessions revoke`, `users`, `keys`). They work on the config and the store directly, so they
+//! run beside a live gateway; `main.rs` only parses arguments and prints. The user table they
+//! see is the one the gateway serves: the config's users merged with the directory snapshot the
+//! gateway last persisted ([`load_users`]).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -124,7 +126,7 @@ pub fn policy_explain(
     let email = email(address)?;
     let path = crate::path::normalise(path)
         .map_err(|e| CommandError::Refused(format!("{path:?}: {e} (the gateway answers 400)")))?;
-    let users = Users::from_config(&config.users);
+    let users = load_users(config)?;
     let user = users.by_email(email.as_str());
     let groups = user.map_or(&[][..], |u| &u.groups[..]);
     let who = policy::Identity {
@@ -185,8 +187,8 @@ pub fn revoke_user(
     clock: &dyn Clock,
     random: &dyn Random,
 ) -> Result<String, CommandError> {
-    let addresses = addresses_of(config, user)?;
     let store = Credentials::open_embedded(&config.data_dir)?;
+    let addresses = addresses_of(config, &store, user)?;
     let audit = Audit::open(&config.audit)?;
     let now_ms = u64::try_from(clock.now().as_millis()).unwrap_or(u64::MAX);
     let until =
@@ -219,8 +221,8 @@ pub fn unlock_user(
     clock: &dyn Clock,
     random: &dyn Random,
 ) -> Result<String, CommandError> {
-    let addresses = addresses_of(config, user)?;
     let store = Credentials::open_embedded(&config.data_dir)?;
+    let addresses = addresses_of(config, &store, user)?;
     let audit = Audit::open(&config.audit)?;
     let request_id = crate::random::request_id(random);
     let mut cleared = Vec::new();
@@ -246,9 +248,98 @@ pub fn unlock_user(
     })
 }
 
+/// The user table the gateway serves: the config's users merged with the persisted directory
+/// snapshot (when a directory is configured and the snapshot was taken with its settings).
+pub fn load_users(config: &Config) -> Result<Users, CommandError> {
+    match &config.directory {
+        None => Ok(Users::from_config(&config.users)),
+        Some(_) => {
+            let store = Credentials::open_embedded(&config.data_dir)?;
+            users_with_store(config, &store)
+        }
+    }
+}
+
+fn users_with_store(config: &Config, store: &Credentials) -> Result<Users, CommandError> {
+    let snapshot = match &config.directory {
+        None => None,
+        Some(d) => store
+            .directory_snapshot()?
+            .filter(|s| s.fingerprint == d.fingerprint()),
+    };
+    Ok(Users::merged(&config.users, snapshot.as_ref()))
+}
+
+/// `otpgate users list`: one line per user (sorted by id): id, the address one-time links and
+/// temporary passwords go to (or `-`), groups (or `-`), source, `password` / `no password`, and
+/// `locked` when too many failed logins locked the account.
+pub fn users_list(config: &Config) -> Result<String, CommandError> {
+    let store = Credentials::open_embedded(&config.data_dir)?;
+    let users = users_with_store(config, &store)?;
+    let mut rows: Vec<[String; 6]> = Vec::with_capacity(users.len());
+    for u in users.all() {
+        // Passwords and failure counts are kept per address: the login address and the
+        // temporary-authentication address both count.
+        let mut addresses: Vec<String> = u
+            .login_email()
+            .into_iter()
+            .chain(u.temp_auth_email.clone())
+            .map(|e| e.to_string())
+            .collect();
+        addresses.dedup();
+        let mut password = false;
+        let mut locked = false;
+        for a in &addresses {
+            password |= store.has_password(a)?;
+            locked |= store.failures(a)?.locked;
+        }
+        let groups: Vec<&str> = u.groups.iter().map(AsRef::as_ref).collect();
+        rows.push([
+            u.id.clone(),
+            u.mail_to()
+                .map_or_else(|| "-".to_owned(), |e| e.to_string()),
+            if groups.is_empty() {
+                "-".to_owned()
+            } else {
+                groups.join(",")
+            },
+            u.source.to_string(),
+            if password { "password" } else { "no password" }.to_owned(),
+            if locked { "locked" } else { "" }.to_owned(),
+        ]);
+    }
+    if rows.is_empty() {
+        return Ok("no users".to_owned());
+    }
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in r.iter().zip(widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// The addresses a user id or address stands for.
-fn addresses_of(config: &Config, user: &str) -> Result<Vec<String>, CommandError> {
-    let users = Users::from_config(&config.users);
+fn addresses_of(
+    config: &Config,
+    store: &Credentials,
+    user: &str,
+) -> Result<Vec<String>, CommandError> {
+    let users = users_with_store(config, store)?;
     let mut addresses: Vec<String> = Vec::new();
     if let Ok(e) = Email::parse(user) {
         addresses.push(e.to_string());
@@ -265,7 +356,7 @@ fn addresses_of(config: &Config, user: &str) -> Result<Vec<String>, CommandError
     addresses.dedup();
     if addresses.is_empty() {
         return Err(CommandError::Refused(format!(
-            "{user:?} is neither a configured user nor an address"
+            "{user:?} is neither a known user (config or directory) nor an address"
         )));
     }
     Ok(addresses)
@@ -386,7 +477,7 @@ pub async fn send_auth_email(
     let pages = crate::pages::Pages::load(config.templates_dir.as_deref())?;
     let audit = Audit::open(&config.audit)?;
     let mailer = crate::mailer::Mailer::start(&config.mail)?;
-    let table = Users::from_config(&config.users);
+    let table = users_with_store(config, &credentials)?;
     let operator = crate::login::send::Operator {
         issuer: crate::login::send::Issuer {
             pages: &pages,

@@ -10,8 +10,9 @@
 //! ```
 //!
 //! beside `config` (YAML → validated runtime config), `metrics`, `admin` (health, readiness,
-//! metrics), `mailer` (the outgoing-mail queue) and `clock` (injected time). `policy`, `path`
-//! and `email` are pure.
+//! metrics), `mailer` (the outgoing-mail queue), `users` + `directory` (the user table and the
+//! LDAP / Active Directory sync feeding it) and `clock` (injected time). `policy`, `path` and
+//! `email` are pure.
 
 pub mod admin;
 pub mod audit;
@@ -19,6 +20,7 @@ pub mod body;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod directory;
 pub mod email;
 pub mod gateway;
 pub mod io;
@@ -37,14 +39,14 @@ pub mod state;
 pub mod store;
 pub mod users;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError, Problem};
+use crate::config::{Config, ConfigError, DirectoryConfig, Problem};
 use crate::gateway::{BoundAddrs, BuildError, Gateway, Parts, Runtime};
 use crate::mailer::{MailError, Mailer};
 use crate::server::tls::{CertStore, SniResolver, TlsError};
@@ -53,6 +55,7 @@ use crate::session::keys::KeyError;
 use crate::session::{KeyRing, Sessions};
 use crate::state::State;
 use crate::store::{Credentials, StoreError};
+use crate::users::DirectorySnapshot;
 
 /// What a gateway is started with besides its config.
 #[derive(Debug, Clone)]
@@ -123,6 +126,57 @@ pub struct Running {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     env: Vec<(String, String)>,
+    directory: Mutex<DirectoryTasks>,
+}
+
+/// The directory sync task for the running config, and earlier ones still stopping.
+#[derive(Debug, Default)]
+struct DirectoryTasks {
+    current: Option<DirectoryTask>,
+    stopping: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct DirectoryTask {
+    config: DirectoryConfig,
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl DirectoryTask {
+    fn spawn(gw: &Arc<Gateway>, config: DirectoryConfig, parent: &CancellationToken) -> Self {
+        let cancel = parent.child_token();
+        let handle = tokio::spawn(directory::run(gw.clone(), config.clone(), cancel.clone()));
+        Self {
+            config,
+            cancel,
+            handle,
+        }
+    }
+}
+
+/// The persisted directory snapshot, when it was taken with the settings of `cfg`.
+fn stored_snapshot(
+    credentials: &Credentials,
+    cfg: &DirectoryConfig,
+) -> Result<Option<Arc<DirectorySnapshot>>, StoreError> {
+    Ok(match credentials.directory_snapshot()? {
+        Some(s) if s.fingerprint == cfg.fingerprint() => {
+            tracing::info!(
+                users = s.users.len(),
+                synced = %audit::rfc3339(Duration::from_millis(s.synced_ms)),
+                "directory snapshot loaded from the store; it serves until the first sync"
+            );
+            Some(Arc::new(s))
+        }
+        Some(_) => {
+            tracing::info!(
+                "the stored directory snapshot was taken with other directory settings; directory users are unknown until the first sync"
+            );
+            None
+        }
+        None => None,
+    })
 }
 
 /// Binds the listeners and starts serving `config`.
@@ -150,6 +204,12 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         (None, None)
     };
     let mailer = Mailer::start(&config.mail)?;
+    // The last good directory snapshot serves until the first sync (the directory may be down).
+    let snapshot = match &config.directory {
+        Some(d) => stored_snapshot(&credentials, d)?,
+        None => None,
+    };
+    let directory_config = config.directory.clone();
     let runtime = Runtime::build(config, &bound, None)?;
     let cancel = CancellationToken::new();
     let state = State::memory(options.clock.clone());
@@ -163,6 +223,14 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         shutdown: cancel.clone(),
     };
     let gateway = Arc::new(Gateway::new(runtime, bound, parts));
+    if let Some(s) = snapshot {
+        directory::snapshot_metrics(&s);
+        gateway.set_directory_snapshot(Some(s));
+    }
+    let directory_tasks = DirectoryTasks {
+        current: directory_config.map(|d| DirectoryTask::spawn(&gateway, d, &cancel)),
+        stopping: Vec::new(),
+    };
     let mut tasks = Vec::new();
     if let Some(l) = listeners.http {
         tasks.push(server::spawn(
@@ -223,6 +291,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         cancel,
         tasks,
         env: options.env,
+        directory: Mutex::new(directory_tasks),
     })
 }
 
@@ -270,7 +339,44 @@ impl Running {
         }
         self.gateway.sessions().replace_keys(keys);
         self.gateway.swap(runtime);
+        self.restart_directory();
         Ok(loaded.warnings)
+    }
+
+    /// After a reload: stops, starts or restarts the directory sync when its settings changed.
+    /// A snapshot taken with other settings (server, bases, filters, attributes) stops serving.
+    fn restart_directory(&self) {
+        let wanted = self.gateway.runtime().config.directory.clone();
+        let mut tasks = self
+            .directory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if tasks.current.as_ref().map(|t| &t.config) == wanted.as_ref() {
+            return;
+        }
+        let old_fingerprint = tasks.current.as_ref().map(|t| t.config.fingerprint());
+        if let Some(old) = tasks.current.take() {
+            old.cancel.cancel();
+            tasks.stopping.push(old.handle);
+        }
+        tasks.stopping.retain(|h| !h.is_finished());
+        match wanted {
+            None => {
+                self.gateway.set_directory_snapshot(None);
+                tracing::info!("directory sync removed from the config; only config users remain");
+            }
+            Some(cfg) => {
+                if old_fingerprint.as_deref() != Some(cfg.fingerprint().as_str()) {
+                    let stored =
+                        stored_snapshot(self.gateway.credentials(), &cfg).unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "cannot read the stored directory snapshot");
+                            None
+                        });
+                    self.gateway.set_directory_snapshot(stored);
+                }
+                tasks.current = Some(DirectoryTask::spawn(&self.gateway, cfg, &self.cancel));
+            }
+        }
     }
 
     /// Stops accepting connections and starts draining; [`Running::wait`] completes when done.
@@ -284,6 +390,20 @@ impl Running {
     pub async fn wait(self) {
         for t in self.tasks {
             let _ = t.await;
+        }
+        let directory = std::mem::take(
+            &mut *self
+                .directory
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for h in directory
+            .current
+            .map(|t| t.handle)
+            .into_iter()
+            .chain(directory.stopping)
+        {
+            let _ = h.await;
         }
         let grace = self.gateway.runtime().config.limits.shutdown_grace;
         self.gateway.mailer().shutdown(grace).await;

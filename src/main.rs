@@ -122,6 +122,9 @@ enum SessionsCommand {
 
 #[derive(Debug, Subcommand)]
 enum UsersCommand {
+    /// List users (config and directory): id, mail address for temporary authentication,
+    /// groups, source, password, lock.
+    List,
     /// Clear a user's failed-login count and lock.
     Unlock {
         /// A user id or address.
@@ -240,6 +243,9 @@ fn admin(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
         Command::Sessions {
             command: SessionsCommand::Revoke { user },
         } => commands::revoke_user(c, &user, &clock, random.as_ref()),
+        Command::Users {
+            command: UsersCommand::List,
+        } => commands::users_list(c),
         Command::Users {
             command: UsersCommand::Unlock { id },
         } => commands::unlock_user(c, &id, &clock, random.as_ref()),

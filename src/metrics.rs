@@ -100,6 +100,7 @@ fn describe() {
         MAIL_DROPPED,
         "Mails refused because the queue was full or the mailer was stopping, by kind."
     );
+    crate::directory::describe_metrics();
 }
 
 /// The Prometheus text exposition of every metric.

@@ -42,8 +42,7 @@ pub(crate) struct FileConfig {
     /// Filled element by element by the loader.
     #[serde(skip)]
     pub(crate) users: Vec<Option<UserFile>>,
-    /// Directory sync is refused by validation until it is implemented; kept raw until then.
-    pub(crate) directory: Option<serde_json::Value>,
+    pub(crate) directory: Option<DirectoryFile>,
     /// Filled element by element by the loader.
     #[serde(skip)]
     pub(crate) apps: Vec<Option<AppFile>>,
@@ -209,6 +208,48 @@ pub(crate) struct UserFile {
     pub(crate) temp_auth_email: Option<String>,
     #[serde(default)]
     pub(crate) groups: Vec<String>,
+}
+
+/// `directory`: LDAP / Active Directory sync.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DirectoryFile {
+    pub(crate) url: String,
+    #[serde(default)]
+    pub(crate) starttls: bool,
+    pub(crate) bind_dn: Option<String>,
+    pub(crate) bind_password_file: Option<String>,
+    /// Inline bind password, for tests only.
+    pub(crate) bind_password: Option<String>,
+    pub(crate) ca_file: Option<String>,
+    pub(crate) users: DirectoryUsersFile,
+    pub(crate) groups: Option<DirectoryGroupsFile>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub(crate) refresh: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) page_size: Option<u32>,
+}
+
+/// `directory.users`: where the user entries are and which attributes mean what.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DirectoryUsersFile {
+    pub(crate) base: String,
+    pub(crate) filter: Option<String>,
+    pub(crate) id: Option<String>,
+    pub(crate) temp_auth_email: Option<String>,
+    pub(crate) member_of: Option<String>,
+}
+
+/// `directory.groups`: where the group entries are and how they list their members.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DirectoryGroupsFile {
+    pub(crate) base: String,
+    pub(crate) filter: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) member: Option<String>,
 }
 
 /// One protected app. `policies` are deserialised one by one by the loader.

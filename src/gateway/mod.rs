@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use http::header::{ACCEPT, HeaderValue, LOCATION, SET_COOKIE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -37,7 +37,7 @@ use crate::return_to;
 use crate::session::{self, Claims, SessionError, Sessions};
 use crate::state::State;
 use crate::store::Credentials;
-use crate::users::Users;
+use crate::users::{DirectorySnapshot, Users};
 use route::Router;
 
 /// The reserved path prefix of the gateway's own pages on every app host.
@@ -112,8 +112,6 @@ pub struct Runtime {
     pub apps: Vec<App>,
     /// Every app's origin (the allowed return targets).
     pub origins: Vec<Origin>,
-    /// Users by login address.
-    pub users: Users,
     /// The audit log.
     pub audit: Audit,
     /// Page and mail templates.
@@ -177,14 +175,12 @@ impl Runtime {
         }
         let router = Router::new(apps.iter().map(|a| a.config.hosts.as_slice()));
         let origins = apps.iter().map(|a| a.origin.clone()).collect();
-        let users = Users::from_config(&config.users);
         let audit = Audit::open(&config.audit)?;
         let pages = Pages::load(config.templates_dir.as_deref())?;
         Ok(Self {
             config: Arc::new(config),
             apps,
             origins,
-            users,
             audit,
             pages,
             router,
@@ -237,6 +233,13 @@ fn default_origin(a: &AppConfig, bound: &BoundAddrs) -> Origin {
 #[derive(Debug)]
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
+    /// The config's users merged with the directory snapshot; rebuilt when either changes.
+    users: ArcSwap<Users>,
+    /// The directory snapshot serving now.
+    directory: ArcSwapOption<DirectorySnapshot>,
+    /// Serialises rebuilds of `users`, so a reload and a sync finishing together cannot leave
+    /// a table built from an outdated half.
+    users_rebuild: std::sync::Mutex<()>,
     bound: BoundAddrs,
     ready: AtomicBool,
     clock: Arc<dyn Clock>,
@@ -273,7 +276,11 @@ impl Gateway {
     pub fn new(runtime: Runtime, bound: BoundAddrs, parts: Parts) -> Self {
         // Tunnels count against the same limit as client connections (set at start).
         let tunnels = runtime.config.limits.max_connections;
+        let users = Users::from_config(&runtime.config.users);
         Self {
+            users: ArcSwap::from_pointee(users),
+            directory: ArcSwapOption::empty(),
+            users_rebuild: std::sync::Mutex::new(()),
             runtime: ArcSwap::from_pointee(runtime),
             bound,
             ready: AtomicBool::new(false),
@@ -330,9 +337,60 @@ impl Gateway {
         self.runtime.load()
     }
 
-    /// Replaces the snapshot; requests already running finish on the old one.
+    /// Replaces the snapshot; requests already running finish on the old one. The user table
+    /// is rebuilt with the new config's users.
     pub fn swap(&self, runtime: Runtime) {
+        let _serial = self
+            .users_rebuild
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.runtime.store(Arc::new(runtime));
+        self.rebuild_users();
+    }
+
+    /// The user table: the config's users merged with the directory snapshot.
+    pub fn users(&self) -> Guard<Arc<Users>> {
+        self.users.load()
+    }
+
+    /// The directory snapshot serving now, if any.
+    pub fn directory_snapshot(&self) -> Option<Arc<DirectorySnapshot>> {
+        self.directory.load_full()
+    }
+
+    /// Puts a directory snapshot in service (or removes it with `None`) and rebuilds the user
+    /// table; the next request sees the new groups. A snapshot taken with other directory
+    /// settings than the running config's (a sync that finished while a reload changed them)
+    /// is refused: returns whether it was taken.
+    pub fn set_directory_snapshot(&self, snapshot: Option<Arc<DirectorySnapshot>>) -> bool {
+        let _serial = self
+            .users_rebuild
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = &snapshot {
+            let current = self
+                .runtime
+                .load()
+                .config
+                .directory
+                .as_ref()
+                .map(|d| d.fingerprint());
+            if current.as_deref() != Some(s.fingerprint.as_str()) {
+                return false;
+            }
+        }
+        self.directory.store(snapshot);
+        self.rebuild_users();
+        true
+    }
+
+    fn rebuild_users(&self) {
+        let rt = self.runtime.load();
+        let directory = self.directory.load();
+        self.users.store(Arc::new(Users::merged(
+            &rt.config.users,
+            directory.as_deref(),
+        )));
     }
 
     /// The bound listener addresses.
@@ -345,9 +403,12 @@ impl Gateway {
         &self.clock
     }
 
-    /// Whether `/readyz` reports ready.
+    /// Whether `/readyz` reports ready: started and not shutting down, and, with a directory
+    /// configured, a directory snapshot in service (a failed sync alone does not make the
+    /// gateway unready while an earlier snapshot serves).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+            && (self.runtime.load().config.directory.is_none() || self.directory.load().is_some())
     }
 
     /// Sets readiness.
@@ -503,7 +564,8 @@ impl Gateway {
                         ));
                     }
                     Ok(claims) => {
-                        let user = rt.users.by_email(claims.email.as_str());
+                        let users = self.users();
+                        let user = users.by_email(claims.email.as_str());
                         let groups = user.map_or(&[][..], |u| &u.groups[..]);
                         let who = policy::Identity {
                             email: &claims.email,

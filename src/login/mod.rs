@@ -218,7 +218,7 @@ impl Ctx<'_> {
 
     /// The user who logs in as `email`, if the user table has one.
     fn user(&self, email: &Email) -> Option<std::sync::Arc<crate::users::User>> {
-        self.rt.users.by_email(email.as_str()).cloned()
+        self.gw.users().by_email(email.as_str()).cloned()
     }
 
     fn offers(&self, m: LoginMethod) -> bool {

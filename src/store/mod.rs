@@ -1,5 +1,5 @@
-//! Durable data (`credentials`): revocations now; passwords and temporary-password history
-//! later. An enum rather than a trait object: each backend is a variant, calls are static, and
+//! Durable data (`credentials`): revocations, login failures, passwords and the last good
+//! directory snapshot. An enum rather than a trait object: each backend is a variant, calls are static, and
 //! the async wrappers run the synchronous database work on blocking threads.
 //!
 //! Backends: `embedded` (SQLite in `data_dir`); `postgres://` arrives for several replicas.
@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use sqlite::SqliteStore;
+
+use crate::users::DirectorySnapshot;
 
 /// Store failures. Callers fail closed.
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +272,20 @@ impl Credentials {
         }
     }
 
+    /// Replaces the persisted directory snapshot with `snapshot` (blocking).
+    pub fn save_directory_snapshot(&self, snapshot: &DirectorySnapshot) -> Result<(), StoreError> {
+        match self {
+            Self::Embedded(db) => db.save_directory_snapshot(snapshot),
+        }
+    }
+
+    /// The persisted directory snapshot, if a sync ever succeeded (blocking).
+    pub fn directory_snapshot(&self) -> Result<Option<DirectorySnapshot>, StoreError> {
+        match self {
+            Self::Embedded(db) => db.directory_snapshot(),
+        }
+    }
+
     /// Checks that the store answers (blocking).
     pub fn ping(&self) -> Result<(), StoreError> {
         match self {
@@ -438,6 +454,45 @@ mod tests {
             Some("$argon2id$two")
         );
         assert!(s.has_password("a@b.example").unwrap());
+    }
+
+    #[test]
+    fn directory_snapshot_is_replaced_whole_and_survives_reopen() {
+        use crate::email::Email;
+        use crate::users::DirectoryUser;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Credentials::open_embedded(dir.path()).unwrap();
+        assert_eq!(s.directory_snapshot().unwrap(), None);
+        let user = |id: &str, temp: Option<&str>, groups: &[&str]| DirectoryUser {
+            id: id.into(),
+            dn: format!("uid={id},dc=x"),
+            temp_auth_email: temp.map(|t| Email::parse(t).unwrap()),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        };
+        let first = DirectorySnapshot {
+            fingerprint: "abc".into(),
+            synced_ms: 1_000,
+            users: vec![
+                user(
+                    "alice@x.example",
+                    Some("alice@home.example"),
+                    &["admins", "staff"],
+                ),
+                user("bob@x.example", None, &[]),
+                user("carol", Some("carol@x.example"), &["staff"]),
+            ],
+        };
+        s.save_directory_snapshot(&first).unwrap();
+        assert_eq!(s.directory_snapshot().unwrap().as_ref(), Some(&first));
+        let second = DirectorySnapshot {
+            fingerprint: "def".into(),
+            synced_ms: 2_000,
+            users: vec![user("bob@x.example", None, &["staff"])],
+        };
+        s.save_directory_snapshot(&second).unwrap();
+        drop(s);
+        let s = Credentials::open_embedded(dir.path()).unwrap();
+        assert_eq!(s.directory_snapshot().unwrap(), Some(second));
     }
 
     #[test]

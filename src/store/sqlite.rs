@@ -8,6 +8,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Failures, Link, Revocation, RevocationKind, StoreError, TempPassword};
+use crate::email::Email;
+use crate::users::{DirectorySnapshot, DirectoryUser};
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -53,6 +55,25 @@ const MIGRATIONS: &[&str] = &[
         used_ms INTEGER
     );
     CREATE INDEX link_tokens_expires ON link_tokens (expires_ms);",
+    // 4: the last good directory snapshot (users synced from LDAP / Active Directory), so a
+    //    restart while the directory is unreachable still knows them. One snapshot at a time,
+    //    replaced whole by every successful sync; `fingerprint` names the settings it was taken
+    //    with (it is ignored when they change).
+    "CREATE TABLE directory_sync (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        fingerprint TEXT NOT NULL,
+        synced_ms INTEGER NOT NULL
+    );
+    CREATE TABLE directory_users (
+        id TEXT PRIMARY KEY,
+        dn TEXT NOT NULL,
+        temp_auth_email TEXT
+    );
+    CREATE TABLE directory_memberships (
+        user_id TEXT NOT NULL REFERENCES directory_users (id) ON DELETE CASCADE,
+        group_name TEXT NOT NULL,
+        PRIMARY KEY (user_id, group_name)
+    );",
 ];
 
 /// The SQLite store. One connection; SQLite serialises writers anyway, and every operation is
@@ -344,6 +365,94 @@ impl SqliteStore {
             )
             .optional()
             .map(|o| o.is_some())
+        })
+    }
+
+    pub(super) fn save_directory_snapshot(&self, s: &DirectorySnapshot) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM directory_memberships", [])?;
+            tx.execute("DELETE FROM directory_users", [])?;
+            {
+                let mut user = tx.prepare_cached(
+                    "INSERT INTO directory_users (id, dn, temp_auth_email) VALUES (?1, ?2, ?3)",
+                )?;
+                let mut member = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO directory_memberships (user_id, group_name) VALUES (?1, ?2)",
+                )?;
+                for u in &s.users {
+                    user.execute(params![
+                        u.id,
+                        u.dn,
+                        u.temp_auth_email.as_ref().map(Email::as_str)
+                    ])?;
+                    for g in &u.groups {
+                        member.execute(params![u.id, g])?;
+                    }
+                }
+            }
+            tx.execute(
+                "INSERT INTO directory_sync (singleton, fingerprint, synced_ms) VALUES (1, ?1, ?2)
+                 ON CONFLICT (singleton) DO UPDATE SET fingerprint = ?1, synced_ms = ?2",
+                params![s.fingerprint, to_i64(s.synced_ms)],
+            )?;
+            tx.commit()
+        })
+    }
+
+    pub(super) fn directory_snapshot(&self) -> Result<Option<DirectorySnapshot>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let Some((fingerprint, synced_ms)) = tx
+                .query_row(
+                    "SELECT fingerprint, synced_ms FROM directory_sync WHERE singleton = 1",
+                    [],
+                    |r| Ok((r.get::<_, String>(0)?, from_i64(r.get(1)?))),
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let mut users: Vec<DirectoryUser> = {
+                let mut st = tx.prepare_cached(
+                    "SELECT id, dn, temp_auth_email FROM directory_users ORDER BY id",
+                )?;
+                let rows = st.query_map([], |r| {
+                    Ok(DirectoryUser {
+                        id: r.get(0)?,
+                        dn: r.get(1)?,
+                        // Stored from a validated address; one that no longer parses is dropped.
+                        temp_auth_email: r
+                            .get::<_, Option<String>>(2)?
+                            .and_then(|e| Email::parse(&e).ok()),
+                        groups: Vec::new(),
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            {
+                let mut st = tx.prepare_cached(
+                    "SELECT user_id, group_name FROM directory_memberships ORDER BY user_id, group_name",
+                )?;
+                let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                let mut i = 0;
+                for row in rows {
+                    let (uid, group) = row?;
+                    // Both lists are ordered by user id: walk them together.
+                    while i < users.len() && users[i].id < uid {
+                        i += 1;
+                    }
+                    if let Some(u) = users.get_mut(i).filter(|u| u.id == uid) {
+                        u.groups.push(group);
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(Some(DirectorySnapshot {
+                fingerprint,
+                synced_ms,
+                users,
+            }))
         })
     }
 

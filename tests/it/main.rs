@@ -7,9 +7,11 @@
 
 mod browser;
 mod harness;
+mod ldap;
 mod smtp;
 
 mod cli;
+mod directory;
 mod lifecycle;
 mod login;
 mod mail;

@@ -1,0 +1,221 @@
+//! Directory sync: users and groups from OpenLDAP or Active Directory join the config's hosted
+//! users (Zscaler's users "hosted by the service or synchronized from a directory server").
+//!
+//! Every `directory.refresh` the sync task binds, reads users and groups with paged searches
+//! ([`ldap`]), turns the entries into a snapshot ([`build`]), persists it in the credentials
+//! store and hands it to the gateway, which rebuilds its user table ([`crate::users`]). When the
+//! directory cannot be reached, the last good snapshot keeps serving — also across a restart,
+//! since it is loaded from the store before the first sync. Each sync is counted, timed and
+//! logged; entries the gateway would reject are skipped and reported by DN and reason.
+//!
+//! otpgate never checks or writes directory passwords: the bind is the only authentication
+//! it performs against the directory, and passwords users choose for temporary-password logins
+//! live in otpgate's own store (as with Zscaler).
+
+pub mod build;
+pub mod dn;
+mod ldap;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+pub use build::{Built, Entry, SkipReason, Skipped, build};
+
+use crate::config::DirectoryConfig;
+use crate::gateway::Gateway;
+use crate::users::DirectorySnapshot;
+
+/// Metric: syncs, by result (`success`, `failure`).
+pub const SYNCS: &str = "otpgate_directory_syncs_total";
+/// Metric: users in the snapshot serving now.
+pub const USERS: &str = "otpgate_directory_users";
+/// Metric: distinct groups in the snapshot serving now.
+pub const GROUPS: &str = "otpgate_directory_groups";
+/// Metric: entries the last successful sync skipped, by reason.
+pub const SKIPPED: &str = "otpgate_directory_skipped_entries";
+/// Metric: when the snapshot serving now was taken (Unix seconds).
+pub const LAST_SUCCESS: &str = "otpgate_directory_last_success_timestamp_seconds";
+/// Metric: how long the last sync took, successful or not.
+pub const DURATION: &str = "otpgate_directory_sync_duration_seconds";
+
+/// After a failed sync, the next attempt comes after `refresh` or this, whichever is shorter.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Skipped entries logged one by one per sync; the rest are counted.
+const SKIP_LINES: usize = 20;
+
+/// Why a sync failed (the last good snapshot keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// No connection (refused, timed out, TLS handshake).
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The configured URL.
+        url: String,
+        /// Why.
+        source: Box<ldap3::LdapError>,
+    },
+    /// The bind was refused (wrong DN or password, locked account).
+    #[error("bind as {dn} failed: {source}")]
+    Bind {
+        /// The bind DN.
+        dn: String,
+        /// Why.
+        source: Box<ldap3::LdapError>,
+    },
+    /// A search failed or was cut short.
+    #[error("search under {base} failed: {source}")]
+    Search {
+        /// The search base.
+        base: String,
+        /// Why.
+        source: Box<ldap3::LdapError>,
+    },
+    /// The server sent an entry that could not be decoded.
+    #[error("search under {base}: the directory sent a malformed entry")]
+    Malformed {
+        /// The search base.
+        base: String,
+    },
+    /// The TLS settings could not be built.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+/// Reads the directory once and builds a snapshot; no side effects.
+pub async fn sync_once(cfg: &DirectoryConfig, synced_ms: u64) -> Result<Built, DirectoryError> {
+    let read = ldap::read(cfg).await?;
+    Ok(build(cfg, &read.users, &read.groups, synced_ms))
+}
+
+/// Sets the gauges that describe the snapshot serving now (also for one loaded at start).
+pub fn snapshot_metrics(s: &DirectorySnapshot) {
+    ::metrics::gauge!(USERS).set(s.users.len() as f64);
+    ::metrics::gauge!(GROUPS).set(s.group_count() as f64);
+    ::metrics::gauge!(LAST_SUCCESS).set(s.synced_ms as f64 / 1000.0);
+}
+
+/// Describes the directory metrics for `/metrics`.
+pub fn describe_metrics() {
+    ::metrics::describe_counter!(SYNCS, "Directory syncs, by result.");
+    ::metrics::describe_gauge!(USERS, "Users in the directory snapshot serving now.");
+    ::metrics::describe_gauge!(
+        GROUPS,
+        "Distinct groups in the directory snapshot serving now."
+    );
+    ::metrics::describe_gauge!(
+        SKIPPED,
+        "Entries the last successful directory sync skipped, by reason."
+    );
+    ::metrics::describe_gauge!(
+        LAST_SUCCESS,
+        ::metrics::Unit::Seconds,
+        "When the directory snapshot serving now was taken (Unix time)."
+    );
+    ::metrics::describe_gauge!(
+        DURATION,
+        ::metrics::Unit::Seconds,
+        "How long the last directory sync took."
+    );
+}
+
+fn report(built: &Built, elapsed: Duration) {
+    let s = &built.snapshot;
+    for reason in SkipReason::ALL {
+        let n = built.skipped.iter().filter(|k| k.reason == reason).count();
+        ::metrics::gauge!(SKIPPED, "reason" => reason.as_str()).set(n as f64);
+    }
+    for k in built.skipped.iter().take(SKIP_LINES) {
+        tracing::warn!(
+            dn = %k.dn,
+            reason = k.reason.as_str(),
+            detail = %k.detail,
+            "directory entry skipped"
+        );
+    }
+    if built.skipped.len() > SKIP_LINES {
+        tracing::warn!(
+            more = built.skipped.len() - SKIP_LINES,
+            "more directory entries skipped (see otpgate_directory_skipped_entries)"
+        );
+    }
+    tracing::info!(
+        users = s.users.len(),
+        groups = s.group_count(),
+        skipped = built.skipped.len(),
+        ms = elapsed.as_millis() as u64,
+        "directory sync finished"
+    );
+}
+
+/// Persists a fresh snapshot and puts it in service.
+async fn publish(gw: &Gateway, snapshot: DirectorySnapshot) {
+    let previous = gw.directory_snapshot().map_or(0, |p| p.users.len());
+    if previous > 0 && snapshot.users.is_empty() {
+        tracing::warn!(
+            previous,
+            "the directory returned no users: every directory user loses their groups (check the base, filter and the bind's read rights)"
+        );
+    }
+    let snapshot = Arc::new(snapshot);
+    let to_store = snapshot.clone();
+    if let Err(e) = gw
+        .credentials()
+        .run(move |c| c.save_directory_snapshot(&to_store))
+        .await
+    {
+        tracing::error!(error = %e, "cannot persist the directory snapshot; it serves from memory");
+    }
+    if gw.set_directory_snapshot(Some(snapshot.clone())) {
+        snapshot_metrics(&snapshot);
+    } else {
+        tracing::debug!("directory settings changed during the sync; its snapshot is dropped");
+    }
+}
+
+/// The sync task: syncs now, then every `refresh` (sooner after a failure), until `cancel`.
+pub async fn run(gw: Arc<Gateway>, cfg: DirectoryConfig, cancel: CancellationToken) {
+    tracing::info!(url = %cfg.url, refresh_secs = cfg.refresh.as_secs(), "directory sync started");
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            () = cancel.cancelled() => break,
+            r = sync_once(&cfg, gw.now_ms()) => r,
+        };
+        let elapsed = started.elapsed();
+        ::metrics::gauge!(DURATION).set(elapsed.as_secs_f64());
+        let delay = match result {
+            Ok(built) => {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                ::metrics::counter!(SYNCS, "result" => "success").increment(1);
+                report(&built, elapsed);
+                publish(&gw, built.snapshot).await;
+                cfg.refresh
+            }
+            Err(e) => {
+                ::metrics::counter!(SYNCS, "result" => "failure").increment(1);
+                match gw.directory_snapshot() {
+                    Some(s) => tracing::warn!(
+                        error = %e,
+                        users = s.users.len(),
+                        synced = %crate::audit::rfc3339(Duration::from_millis(s.synced_ms)),
+                        "directory sync failed; the last snapshot keeps serving"
+                    ),
+                    None => tracing::error!(
+                        error = %e,
+                        "directory sync failed and there is no earlier snapshot: directory users are unknown and /readyz answers 503"
+                    ),
+                }
+                cfg.refresh.min(RETRY_AFTER)
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+    tracing::debug!("directory sync stopped");
+}
