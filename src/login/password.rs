@@ -120,10 +120,11 @@ impl Ctx<'_> {
                 self.restricted(email, &request_id)
             }
             Verdict::Failed(reason) => {
-                if reason == "wrong_password" {
-                    self.count_failure(email, &request_id, failures.locked)
-                        .await?;
-                }
+                // Every failure is counted, whatever its reason: the durable write takes the
+                // same time for everyone, so the answer's timing says nothing about whether
+                // the address exists, may log in, or is banned.
+                self.count_failure(email, &request_id, failures.locked)
+                    .await?;
                 Ok(self.password_failed(tx, email, reason, &request_id))
             }
         }

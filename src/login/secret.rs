@@ -116,6 +116,77 @@ fn common() -> &'static HashSet<&'static str> {
     })
 }
 
+/// Words people dress up with digits and symbols ("Password1234!", "welcome2024"); the list
+/// only holds entries of 8 characters or more, these are shorter.
+const BASE_WORDS: &[&str] = &[
+    "admin", "changeme", "dragon", "football", "hello", "iloveyou", "letmein", "login", "master",
+    "monkey", "pass", "passw0rd", "password", "qwerty", "secret", "shadow", "sunshine", "welcome",
+    "abc", "test",
+];
+
+/// Keyboard rows and counting, which people walk along ("qwertyuiop[]", "1234567890-=").
+const SEQUENCES: &[&str] = &[
+    "abcdefghijklmnopqrstuvwxyz",
+    "zyxwvutsrqponmlkjihgfedcba",
+    "01234567890123456789",
+    "98765432109876543210",
+    "1234567890-=",
+    "qwertyuiop[]",
+    "asdfghjkl;'",
+    "zxcvbnm,./",
+    "1qaz2wsx3edc4rfv5tgb6yhn",
+    "qazwsxedcrfvtgbyhnujm",
+];
+
+/// Whether a lower-cased password is on the list, or is a listed or base word with digits
+/// and symbols around it, or a short pattern repeated, or a walk along a keyboard row.
+fn guessable(lower: &str) -> bool {
+    let list = common();
+    if list.contains(lower) {
+        return true;
+    }
+    let decoration = |c: char| c.is_ascii_digit() || c.is_ascii_punctuation() || c == ' ';
+    let base = lower.trim_matches(decoration);
+    if base.is_empty() || (base != lower && (list.contains(base) || BASE_WORDS.contains(&base))) {
+        return true;
+    }
+    // Something said twice or more: "aaaaaaaaaaaa", "abcabcabcabc", "monkey monkey".
+    let squeezed: Vec<char> = lower.chars().filter(|c| *c != ' ').collect();
+    if (1..=squeezed.len() / 2).any(|period| {
+        squeezed.len() % period == 0
+            && squeezed
+                .iter()
+                .enumerate()
+                .all(|(i, c)| *c == squeezed[i % period])
+    }) {
+        return true;
+    }
+    // Walks along a row or the alphabet, possibly several of them ("qwertyasdfgh"), also
+    // inside decoration ("zxcvbnm,./12").
+    let base: String = base.chars().filter(|c| *c != ' ').collect();
+    walk(&squeezed.iter().collect::<String>()) || (base.chars().count() >= 6 && walk(&base))
+}
+
+/// Whether `s` is made of runs (3 or more characters) of the keyboard and counting sequences.
+fn walk(s: &str) -> bool {
+    let mut rest = s;
+    while !rest.is_empty() {
+        let longest = SEQUENCES
+            .iter()
+            .filter_map(|q| {
+                (3..=rest.len())
+                    .rev()
+                    .find(|n| rest.is_char_boundary(*n) && q.contains(&rest[..*n]))
+            })
+            .max();
+        match longest {
+            Some(n) => rest = &rest[n..],
+            None => return false,
+        }
+    }
+    true
+}
+
 /// SECURITY.md 25: at least `min_chars` characters (any printable Unicode, at most 256, never
 /// truncated), no composition rules, not on the common/breached list, not the address.
 pub fn check_new_password(
@@ -139,12 +210,7 @@ pub fn check_new_password(
     }
     let lower = password.to_lowercase();
     let local = email.split('@').next().unwrap_or(email);
-    let repetitive = lower.chars().collect::<HashSet<_>>().len() <= 2;
-    if common().contains(lower.as_str())
-        || lower == email
-        || (local.len() >= 4 && lower.contains(local))
-        || repetitive
-    {
+    if guessable(&lower) || lower == email || (local.len() >= 4 && lower.contains(local)) {
         return Err(PasswordProblem::Common);
     }
     Ok(())
@@ -289,7 +355,30 @@ mod tests {
             Err(PasswordProblem::Common),
             "two symbols repeated"
         );
-        let long: String = ('a'..='z').cycle().take(256).collect();
+        for guessable in [
+            "Password1234",
+            "password1234!",
+            "Welcome2024!!",
+            "!!letmein!!!",
+            "123456789012",
+            "qwertyuiop[]",
+            "qwertyasdfgh",
+            "abcabcabcabc",
+            "zxcvbnm,./12",
+            "monkey monkey",
+        ] {
+            assert_eq!(ok(guessable), Err(PasswordProblem::Common), "{guessable}");
+        }
+        for fine in [
+            "purple monkey dishwasher",
+            "Tr0ub4dor&3 horse",
+            "zebra quartz 1987",
+        ] {
+            assert_eq!(ok(fine), Ok(()), "{fine}");
+        }
+        let long: String = (0u32..256)
+            .map(|i| char::from(b'a' + u8::try_from((i * 7 + i * i / 3) % 26).unwrap()))
+            .collect();
         assert_eq!(
             ok(&long),
             Ok(()),

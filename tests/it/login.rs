@@ -11,10 +11,10 @@ use otpgate::clock::ManualClock;
 use crate::harness::*;
 use crate::smtp::SmtpServer;
 
-const CERTS: &[(&str, &[&str])] = &[("site", &["app.test", "wiki.test"])];
+pub(crate) const CERTS: &[(&str, &[&str])] = &[("site", &["app.test", "wiki.test"])];
 
 /// A gateway with one protected app, mailing through `smtp`.
-fn config(up: &Upstream, smtp: &SmtpServer, extra: &str) -> String {
+pub(crate) fn config(up: &Upstream, smtp: &SmtpServer, extra: &str) -> String {
     format!(
         "version: 1
 {LISTEN_ALL}
@@ -39,7 +39,7 @@ apps:
 
 /// A real SMTP server, an upstream, and a gateway mailing through the one in front of the other.
 /// `None` when aiosmtpd is not installed (outside CI).
-async fn setup(extra: &str) -> Option<(SmtpServer, Upstream, Gw)> {
+pub(crate) async fn setup(extra: &str) -> Option<(SmtpServer, Upstream, Gw)> {
     let smtp = SmtpServer::start().await?;
     let up = Upstream::start().await;
     let gw = Gw::start_with(&config(&up, &smtp, extra), CERTS).await;
@@ -47,26 +47,26 @@ async fn setup(extra: &str) -> Option<(SmtpServer, Upstream, Gw)> {
 }
 
 /// A browser-like client: keeps cookies, sends `Origin` on posts, reads CSRF tokens.
-struct Visitor {
-    client: reqwest::Client,
-    base: String,
-    jar: HashMap<String, String>,
-    csrf: String,
+pub(crate) struct Visitor {
+    pub(crate) client: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) jar: HashMap<String, String>,
+    pub(crate) csrf: String,
 }
 
-struct Page {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
+pub(crate) struct Page {
+    pub(crate) status: u16,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: String,
 }
 
 impl Page {
-    fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         self.headers
             .get("location")
             .map_or("", |v| v.to_str().unwrap())
     }
-    fn error(&self) -> Option<String> {
+    pub(crate) fn error(&self) -> Option<String> {
         let start = self.body.find("class=\"error\" role=\"alert\">")?;
         let rest = &self.body[start + 27..];
         Some(rest[..rest.find('<')?].to_owned())
@@ -74,7 +74,7 @@ impl Page {
 }
 
 impl Visitor {
-    fn new(gw: &Gw) -> Self {
+    pub(crate) fn new(gw: &Gw) -> Self {
         Self {
             client: gw.client(),
             base: format!("https://app.test:{}", gw.https().port()),
@@ -91,7 +91,7 @@ impl Visitor {
             .join("; ")
     }
 
-    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
+    pub(crate) async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
         let req = if self.jar.is_empty() {
             req
         } else {
@@ -122,12 +122,12 @@ impl Visitor {
         }
     }
 
-    async fn get(&mut self, path: &str) -> Page {
+    pub(crate) async fn get(&mut self, path: &str) -> Page {
         let req = self.client.get(format!("{}{path}", self.base));
         self.send(req).await
     }
 
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+    pub(crate) async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
         let mut form: Vec<(&str, &str)> = vec![("csrf", self.csrf.as_str())];
         form.extend_from_slice(fields);
         let body = url::form_urlencoded::Serializer::new(String::new())
@@ -143,19 +143,19 @@ impl Visitor {
     }
 
     /// Opens the login page (new transaction) and asks for a code for `email`.
-    async fn request_code(&mut self, email: &str) -> Page {
+    pub(crate) async fn request_code(&mut self, email: &str) -> Page {
         let p = self.get("/.otpgate/login?rd=%2Fdocs%3Fx%3D1").await;
         assert_eq!(p.status, 200);
         self.post("/.otpgate/login", &[("email", email)]).await
     }
 
-    async fn enter(&mut self, code: &str) -> Page {
+    pub(crate) async fn enter(&mut self, code: &str) -> Page {
         self.post("/.otpgate/code", &[("code", code)]).await
     }
 }
 
 /// The PIN in a received mail: the line that is only digits.
-fn pin_of(mail: &crate::smtp::ReceivedMail) -> String {
+pub(crate) fn pin_of(mail: &crate::smtp::ReceivedMail) -> String {
     mail.text
         .lines()
         .map(str::trim)
@@ -194,14 +194,14 @@ fn wrong(pin: &str) -> String {
         .collect()
 }
 
-fn audit(gw: &Gw) -> Vec<serde_json::Value> {
+pub(crate) fn audit(gw: &Gw) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(gw.config().data_dir.join("audit.log")).unwrap_or_default();
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
 
-fn events(gw: &Gw, name: &str) -> Vec<serde_json::Value> {
+pub(crate) fn events(gw: &Gw, name: &str) -> Vec<serde_json::Value> {
     audit(gw)
         .into_iter()
         .filter(|e| e["event"] == name)

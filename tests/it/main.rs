@@ -15,6 +15,7 @@ mod directory;
 mod lifecycle;
 mod login;
 mod mail;
+mod onetime;
 mod proxy;
 mod routing;
 mod sessions;
