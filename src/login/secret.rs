@@ -153,7 +153,7 @@ fn guessable(lower: &str) -> bool {
     // Something said twice or more: "aaaaaaaaaaaa", "abcabcabcabc", "monkey monkey".
     let squeezed: Vec<char> = lower.chars().filter(|c| *c != ' ').collect();
     if (1..=squeezed.len() / 2).any(|period| {
-        squeezed.len() % period == 0
+        squeezed.len().is_multiple_of(period)
             && squeezed
                 .iter()
                 .enumerate()
