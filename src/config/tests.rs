@@ -104,7 +104,7 @@ apps:
       - { name: s, action: allow, paths: [/a/../b], include: [ { ip: 10.0.0.0/33 } ] }
 identity_providers:
   - { type: onetimepin, config: { length: 4, ttl: 15m, max_attempts: 11 } }
-  - { type: onetimetoken, config: { reissue_after: 1h } }
+  - { type: onetimetoken, config: { reissue_after: 1h, min_password_length: 6 } }
 ",
     );
     let joined = errs.join("\n");
@@ -115,6 +115,7 @@ identity_providers:
         "identity_providers[0].config.ttl: must be at most 10m",
         "identity_providers[0].config.max_attempts: must be between 1 and 10",
         "identity_providers[1].config.reissue_after: must be at least 24h",
+        "identity_providers[1].config.min_password_length: must be between 8 and 64",
     ] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
     }
