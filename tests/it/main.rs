@@ -17,3 +17,4 @@ mod proxy;
 mod routing;
 mod sessions;
 mod tls;
+mod zscaler_browser;
