@@ -1,5 +1,6 @@
 //! End to end: the real `otpgate` binary, its command line, signals and the committed configs.
 
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,6 +11,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::harness::*;
+use crate::smtp::ReceivedMail;
+use crate::zscaler_browser::{link_of, temp_password_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
 
@@ -664,5 +667,934 @@ async fn newcomer_path_in_a_browser_with_the_committed_config() {
         "{text}"
     );
     b.shot("echo").await;
+    b.close().await;
+}
+
+// === Links and temporary passwords through the binary ===
+
+/// The outbox's messages not in `seen` (oldest first; their names start with the time), now
+/// marked seen.
+fn new_mails(outbox: &Path, seen: &mut HashSet<PathBuf>) -> Vec<ReceivedMail> {
+    let Ok(entries) = std::fs::read_dir(outbox) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml") && !seen.contains(p))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let m = ReceivedMail::parse(std::fs::read(&p).unwrap());
+            seen.insert(p);
+            m
+        })
+        .collect()
+}
+
+/// Waits for an unseen outbox message to `to` whose subject contains `subject`.
+async fn outbox_mail(
+    outbox: &Path,
+    to: &str,
+    subject: &str,
+    seen: &mut HashSet<PathBuf>,
+) -> ReceivedMail {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut other = Vec::new();
+    loop {
+        for m in new_mails(outbox, seen) {
+            if m.subject.contains(subject) && m.recipients().iter().any(|r| r == to) {
+                return m;
+            }
+            other.push(m);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no \"{subject}\" mail for {to} in the outbox; others: {:?}",
+            other
+                .iter()
+                .map(|m| (m.recipients(), m.subject.clone()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn audit_events(data: &Path, name: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(data.join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == name)
+        .collect()
+}
+
+fn random_token() -> String {
+    otpgate::random::hex(&otpgate::random::bytes::<16>(otpgate::random::system().as_ref()).unwrap())
+}
+
+const ZSCALER_USERS: &str = "users:
+  - { id: alice@corp.example, temp_auth_email: alice.home@mail.example, groups: [engineering] }
+  - { id: bob@corp.example, groups: [engineering] }
+  - { id: carol, temp_auth_email: carol@home.example, groups: [ops] }
+  - { id: dave, groups: [ops] }
+";
+
+/// A config for the binary: HTTPS for app.test with a test-CA certificate written beside it,
+/// mail to the outbox (data/outbox), links and temporary passwords, and `extra` at the top level.
+fn zscaler_config(dir: &Path, ca: &TestCa, extra: &str) -> PathBuf {
+    ca.write_leaf(dir, "site", &["app.test"]);
+    let cfg = dir.join("otpgate.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 1
+listen: {{ http: 127.0.0.1:8080, https: 127.0.0.1:8443, admin: 127.0.0.1:9090 }}
+tls: {{ certificates: [ {{ cert: site.pem, key: site-key.pem }} ] }}
+mail: {{ from: 'Gate <gate@corp.example>', transport: outbox }}
+identity_providers:
+  - {{ type: onetimepin }}
+  - {{ type: onetimelink }}
+  - {{ type: onetimetoken }}
+{ZSCALER_USERS}{extra}
+apps:
+  - name: app
+    hosts: [app.test]
+    upstream: builtin:echo
+    login_methods: [onetimepin, onetimelink, onetimetoken]
+    policies:
+      - {{ name: staff, action: allow, include: [ {{ email_domain: corp.example }}, {{ email_domain: home.example }} ] }}
+"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn send_auth_email_through_the_binary() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("otpgate.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 1
+listen: {{ http: 127.0.0.1:8080 }}
+mail: {{ from: 'Gate <gate@corp.example>', transport: outbox }}
+identity_providers:
+  - {{ type: onetimelink }}
+  - {{ type: onetimetoken }}
+{ZSCALER_USERS}
+apps:
+  - name: app
+    hosts: [app.test]
+    public_url: https://app.test
+    upstream: builtin:echo
+    login_methods: [onetimelink, onetimetoken]
+    policies: [ {{ name: staff, action: allow, include: [ {{ email_domain: corp.example }} ] }} ]
+"
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let data = dir.path().join("data");
+    let outbox = data.join("outbox");
+    let mut seen = HashSet::new();
+    let mut secrets: Vec<String> = Vec::new();
+    let run = |args: &[&str]| {
+        let mut all = vec!["send-auth-email", "--config", c];
+        all.extend_from_slice(args);
+        let out = otpgate(&all);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Links: to temp_auth_email when there is one, else to the id.
+    let (code, stdout, stderr) = run(&[
+        "--user",
+        "alice@corp.example",
+        "--user",
+        "bob@corp.example",
+        "--method",
+        "link",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout, "alice@corp.example: sent\nbob@corp.example: sent\n");
+    let mails = new_mails(&outbox, &mut seen);
+    let mut to: Vec<Vec<String>> = mails.iter().map(ReceivedMail::recipients).collect();
+    to.sort();
+    assert_eq!(
+        to,
+        [vec!["alice.home@mail.example"], vec!["bob@corp.example"]]
+    );
+    for m in &mails {
+        assert_eq!(m.subject, "Your sign-in link for app");
+        let link = link_of(m, "https://app.test");
+        assert!(m.text.lines().any(|l| l == link), "alone on its line");
+        assert!(!stdout.contains(&link) && !stderr.contains(&link));
+        secrets.push(link.split_once("?t=").unwrap().1.to_owned());
+    }
+    assert_ne!(secrets[0], secrets[1]);
+
+    // Temporary passwords to a group: a member without any address is reported, exit 1.
+    let (code, stdout, stderr) = run(&["--group", "ops", "--method", "token"]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(stdout, "carol: sent\ndave: no address\n");
+    let mails = new_mails(&outbox, &mut seen);
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].recipients(), ["carol@home.example"]);
+    assert_eq!(mails[0].subject, "Your temporary password for app");
+    let first = temp_password_of(&mails[0]);
+    assert!(mails[0].text.lines().any(|l| l == first));
+    assert!(
+        mails[0].text.contains("https://app.test/.otpgate/login"),
+        "{}",
+        mails[0].text
+    );
+    secrets.push(first.clone());
+
+    // Within 24 hours: skipped, nothing sent, exit 0 (the first one still works).
+    let (code, stdout, stderr) = run(&["--user", "carol", "--method", "token"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout, "carol: skipped (sent within 24h)\n");
+    assert!(new_mails(&outbox, &mut seen).is_empty(), "no mail");
+
+    // --force sends a new one anyway.
+    let (code, stdout, stderr) = run(&["--user", "carol", "--method", "token", "--force"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout, "carol: sent\n");
+    let mails = new_mails(&outbox, &mut seen);
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].recipients(), ["carol@home.example"]);
+    let second = temp_password_of(&mails[0]);
+    assert_ne!(second, first);
+    secrets.push(second);
+
+    // Unknown ids are reported (exit 1); an address outside the table is mailed there; an
+    // empty group is named.
+    let (code, stdout, stderr) = run(&[
+        "--user",
+        "nobody",
+        "--user",
+        "eve@else.example",
+        "--group",
+        "nosuch",
+        "--method",
+        "link",
+    ]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(
+        stdout,
+        "group nosuch: no users\nnobody: unknown user\neve@else.example: sent\n"
+    );
+    let mails = new_mails(&outbox, &mut seen);
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].recipients(), ["eve@else.example"]);
+    secrets.push(
+        link_of(&mails[0], "https://app.test")
+            .split_once("?t=")
+            .unwrap()
+            .1
+            .to_owned(),
+    );
+
+    // Audited, one event per mailed (or skipped) user, without any secret.
+    let events = audit_events(&data, "auth_email.sent");
+    let summary: Vec<(String, String, String, String, bool)> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["via"], "command line");
+            assert_eq!(e["app"], "app");
+            (
+                e["email"].as_str().unwrap().to_owned(),
+                e["to"].as_str().unwrap().to_owned(),
+                e["login_method"].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+                e["forced"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let row = |email: &str, to: &str, method: &str, outcome: &str, forced: bool| {
+        (
+            email.to_owned(),
+            to.to_owned(),
+            method.to_owned(),
+            outcome.to_owned(),
+            forced,
+        )
+    };
+    assert_eq!(
+        summary,
+        [
+            row(
+                "alice@corp.example",
+                "alice.home@mail.example",
+                "onetimelink",
+                "sent",
+                false
+            ),
+            row(
+                "bob@corp.example",
+                "bob@corp.example",
+                "onetimelink",
+                "sent",
+                false
+            ),
+            row(
+                "carol@home.example",
+                "carol@home.example",
+                "onetimetoken",
+                "sent",
+                false
+            ),
+            row(
+                "carol@home.example",
+                "carol@home.example",
+                "onetimetoken",
+                "skipped (sent within 24h)",
+                false
+            ),
+            row(
+                "carol@home.example",
+                "carol@home.example",
+                "onetimetoken",
+                "sent",
+                true
+            ),
+            row(
+                "eve@else.example",
+                "eve@else.example",
+                "onetimelink",
+                "sent",
+                false
+            ),
+        ]
+    );
+    assert_eq!(secrets.len(), 5);
+    let audit = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    // The stored records are digests: no secret outside the outbox either.
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            stored.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    assert!(stored.iter().any(|(p, _)| p.ends_with("audit.log")));
+    for s in &secrets {
+        assert!(!audit.contains(s.as_str()), "a secret in the audit log");
+        let normalised = s.replace('-', "");
+        for (p, bytes) in &stored {
+            for needle in [s.as_str(), normalised.as_str()] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "a secret in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+/// A browser-like client for the binary's pages: keeps cookies, sends `Origin` on posts, reads
+/// CSRF tokens.
+struct Visitor {
+    client: reqwest::Client,
+    base: String,
+    jar: BTreeMap<String, String>,
+    csrf: String,
+}
+
+struct Page {
+    status: u16,
+    location: String,
+    body: String,
+}
+
+impl Visitor {
+    fn new(ca: &TestCa, port: u16) -> Self {
+        Self {
+            client: client_with(&[ca.der()], Versions::Http1),
+            base: format!("https://app.test:{port}"),
+            jar: BTreeMap::new(),
+            csrf: String::new(),
+        }
+    }
+
+    fn cookies(&self) -> String {
+        self.jar
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep_cookies(&mut self, headers: &reqwest::header::HeaderMap) {
+        for v in headers.get_all("set-cookie") {
+            let v = v.to_str().unwrap();
+            let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.jar.remove(name);
+            } else {
+                self.jar.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    async fn read(&mut self, r: reqwest::Response) -> Page {
+        let status = r.status().as_u16();
+        self.keep_cookies(r.headers());
+        let location = r
+            .headers()
+            .get("location")
+            .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+        let body = r.text().await.unwrap();
+        if let Some(i) = body.find("name=\"csrf\" value=\"") {
+            let rest = &body[i + 19..];
+            self.csrf = rest[..rest.find('"').unwrap()].to_owned();
+        }
+        Page {
+            status,
+            location,
+            body,
+        }
+    }
+
+    fn with_cookies(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if self.jar.is_empty() {
+            req
+        } else {
+            req.header("cookie", self.cookies())
+        }
+    }
+
+    async fn get(&mut self, path_or_url: &str) -> Page {
+        let url = if path_or_url.starts_with("https://") {
+            path_or_url.to_owned()
+        } else {
+            format!("{}{path_or_url}", self.base)
+        };
+        let r = self
+            .with_cookies(self.client.get(url))
+            .send()
+            .await
+            .unwrap();
+        self.read(r).await
+    }
+
+    /// The form post a browser sends: CSRF token, `Origin`, cookies.
+    fn form_body(&self, fields: &[(&str, &str)]) -> String {
+        let mut form: Vec<(&str, &str)> = vec![("csrf", self.csrf.as_str())];
+        form.extend_from_slice(fields);
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish()
+    }
+
+    fn form(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::RequestBuilder {
+        self.with_cookies(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .header("origin", self.base.clone())
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(self.form_body(fields)),
+        )
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let r = self.form(path, fields).send().await.unwrap();
+        self.read(r).await
+    }
+
+    /// A new login transaction for /docs, then "Email me a temporary password".
+    async fn ask_temp_password(&mut self, email: &str) {
+        assert_eq!(self.get("/.otpgate/login?rd=%2Fdocs").await.status, 200);
+        let p = self
+            .post("/.otpgate/login", &[("email", email), ("method", "token")])
+            .await;
+        assert_eq!(p.status, 200);
+        assert!(
+            p.body.contains("An email has been sent to you"),
+            "{}",
+            p.body
+        );
+    }
+
+    /// The login page's password form (a new login transaction for /docs).
+    async fn sign_in(&mut self, email: &str, password: &str) -> Page {
+        assert_eq!(self.get("/.otpgate/login?rd=%2Fdocs").await.status, 200);
+        self.post(
+            "/.otpgate/login",
+            &[
+                ("email", email),
+                ("method", "password"),
+                ("password", password),
+            ],
+        )
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_send_auth_email_on_the_running_binary() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let token = random_token();
+    std::fs::write(dir.path().join("admin-token"), format!("{token}\n")).unwrap();
+    let cfg = zscaler_config(dir.path(), &ca, "admin: { token_file: admin-token }");
+    let data = dir.path().join("data");
+    let outbox = data.join("outbox");
+    let p = spawn(&cfg, &[]).await;
+    let port = p.https.unwrap().port();
+    let url = format!("http://{}/admin/send-auth-email", p.admin.unwrap());
+    let c = client_with(&[], Versions::Http1);
+    let body = serde_json::json!({
+        "users": ["alice@corp.example"], "groups": ["ops"], "method": "link"
+    });
+    let mut seen = HashSet::new();
+
+    // Without the token, or with a wrong one: 401, nothing sent.
+    for auth in [None, Some(format!("Bearer {token}x")), Some(token.clone())] {
+        let mut req = c.post(&url).json(&body);
+        if let Some(a) = &auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "unauthorised");
+    }
+    assert!(new_mails(&outbox, &mut seen).is_empty());
+    assert!(audit_events(&data, "auth_email.sent").is_empty());
+
+    // With it: one result per user, the mails written before the answer.
+    let r = c
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["app"], "app");
+    assert_eq!(v["method"], "onetimelink");
+    assert_eq!(
+        v["results"],
+        serde_json::json!([
+            { "user": "alice@corp.example", "outcome": "sent" },
+            { "user": "carol", "outcome": "sent" },
+            { "user": "dave", "outcome": "no address" },
+        ])
+    );
+    let mails = new_mails(&outbox, &mut seen);
+    let mut to: Vec<Vec<String>> = mails.iter().map(ReceivedMail::recipients).collect();
+    to.sort();
+    assert_eq!(
+        to,
+        [vec!["alice.home@mail.example"], vec!["carol@home.example"]]
+    );
+    let events = audit_events(&data, "auth_email.sent");
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e["via"] == "admin api"));
+
+    // The link points at the running gateway's public origin and logs Alice in there.
+    let alice_mail = mails
+        .iter()
+        .find(|m| m.recipients() == ["alice.home@mail.example"])
+        .unwrap();
+    let link = link_of(alice_mail, &format!("https://app.test:{port}"));
+    let mut v = Visitor::new(&ca, port);
+    let page = v.get(&link).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("alice@corp.example"), "{}", page.body);
+    let t = link.split_once("?t=").unwrap().1.to_owned();
+    let page = v.post("/.otpgate/link", &[("t", &t)]).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(page.location, format!("https://app.test:{port}/"));
+    let page = v.get("/").await;
+    assert_eq!(page.status, 200);
+    let echo: serde_json::Value = serde_json::from_str(&page.body).unwrap();
+    assert_eq!(echo["identity"]["email"], "alice@corp.example");
+
+    // Bad requests are refused with a reason.
+    for bad in [
+        serde_json::json!({ "users": [], "groups": [] }),
+        serde_json::json!({ "users": ["bob@corp.example"], "method": "pin" }),
+        serde_json::json!({ "users": ["bob@corp.example"], "app": "nope" }),
+        serde_json::json!({ "users": ["bob@corp.example"], "colour": "red" }),
+    ] {
+        let r = c
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    assert!(new_mails(&outbox, &mut seen).is_empty());
+    drop(p);
+
+    // Without a configured token the API is closed, whatever is sent.
+    let dir2 = tempfile::tempdir().unwrap();
+    let cfg2 = zscaler_config(dir2.path(), &ca, "");
+    let p2 = spawn(&cfg2, &[]).await;
+    let url2 = format!("http://{}/admin/send-auth-email", p2.admin.unwrap());
+    for auth in [None, Some(token.as_str())] {
+        let mut req = c.post(&url2).json(&body);
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "admin_api_disabled");
+    }
+    assert!(new_mails(&dir2.path().join("data/outbox"), &mut seen).is_empty());
+}
+
+/// Kills the process with SIGKILL (no shutdown, no flush) and waits until it is gone.
+async fn sigkill(p: &mut Proc) {
+    p.child.start_kill().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait())
+        .await
+        .expect("the process dies")
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+}
+
+/// A restart on the same folder: serving, healthy and ready.
+async fn restart(cfg: &Path) -> Proc {
+    let p = spawn(cfg, &[]).await;
+    let c = client_with(&[], Versions::Http1);
+    for path in ["/healthz", "/readyz"] {
+        let r = c
+            .get(format!("http://{}{path}", p.admin.unwrap()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path} after the restart");
+    }
+    p
+}
+
+/// A temporary password for `email` from the login page, signed in with: the visitor then
+/// holds the restricted session and the "Choose a new password" form's CSRF token.
+async fn temporary_login(
+    v: &mut Visitor,
+    outbox: &Path,
+    seen: &mut HashSet<PathBuf>,
+    email: &str,
+) -> String {
+    v.ask_temp_password(email).await;
+    let mail = outbox_mail(outbox, email, "Your temporary password for app", seen).await;
+    let temp = temp_password_of(&mail);
+    let p = v.sign_in(email, &temp).await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(p.location, format!("{}/.otpgate/password", v.base));
+    assert!(v.jar.contains_key("__Host-otpgate-pw"));
+    let p = v.get("/.otpgate/password").await;
+    assert_eq!(p.status, 200);
+    assert!(p.body.contains("Choose a new password"));
+    temp
+}
+
+/// The state after a committed change: the new password logs in (303, session cookie, the
+/// app sees the user), the used temporary password and the restricted session do not.
+async fn assert_changed(
+    ca: &TestCa,
+    port: u16,
+    email: &str,
+    password: &str,
+    temp: &str,
+    restricted: &str,
+) {
+    let mut v = Visitor::new(ca, port);
+    let p = v.sign_in(email, password).await;
+    assert_eq!(p.status, 303, "the new password logs in: {}", p.body);
+    assert_eq!(p.location, format!("https://app.test:{port}/docs"));
+    assert!(v.jar.contains_key("__Host-otpgate"), "a session cookie");
+    let p = v.get("/docs").await;
+    assert_eq!(p.status, 200);
+    let echo: serde_json::Value = serde_json::from_str(&p.body).unwrap();
+    assert_eq!(echo["identity"]["email"], email);
+    // The temporary password was used up.
+    let mut w = Visitor::new(ca, port);
+    let p = w.sign_in(email, temp).await;
+    assert_eq!(p.status, 200);
+    assert!(p.body.contains("That account does not have access."));
+    // The restricted session ended with the change (its sessions were all revoked).
+    let mut r = Visitor::new(ca, port);
+    r.jar
+        .insert("__Host-otpgate-pw".to_owned(), restricted.to_owned());
+    let p = r.get("/.otpgate/password").await;
+    assert_eq!(p.status, 303, "the restricted session is over");
+    assert_eq!(
+        p.location,
+        format!("https://app.test:{port}/.otpgate/login")
+    );
+}
+
+/// A request written whole to the gateway over TLS; returns the stream for the answer.
+async fn send_raw_tls(
+    ca: &TestCa,
+    addr: SocketAddr,
+    request: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("app.test").unwrap();
+    let mut s = connector.connect(name, tcp).await.unwrap();
+    s.write_all(request).await.unwrap();
+    s.flush().await.unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_password_change_loses_no_committed_password() {
+    use tokio::io::AsyncReadExt as _;
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let cfg = zscaler_config(dir.path(), &ca, "");
+    let data = dir.path().join("data");
+    let outbox = data.join("outbox");
+    let mut seen = HashSet::new();
+
+    // 1. Killed the moment the 303 of a password change arrives.
+    let mut p = spawn(&cfg, &[]).await;
+    let port = p.https.unwrap().port();
+    let mut v = Visitor::new(&ca, port);
+    let alice = "alice.home@mail.example";
+    // Alice's mails go to her temp_auth_email; she signs in as her work address.
+    v.ask_temp_password("alice@corp.example").await;
+    let mail = outbox_mail(&outbox, alice, "Your temporary password for app", &mut seen).await;
+    let temp = temp_password_of(&mail);
+    let page = v.sign_in("alice@corp.example", &temp).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    let page = v.get("/.otpgate/password").await;
+    assert!(page.body.contains("Choose a new password"));
+    let restricted = v.jar["__Host-otpgate-pw"].clone();
+    let chosen = "amber kettle orchard 41";
+    let r = v
+        .form(
+            "/.otpgate/password",
+            &[("password", chosen), ("confirm", chosen)],
+        )
+        .send()
+        .await
+        .unwrap();
+    sigkill(&mut p).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("https://app.test:{port}/docs"),
+        "back to the page the login started from"
+    );
+    v.keep_cookies(r.headers());
+    assert!(v.jar.contains_key("__Host-otpgate"));
+    drop(p);
+
+    let p = restart(&cfg).await;
+    let port = p.https.unwrap().port();
+    assert_changed(&ca, port, "alice@corp.example", chosen, &temp, &restricted).await;
+
+    // 2. Killed while a change is in flight: the request is written whole, then SIGKILL
+    // without waiting for the answer.
+    let mut p = p;
+    let bob = "bob@corp.example";
+    let mut v = Visitor::new(&ca, port);
+    let bob_temp = temporary_login(&mut v, &outbox, &mut seen, bob).await;
+    let restricted = v.jar["__Host-otpgate-pw"].clone();
+    let bob_pw = "granite meadow falcon 93";
+    let body = v.form_body(&[("password", bob_pw), ("confirm", bob_pw)]);
+    let request = format!(
+        "POST /.otpgate/password HTTP/1.1\r\nHost: app.test:{port}\r\nOrigin: {base}\r\n\
+         Cookie: {cookies}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n{body}",
+        base = v.base,
+        cookies = v.cookies(),
+        len = body.len(),
+    );
+    let mut stream = send_raw_tls(&ca, p.https.unwrap(), request.as_bytes()).await;
+    sigkill(&mut p).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the dead process's connection ends");
+    let answered = answer.starts_with(b"HTTP/1.1 303");
+    drop(p);
+
+    let p = restart(&cfg).await;
+    let port = p.https.unwrap().port();
+    // What the store holds decides which consistent state this is; the gateway must agree.
+    let committed = otpgate::store::Credentials::open_embedded(&data)
+        .unwrap()
+        .password_hash(bob)
+        .unwrap()
+        .is_some();
+    if answered {
+        assert!(committed, "a 303 was sent, so the password was committed");
+    }
+    if committed {
+        assert_changed(&ca, port, bob, bob_pw, &bob_temp, &restricted).await;
+    } else {
+        // The change never happened: no password, the temporary one is used up...
+        let mut w = Visitor::new(&ca, port);
+        for typed in [bob_pw, bob_temp.as_str()] {
+            let page = w.sign_in(bob, typed).await;
+            assert_eq!(page.status, 200);
+            assert!(page.body.contains("That account does not have access."));
+            assert!(!w.jar.contains_key("__Host-otpgate"));
+        }
+        // ... and the login page sends no second one within 24 hours (SECURITY.md 24)...
+        let before = audit_events(&data, "token.suppressed").len();
+        w.ask_temp_password(bob).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while audit_events(&data, "token.suppressed").len() == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no token.suppressed"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let last = audit_events(&data, "token.suppressed").pop().unwrap();
+        assert_eq!(last["reason"], "reissue_after");
+        assert_eq!(last["email"], bob);
+        // ... but the restricted session survived the crash: Bob can still choose one.
+        let mut r = Visitor::new(&ca, port);
+        r.jar
+            .insert("__Host-otpgate-pw".to_owned(), restricted.clone());
+        let page = r.get("/.otpgate/password").await;
+        assert_eq!(page.status, 200);
+        assert!(page.body.contains("Choose a new password"));
+        // And an operator can send a new temporary password at once (`--force`).
+        let out = otpgate(&[
+            "send-auth-email",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--user",
+            bob,
+            "--method",
+            "token",
+            "--force",
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{bob}: sent\n"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mail = outbox_mail(&outbox, bob, "Your temporary password for app", &mut seen).await;
+        let fresh = temp_password_of(&mail);
+        let mut x = Visitor::new(&ca, port);
+        let page = x.sign_in(bob, &fresh).await;
+        assert_eq!(page.status, 303);
+        assert_eq!(
+            page.location,
+            format!("https://app.test:{port}/.otpgate/password")
+        );
+        let page = x.get("/.otpgate/password").await;
+        assert!(page.body.contains("Choose a new password"));
+        let restricted = x.jar["__Host-otpgate-pw"].clone();
+        let page = x
+            .post(
+                "/.otpgate/password",
+                &[("password", bob_pw), ("confirm", bob_pw)],
+            )
+            .await;
+        assert_eq!(page.status, 303);
+        assert_changed(&ca, port, bob, bob_pw, &fresh, &restricted).await;
+    }
+    // Alice's password, committed before the first crash, survived the second one too.
+    let mut v = Visitor::new(&ca, port);
+    assert_eq!(v.sign_in("alice@corp.example", chosen).await.status, 303);
+    eprintln!("in-flight kill: answered={answered} committed={committed}");
+}
+
+/// The newcomer's path with the one-time link: the committed config, a browser, the link read
+/// from the mail file in data/outbox/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newcomer_link_login_in_a_browser_with_the_committed_config() {
+    init();
+    let Some(mut b) = crate::browser::Browser::start("newcomer_link").await else {
+        return;
+    };
+    let (dir, cfg) = scratch_with_committed_config();
+    let mut p = spawn(&cfg, &[]).await;
+    let port = p.https.unwrap().port();
+    let origin = format!("https://localhost:{port}");
+    b.client.goto(&format!("{origin}/")).await.unwrap();
+    assert_eq!(
+        b.client.current_url().await.unwrap().path(),
+        "/.otpgate/login"
+    );
+    b.shot("login").await;
+    let field = b
+        .client
+        .find(fantoccini::Locator::Css("input#email"))
+        .await
+        .unwrap();
+    field.send_keys("Newcomer@Example.org").await.unwrap();
+    b.click("button[name=method][value=link]").await;
+    let text = b.text().await;
+    assert!(text.contains("An email has been sent to you"), "{text}");
+    b.shot("sent").await;
+    let line = p.wait_for_line("mail written to the outbox").await;
+    assert!(line.contains("newcomer@example.org"), "{line}");
+    let mut seen = HashSet::new();
+    let mails = new_mails(&dir.path().join("data/outbox"), &mut seen);
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].recipients(), ["newcomer@example.org"]);
+    assert_eq!(mails[0].subject, "Your sign-in link for demo");
+    let link = link_of(&mails[0], &origin);
+    let token = link.split_once("?t=").unwrap().1;
+    assert!(
+        !line.contains(token),
+        "the log line says where, never the link"
+    );
+    b.client.goto(&link).await.unwrap();
+    let text = b.text().await;
+    assert!(text.contains("Continue as newcomer@example.org"), "{text}");
+    b.shot("confirm").await;
+    b.click("button[type=submit]").await;
+    assert_eq!(
+        b.client.current_url().await.unwrap().as_str(),
+        format!("{origin}/")
+    );
+    let text = b.text().await;
+    assert!(
+        text.contains("demo is behind otpgate")
+            && text.contains("Signed in as newcomer@example.org"),
+        "{text}"
+    );
+    b.shot("echo").await;
+    // The link is used up.
+    b.client.goto(&link).await.unwrap();
+    assert!(
+        b.text()
+            .await
+            .contains("That account does not have access.")
+    );
     b.close().await;
 }

@@ -20,3 +20,4 @@ mod proxy;
 mod routing;
 mod sessions;
 mod tls;
+mod zscaler_browser;
