@@ -155,6 +155,27 @@ async fn first_mail(smtp: &SmtpServer, to: &str) -> ReceivedMail {
     next_mail(smtp, to, &mut Vec::new()).await
 }
 
+/// A page as compared across addresses: status, headers without `date`, and the body without
+/// the address and the per-transaction CSRF token.
+fn normalised(p: &Page, email: &str) -> (u16, Vec<(String, String)>, String) {
+    let mut h: Vec<(String, String)> = p
+        .headers
+        .iter()
+        .filter(|(k, _)| k.as_str() != "date")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    h.sort();
+    let body = p.body.replace(email, "<email>");
+    let body = match body.find("name=\"csrf\" value=\"") {
+        Some(i) => {
+            let end = body[i + 19..].find('"').unwrap() + i + 19;
+            format!("{}{}", &body[..i], &body[end..])
+        }
+        None => body,
+    };
+    (p.status, h, body)
+}
+
 /// Everything in the data folder, as bytes (to check that no secret is stored in clear).
 fn data_bytes(gw: &Gw) -> Vec<u8> {
     let mut out = Vec::new();
@@ -517,25 +538,6 @@ async fn sec_24_at_most_one_temporary_password_per_address_per_day() {
     else {
         return;
     };
-    let norm = |p: &Page, email: &str| {
-        let mut h: Vec<(String, String)> = p
-            .headers
-            .iter()
-            .filter(|(k, _)| k.as_str() != "date")
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
-            .collect();
-        h.sort();
-        let body = p.body.replace(email, "<email>");
-        // The CSRF token is per transaction.
-        let body = match body.find("name=\"csrf\" value=\"") {
-            Some(i) => {
-                let end = body[i + 19..].find('"').unwrap() + i + 19;
-                format!("{}{}", &body[..i], &body[end..])
-            }
-            None => body,
-        };
-        (p.status, h, body)
-    };
     let mut seen = Vec::new();
     let mut v = Visitor::new(&gw);
     let first = ask(&mut v, "token", "carol@corp.example").await;
@@ -545,12 +547,12 @@ async fn sec_24_at_most_one_temporary_password_per_address_per_day() {
     let mut u = Visitor::new(&gw);
     let unknown = ask(&mut u, "token", "zulu1@else.example").await;
     assert_eq!(
-        norm(&second, "carol@corp.example"),
-        norm(&first, "carol@corp.example")
+        normalised(&second, "carol@corp.example"),
+        normalised(&first, "carol@corp.example")
     );
     assert_eq!(
-        norm(&unknown, "zulu1@else.example"),
-        norm(&first, "carol@corp.example")
+        normalised(&unknown, "zulu1@else.example"),
+        normalised(&first, "carol@corp.example")
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
@@ -889,24 +891,6 @@ async fn sec_10_link_and_temporary_password_requests_answer_the_same_for_everyon
     else {
         return;
     };
-    let norm = |p: &Page, email: &str| {
-        let mut h: Vec<(String, String)> = p
-            .headers
-            .iter()
-            .filter(|(k, _)| k.as_str() != "date")
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
-            .collect();
-        h.sort();
-        let body = p.body.replace(email, "<email>");
-        let body = match body.find("name=\"csrf\" value=\"") {
-            Some(i) => {
-                let end = body[i + 19..].find('"').unwrap() + i + 19;
-                format!("{}{}", &body[..i], &body[end..])
-            }
-            None => body,
-        };
-        (p.status, h, body)
-    };
     for method in ["link", "token"] {
         let mut v = Visitor::new(&gw);
         // Equal lengths: the pages must be identical apart from the address and CSRF token.
@@ -929,11 +913,11 @@ async fn sec_10_link_and_temporary_password_requests_answer_the_same_for_everyon
             let p = ask(&mut v, method, email).await;
             pages.push((email, p));
         }
-        let first = norm(&pages[0].1, pages[0].0);
+        let first = normalised(&pages[0].1, pages[0].0);
         assert!(first.2.contains("An email has been sent to you"));
         for (email, p) in &pages[1..] {
             assert_eq!(
-                norm(p, email),
+                normalised(p, email),
                 first,
                 "{method}: {email} answered differently"
             );
