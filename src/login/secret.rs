@@ -105,6 +105,10 @@ pub enum PasswordProblem {
     SameAsTemporary,
 }
 
+/// The common and breached passwords: the entries of 8 characters or more of SecLists'
+/// `100k-most-used-passwords-NCSC.txt` and `10k-most-common.txt`, lower-cased and sorted
+/// (shorter ones are refused by length anyway). A file in the binary rather than a lookup
+/// service: no password ever leaves the gateway, and it works offline.
 fn common() -> &'static HashSet<&'static str> {
     static SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
     SET.get_or_init(|| {
