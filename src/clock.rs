@@ -13,6 +13,11 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn unix_secs(&self) -> u64 {
         self.now().as_secs()
     }
+
+    /// Now, in milliseconds since the Unix epoch (the unit of every stored expiry).
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.now().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// The real clock.

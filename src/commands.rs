@@ -462,12 +462,12 @@ pub async fn send_auth_email(
         ));
     }
     let (a, method) = auth_email_target(config, app_name, method)?;
-    let bound = crate::gateway::BoundAddrs {
+    let bound = crate::config::BoundAddrs {
         http: config.listen.http,
         https: config.listen.https,
         admin: config.listen.admin,
     };
-    let origin = crate::gateway::app_origin(a, &bound);
+    let origin = a.origin(&bound);
     let keys = KeyRing::load_or_create(
         &config.session.keys_file,
         random.as_ref(),

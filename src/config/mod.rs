@@ -11,6 +11,7 @@
 
 mod env;
 mod file;
+mod origin;
 mod secret;
 pub mod units;
 mod validate;
@@ -27,6 +28,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use file::LogFormat;
+pub use origin::BoundAddrs;
+
+/// The longest a session may last (config and `mint-cookie` refuse more): revocations are kept
+/// this long, so no longer-lived cookie could outlive its revocation.
+pub const MAX_SESSION: Duration = Duration::from_secs(30 * 86_400);
 pub use secret::Secret;
 pub use units::Rate;
 pub(crate) use validate::group_name as validate_group_name;

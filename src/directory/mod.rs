@@ -23,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use build::{Built, Entry, SkipReason, Skipped, build};
 
+use crate::clock::Clock;
 use crate::config::DirectoryConfig;
-use crate::gateway::Gateway;
-use crate::users::DirectorySnapshot;
+use crate::store::Credentials;
+use crate::users::{DirectorySnapshot, UserTable};
 
 /// Metric: syncs, by result (`success`, `failure`).
 pub const SYNCS: &str = "otpgate_directory_syncs_total";
@@ -149,9 +150,21 @@ fn report(built: &Built, elapsed: Duration) {
     );
 }
 
+/// What the sync task works with: where snapshots are persisted and put in service, and the
+/// clock that stamps them.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    /// The user table the snapshots serve in.
+    pub table: Arc<UserTable>,
+    /// The store that keeps the last good snapshot across restarts.
+    pub store: Credentials,
+    /// Stamps each snapshot.
+    pub clock: Arc<dyn Clock>,
+}
+
 /// Persists a fresh snapshot and puts it in service.
-async fn publish(gw: &Gateway, snapshot: DirectorySnapshot) {
-    let previous = gw.directory_snapshot().map_or(0, |p| p.users.len());
+async fn publish(sink: &Sink, snapshot: DirectorySnapshot) {
+    let previous = sink.table.snapshot().map_or(0, |p| p.users.len());
     if previous > 0 && snapshot.users.is_empty() {
         tracing::warn!(
             previous,
@@ -160,14 +173,14 @@ async fn publish(gw: &Gateway, snapshot: DirectorySnapshot) {
     }
     let snapshot = Arc::new(snapshot);
     let to_store = snapshot.clone();
-    if let Err(e) = gw
-        .credentials()
+    if let Err(e) = sink
+        .store
         .run(move |c| c.save_directory_snapshot(&to_store))
         .await
     {
         tracing::error!(error = %e, "cannot persist the directory snapshot; it serves from memory");
     }
-    if gw.set_directory_snapshot(Some(snapshot.clone())) {
+    if sink.table.set_snapshot(Some(snapshot.clone())) {
         snapshot_metrics(&snapshot);
     } else {
         tracing::debug!("directory settings changed during the sync; its snapshot is dropped");
@@ -175,13 +188,13 @@ async fn publish(gw: &Gateway, snapshot: DirectorySnapshot) {
 }
 
 /// The sync task: syncs now, then every `refresh` (sooner after a failure), until `cancel`.
-pub async fn run(gw: Arc<Gateway>, cfg: DirectoryConfig, cancel: CancellationToken) {
+pub async fn run(sink: Sink, cfg: DirectoryConfig, cancel: CancellationToken) {
     tracing::info!(url = %cfg.url, refresh_secs = cfg.refresh.as_secs(), "directory sync started");
     loop {
         let started = Instant::now();
         let result = tokio::select! {
             () = cancel.cancelled() => break,
-            r = sync_once(&cfg, gw.now_ms()) => r,
+            r = sync_once(&cfg, sink.clock.now_ms()) => r,
         };
         let elapsed = started.elapsed();
         ::metrics::gauge!(DURATION).set(elapsed.as_secs_f64());
@@ -192,12 +205,12 @@ pub async fn run(gw: Arc<Gateway>, cfg: DirectoryConfig, cancel: CancellationTok
                 }
                 ::metrics::counter!(SYNCS, "result" => "success").increment(1);
                 report(&built, elapsed);
-                publish(&gw, built.snapshot).await;
+                publish(&sink, built.snapshot).await;
                 cfg.refresh
             }
             Err(e) => {
                 ::metrics::counter!(SYNCS, "result" => "failure").increment(1);
-                match gw.directory_snapshot() {
+                match sink.table.snapshot() {
                     Some(s) => tracing::warn!(
                         error = %e,
                         users = s.users.len(),

@@ -1,9 +1,15 @@
-//! Request-path errors and the one place that turns them into responses.
+//! Request-path errors and the one place that turns them into responses. Each stage has its
+//! own error enum ([`RouteError`], [`PathError`], [`LoginError`], [`ProxyError`]); the pipeline
+//! wraps them here, keeping their causes, and logs each failure once, at the edge.
+
+use std::error::Error as StdError;
+use std::fmt;
 
 use http::{Response, StatusCode};
 
+use super::route::{HostError, RouteError};
 use crate::body::Body;
-use crate::gateway::route::HostError;
+use crate::login::LoginError;
 use crate::pages::Pages;
 use crate::path::PathError;
 use crate::proxy::ProxyError;
@@ -11,42 +17,23 @@ use crate::proxy::ProxyError;
 /// Why a request was not forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
-    /// The Host is missing or malformed.
-    #[error("bad host: {0}")]
-    Host(#[from] HostError),
-    /// No app serves this host.
-    #[error("no app for this host")]
-    UnknownHost,
-    /// TLS was negotiated for one app and the request names another (SNI/Host mismatch).
-    #[error("the TLS name (SNI) belongs to a different app than the Host")]
-    Misdirected,
+    /// The request could not be routed to an app.
+    #[error("cannot route the request")]
+    Route(#[from] RouteError),
     /// The path is ambiguous.
-    #[error("bad path: {0}")]
+    #[error("bad path")]
     Path(#[from] PathError),
-    /// The request may not enter (a block policy, no matching policy, or a login that this
-    /// build cannot perform yet).
+    /// The request may not enter (a block policy, or no matching policy).
     #[error("forbidden")]
     Forbidden,
-    /// A gateway path that does not exist.
-    #[error("no such gateway page")]
-    NotFound,
-    /// The method is not allowed on a gateway page.
-    #[error("method not allowed")]
-    MethodNotAllowed,
-    /// A form that is not a small `application/x-www-form-urlencoded` body.
-    #[error("malformed form")]
-    BadForm,
-    /// A store the login needs is unreachable: logins fail closed.
-    #[error("a store is unavailable")]
-    Unavailable,
     /// Too many open connections (WebSocket tunnels) to take another.
     #[error("too many open connections")]
     Busy,
-    /// Something that should not fail did (no randomness, a sealing failure).
-    #[error("internal error")]
-    Internal,
+    /// A gateway page failed.
+    #[error("login page")]
+    Login(#[from] LoginError),
     /// Upstream problems.
-    #[error(transparent)]
+    #[error("proxying")]
     Proxy(#[from] ProxyError),
 }
 
@@ -61,6 +48,23 @@ pub enum Blame {
     Internal,
 }
 
+/// A `Display` of an error followed by its causes: `a: b: c`.
+pub fn chain<'a>(e: &'a (dyn StdError + 'static)) -> impl fmt::Display + 'a {
+    struct Chain<'a>(&'a (dyn StdError + 'static));
+    impl fmt::Display for Chain<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{}", self.0)?;
+            let mut next = self.0.source();
+            while let Some(e) = next {
+                write!(f, ": {e}")?;
+                next = e.source();
+            }
+            Ok(())
+        }
+    }
+    Chain(e)
+}
+
 impl GateError {
     /// Who is to blame.
     pub fn blame(&self) -> Blame {
@@ -68,7 +72,13 @@ impl GateError {
             Self::Proxy(ProxyError::Connect(_) | ProxyError::Timeout | ProxyError::Upstream(_)) => {
                 Blame::Upstream
             }
-            Self::Unavailable | Self::Internal => Blame::Internal,
+            Self::Login(
+                LoginError::State(_)
+                | LoginError::Store(_)
+                | LoginError::Random(_)
+                | LoginError::Seal(_)
+                | LoginError::Hash(_),
+            ) => Blame::Internal,
             _ => Blame::Client,
         }
     }
@@ -76,38 +86,58 @@ impl GateError {
     /// The status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Host(_) | Self::Path(_) | Self::BadForm => StatusCode::BAD_REQUEST,
-            Self::Unavailable | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::UnknownHost | Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Self::Route(RouteError::Host(_))
+            | Self::Path(_)
+            | Self::Login(LoginError::BadForm | LoginError::UnreadableForm(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Route(RouteError::UnknownHost) | Self::Login(LoginError::NotFound) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::Route(RouteError::Misdirected) => StatusCode::MISDIRECTED_REQUEST,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Proxy(p) => match p {
-                ProxyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            },
+            Self::Login(LoginError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
+            // Logins fail closed while a store is down (docs/security.md#36).
+            Self::Busy | Self::Login(LoginError::State(_) | LoginError::Store(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Login(LoginError::Random(_) | LoginError::Seal(_) | LoginError::Hash(_)) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Self::Proxy(ProxyError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Proxy(ProxyError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Proxy(ProxyError::Connect(_) | ProxyError::Upstream(_)) => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
     /// The response for this error. Details stay in the log; the client gets a generic page.
     pub fn into_response(self, pages: &Pages) -> Response<Body> {
-        let status = self.status();
-        let (title, message) = match &self {
-            Self::Host(_) => ("Bad request", "The request did not name a valid host."),
+        let (title, message) = self.words();
+        pages.error(self.status(), title, message)
+    }
+
+    /// The page's title and message.
+    fn words(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Route(RouteError::Host(HostError::Missing | HostError::Invalid)) => {
+                ("Bad request", "The request did not name a valid host.")
+            }
             Self::Path(_) => (
                 "Bad request",
                 "The request path is ambiguous (encoded slashes, dot segments or control characters) and was refused.",
             ),
-            Self::UnknownHost => ("Not found", "This gateway does not serve that host."),
-            Self::Misdirected => (
+            Self::Route(RouteError::UnknownHost) => {
+                ("Not found", "This gateway does not serve that host.")
+            }
+            Self::Route(RouteError::Misdirected) => (
                 "Misdirected request",
                 "This connection was set up for a different site. Please retry.",
             ),
             Self::Forbidden => ("Access denied", "You do not have access to this page."),
-            Self::NotFound => ("Not found", "There is no such page."),
-            Self::MethodNotAllowed => (
+            Self::Login(LoginError::NotFound) => ("Not found", "There is no such page."),
+            Self::Login(LoginError::MethodNotAllowed) => (
                 "Method not allowed",
                 "This page does not accept that method.",
             ),
@@ -118,21 +148,47 @@ impl GateError {
             Self::Proxy(ProxyError::Timeout) => {
                 ("Gateway timeout", "The application did not answer in time.")
             }
-            Self::BadForm => (
+            Self::Login(LoginError::BadForm | LoginError::UnreadableForm(_)) => (
                 "Bad request",
                 "The form could not be read. Please go back and try again.",
             ),
-            Self::Unavailable => (
+            Self::Login(LoginError::State(_) | LoginError::Store(_)) => (
                 "Sign-in unavailable",
                 "Signing in is not possible right now. Please try again in a moment.",
             ),
-            Self::Internal => ("Something went wrong", "Please try again."),
+            Self::Login(LoginError::Random(_) | LoginError::Seal(_) | LoginError::Hash(_)) => {
+                ("Something went wrong", "Please try again.")
+            }
             Self::Busy => (
                 "Busy",
                 "Too many connections are open right now. Please try again in a moment.",
             ),
-            Self::Proxy(_) => ("Bad gateway", "The application is not reachable right now."),
-        };
-        pages.error(status, title, message)
+            Self::Proxy(ProxyError::Connect(_) | ProxyError::Upstream(_)) => {
+                ("Bad gateway", "The application is not reachable right now.")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_line_carries_the_whole_cause_chain() {
+        let e = GateError::from(RouteError::from(HostError::Invalid));
+        assert_eq!(
+            chain(&e).to_string(),
+            "cannot route the request: bad host: invalid Host"
+        );
+    }
+
+    #[test]
+    fn store_outages_fail_closed_with_503_and_are_internal() {
+        let e = GateError::from(LoginError::Random(crate::random::RandomError));
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.blame(), Blame::Internal);
+        assert_eq!(GateError::Busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(GateError::Forbidden.blame(), Blame::Client);
     }
 }

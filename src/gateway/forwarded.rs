@@ -1,11 +1,26 @@
 //! Who the client is: the peer address, or, behind a configured trusted proxy, the address that
 //! proxy reports. Client-supplied forwarding headers are believed only from trusted peers
-//! (SECURITY.md 34).
+//! (docs/security.md#34).
 
 use std::net::IpAddr;
 
 use http::HeaderMap;
 use ipnet::IpNet;
+
+use super::ConnInfo;
+use crate::proxy::Downstream;
+
+/// What the pipeline knows of the client of a request on `conn`.
+pub fn downstream(conn: &ConnInfo, headers: &HeaderMap, trusted: &[IpNet]) -> Downstream {
+    let peer = conn.peer.ip().to_canonical();
+    let peer_trusted = is_trusted(peer, trusted);
+    Downstream {
+        ip: client_ip(peer, headers, trusted),
+        peer,
+        peer_trusted,
+        https: client_https(conn.tls, peer_trusted, headers),
+    }
+}
 
 /// Whether `ip` is one of the trusted proxies.
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {

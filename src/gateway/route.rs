@@ -50,6 +50,40 @@ impl Router {
     }
 }
 
+/// Why a request could not be routed to an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The Host is missing or malformed.
+    #[error("bad host")]
+    Host(#[from] HostError),
+    /// No app serves this host.
+    #[error("no app for this host")]
+    UnknownHost,
+    /// TLS was negotiated for one app and the request names another (SNI/Host mismatch).
+    #[error("the TLS name (SNI) belongs to a different app than the Host")]
+    Misdirected,
+}
+
+/// The index of the app a request is for: by its Host, which must belong to the same app as
+/// the TLS name (SNI) the connection was set up with, if any.
+pub fn app_index(
+    router: &Router,
+    uri: &Uri,
+    headers: &HeaderMap,
+    sni: Option<&str>,
+) -> Result<usize, RouteError> {
+    let host = request_host(uri, headers)?;
+    let idx = router.find(&host).ok_or(RouteError::UnknownHost)?;
+    if let Some(sni) = sni
+        && router
+            .find(&sni.to_ascii_lowercase())
+            .is_some_and(|s| s != idx)
+    {
+        return Err(RouteError::Misdirected);
+    }
+    Ok(idx)
+}
+
 /// Why a request's host could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HostError {

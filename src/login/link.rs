@@ -11,18 +11,17 @@ use std::sync::Arc;
 
 use http::header::SET_COOKIE;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use minijinja::context;
 
 use super::send::{Issuer, Order, Prepared};
 use super::tx::{self, LoginTx};
 use super::{
-    AUTH_EMAILS, Ctx, NO_ACCESS, RATE_LIMITED, Suppressed, key_ip, key_sends, read_form, secret,
+    AUTH_EMAILS, Flow, LoginError, NO_ACCESS, RATE_LIMITED, Suppressed, key_ip, key_sends,
+    read_form, secret,
 };
 use crate::audit::Event;
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::email::Email;
-use crate::gateway::GateError;
 use crate::policy::LoginMethod;
 use crate::session;
 
@@ -35,7 +34,7 @@ fn preparing() -> &'static Arc<tokio::sync::Semaphore> {
     SLOTS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(PREPARING)))
 }
 
-impl Ctx<'_> {
+impl Flow<'_> {
     /// "Email me a sign-in link" / "Email me a temporary password": the same page for every
     /// well-formed address, after the same work (SECURITY.md 10). Recording the secret (a
     /// durable write) and mailing it happen in the background, for allowed people only, so
@@ -47,8 +46,8 @@ impl Ctx<'_> {
         email: &Email,
         method: LoginMethod,
         started: tokio::time::Instant,
-    ) -> Result<Response<Body>, GateError> {
-        let request_id = crate::random::request_id(self.gw.random().as_ref());
+    ) -> Result<Response<Body>, LoginError> {
+        let request_id = crate::random::request_id(self.svc.random.as_ref());
         let kind = if method == LoginMethod::OneTimeLink {
             "link"
         } else {
@@ -64,8 +63,8 @@ impl Ctx<'_> {
             .request(&request_id)
             .with("login_method", method.as_str()),
         );
-        let limits = &self.rt.config.rate_limits;
-        let state = self.gw.state();
+        let limits = &self.site.config.rate_limits;
+        let state = self.svc.state;
         let per_ip = state
             .hit(&key_ip(self.ip), limits.login_requests_per_ip.per)
             .await?;
@@ -116,7 +115,7 @@ impl Ctx<'_> {
                 );
                 ::metrics::counter!(AUTH_EMAILS, "app" => app_label, "method" => kind, "outcome" => "suppressed", "reason" => reason.as_str())
                     .increment(1);
-                if self.gw.mail_is_outbox() {
+                if self.svc.outbox {
                     tracing::info!(app = self.name(), email = %email, reason = reason.as_str(), kind, "no mail sent");
                 }
             }
@@ -143,15 +142,19 @@ impl Ctx<'_> {
             tracing::error!(app = self.name(), to = %to, kind, "mail dropped: too many being prepared");
             return;
         };
-        let rt = Arc::clone(&*self.gw.runtime());
-        let keys = Arc::clone(&*self.gw.sessions().keys());
-        let credentials = self.gw.credentials().clone();
-        let random = self.gw.random().clone();
-        let mailer = self.gw.mailer().clone();
-        let clock = self.gw.clock().clone();
+        let (config, pages, audit) = (
+            self.site.config.clone(),
+            self.site.pages.clone(),
+            self.site.audit.clone(),
+        );
+        let keys = Arc::clone(&*self.svc.sessions.keys());
+        let credentials = self.svc.store.clone();
+        let random = self.svc.random.clone();
+        let mailer = self.svc.mailer.clone();
+        let clock = self.svc.clock.clone();
         let (app, origin, identity, rd, request_id, ip) = (
             self.name().to_owned(),
-            self.app.origin.clone(),
+            self.site.origin.clone(),
             email.clone(),
             rd.to_owned(),
             request_id.to_owned(),
@@ -161,11 +164,11 @@ impl Ctx<'_> {
         tokio::spawn(async move {
             let _slot = slot;
             let issuer = Issuer {
-                pages: &rt.pages,
+                pages: &pages,
                 keys: &keys,
                 credentials: &credentials,
                 random: random.as_ref(),
-                providers: &rt.config.identity_providers,
+                providers: &config.identity_providers,
             };
             let order = Order {
                 app: &app,
@@ -201,7 +204,7 @@ impl Ctx<'_> {
             } else {
                 e.with("reason", outcome)
             };
-            rt.audit.record(clock.now(), e);
+            audit.record(clock.now(), e);
             let labels = if outcome == "sent" {
                 ("sent", "")
             } else {
@@ -213,16 +216,16 @@ impl Ctx<'_> {
     }
 
     fn sent_page(&self, tx: &LoginTx, email: &Email, kind: &str) -> Response<Body> {
-        let keys = self.gw.sessions().keys();
+        let keys = self.svc.sessions.keys();
         let csrf = tx::csrf_token(&keys, "login", self.name(), &tx.id);
-        let idp = &self.rt.config.identity_providers;
+        let idp = &self.site.config.identity_providers;
         let ttl = if kind == "link" {
             idp.link.as_ref().map(|l| l.ttl)
         } else {
             idp.token.as_ref().map(|t| t.reissue_after)
         };
         let hours = ttl.map_or(24, |t| t.as_secs().div_ceil(3600));
-        self.rt.pages.page(
+        self.site.pages.page(
             StatusCode::OK,
             "sent.html",
             context! { app => self.name(), csrf, email => email.as_str(), method => kind, hours, rd => tx.rd.as_str() },
@@ -230,7 +233,10 @@ impl Ctx<'_> {
     }
 
     /// `GET /.otpgate/link?t=…`: the confirmation page. Looks the link up without using it.
-    pub(super) async fn link_page(&self, query: Option<&str>) -> Result<Response<Body>, GateError> {
+    pub(super) async fn link_page(
+        &self,
+        query: Option<&str>,
+    ) -> Result<Response<Body>, LoginError> {
         let t = query
             .and_then(|q| {
                 url::form_urlencoded::parse(q.as_bytes())
@@ -241,8 +247,8 @@ impl Ctx<'_> {
         let found = match self.link_digest(&t) {
             Some(digest) => {
                 let now = self.now_ms();
-                self.gw
-                    .credentials()
+                self.svc
+                    .store
                     .run(move |s| s.link(&digest, now))
                     .await?
                     .filter(|l| l.app == self.name())
@@ -250,25 +256,24 @@ impl Ctx<'_> {
             None => None,
         };
         let Some(link) = found else {
-            return Ok(self.rt.pages.page(
+            return Ok(self.site.pages.page(
                 StatusCode::OK,
                 "link_confirm.html",
                 context! { app => self.name(), valid => false, error => NO_ACCESS },
             ));
         };
-        let tx = LoginTx::new(self.gw.random().as_ref(), self.now_ms(), link.rd.clone())
-            .map_err(|_| GateError::Internal)?;
-        let keys = self.gw.sessions().keys();
+        let tx = LoginTx::new(self.svc.random.as_ref(), self.now_ms(), link.rd.clone())?;
+        let keys = self.svc.sessions.keys();
         let csrf = tx::csrf_token(&keys, "link", self.name(), &tx.id);
-        let mut r = self.rt.pages.page(
+        let mut r = self.site.pages.page(
             StatusCode::OK,
             "link_confirm.html",
             context! { app => self.name(), valid => true, email => link.email, csrf, t },
         );
-        match tx.seal(self.name(), &keys, self.gw.random().as_ref()) {
+        match tx.seal(self.name(), &keys, self.svc.random.as_ref()) {
             Ok(v) => {
                 if let Some(h) =
-                    session::set_cookie(self.tx_cookie(), &v, tx::LIFETIME, self.app.origin.https)
+                    session::set_cookie(self.tx_cookie(), &v, tx::LIFETIME, self.site.origin.https)
                 {
                     r.headers_mut().append(SET_COOKIE, h);
                 }
@@ -281,19 +286,19 @@ impl Ctx<'_> {
     /// The digest a `?t=` value is stored under, if it is well-formed and its key is known.
     fn link_digest(&self, t: &str) -> Option<[u8; 32]> {
         let (kid, token) = secret::parse_link(t)?;
-        let keys = self.gw.sessions().keys();
+        let keys = self.svc.sessions.keys();
         keys.get(kid).map(|k| secret::link_digest(k, token))
     }
 
     /// `POST /.otpgate/link`: uses the link (once) and logs in.
     pub(super) async fn link_login(
         &self,
-        req: Request<Incoming>,
-    ) -> Result<Response<Body>, GateError> {
+        req: Request<RequestBody>,
+    ) -> Result<Response<Body>, LoginError> {
         let (parts, body) = req.into_parts();
         let form = read_form(&parts.headers, body).await?;
-        let request_id = crate::random::request_id(self.gw.random().as_ref());
-        let keys = self.gw.sessions().keys();
+        let request_id = crate::random::request_id(self.svc.random.as_ref());
+        let keys = self.svc.sessions.keys();
         let tx = LoginTx::from_headers(
             &parts.headers,
             self.tx_cookie(),
@@ -308,10 +313,10 @@ impl Ctx<'_> {
         }) else {
             return Ok(self.link_failed(None, "csrf", &request_id));
         };
-        let limits = &self.rt.config.rate_limits;
+        let limits = &self.site.config.rate_limits;
         if self
-            .gw
-            .state()
+            .svc
+            .state
             .hit(&key_ip(self.ip), limits.login_requests_per_ip.per)
             .await?
             > u64::from(limits.login_requests_per_ip.count)
@@ -325,8 +330,8 @@ impl Ctx<'_> {
         };
         let now = self.now_ms();
         let Some(link) = self
-            .gw
-            .credentials()
+            .svc
+            .store
             .run(move |s| s.use_link(&digest, now))
             .await?
         else {
@@ -366,7 +371,7 @@ impl Ctx<'_> {
         }
         self.audit(e);
         ::metrics::counter!(super::LOGINS, "app" => self.name().to_owned(), "method" => "onetimelink", "outcome" => "failure").increment(1);
-        self.rt.pages.page(
+        self.site.pages.page(
             StatusCode::OK,
             "link_confirm.html",
             context! { app => self.name(), valid => false, error => NO_ACCESS },

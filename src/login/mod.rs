@@ -20,6 +20,7 @@
 //! for addresses that get no mail the stored record can never succeed) and no sooner than a
 //! fixed floor; mail leaves through a queue, never inline.
 
+mod error;
 mod link;
 mod password;
 pub mod pin;
@@ -31,22 +32,30 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use http::header::{CONTENT_TYPE, SET_COOKIE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use minijinja::context;
 
-use crate::audit::Event;
-use crate::body::Body;
+pub use error::LoginError;
+
+use crate::audit::{Audit, Event};
+use crate::body::{Body, RequestBody};
+use crate::clock::Clock;
+use crate::config::{AppConfig, Config, Origin};
 use crate::email::Email;
-use crate::gateway::{App, GateError, Gateway, Runtime, redirect};
-use crate::mailer::OutgoingMail;
+use crate::http::redirect;
+use crate::mailer::{Mailer, OutgoingMail};
+use crate::pages::Pages;
 use crate::policy::{self, LoginMethod};
+use crate::random::Random;
 use crate::return_to;
-use crate::session::{self, Kind, SessionError};
-use crate::state::{CodeRecord, Consume, StateError};
-use crate::store::{Failures, RevocationKind, StoreError};
+use crate::session::{self, Kind, SessionError, Sessions};
+use crate::state::{CodeRecord, Consume, State};
+use crate::store::{Credentials, Failures, RevocationKind};
+use crate::users::Users;
 use tx::LoginTx;
 
 /// The login page (stable path).
@@ -106,18 +115,60 @@ impl Suppressed {
     }
 }
 
+/// The long-lived parts the login pages use: handed in by the gateway, so this module depends on
+/// the services it uses and not on the gateway itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Services<'a> {
+    /// Cookie keys and revocations.
+    pub(crate) sessions: &'a Sessions,
+    /// Codes, login transactions and rate limits.
+    pub(crate) state: &'a State,
+    /// Passwords, links, failure counts, revocations.
+    pub(crate) store: &'a Credentials,
+    /// The outgoing-mail queue.
+    pub(crate) mailer: &'a Mailer,
+    /// Whether mail goes to the development outbox (suppressed codes are then logged at info).
+    pub(crate) outbox: bool,
+    /// The user table serving now.
+    pub(crate) users: &'a Users,
+    /// Wall time.
+    pub(crate) clock: &'a Arc<dyn Clock>,
+    /// Randomness.
+    pub(crate) random: &'a Arc<dyn Random>,
+}
+
+/// What the login pages know of the app a request is for, from the config serving now.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Site<'a> {
+    /// The whole config (limits, identity providers, session settings).
+    pub(crate) config: &'a Arc<Config>,
+    /// Page and mail templates.
+    pub(crate) pages: &'a Arc<Pages>,
+    /// The audit log.
+    pub(crate) audit: &'a Audit,
+    /// Every app's origin (the allowed return targets).
+    pub(crate) origins: &'a [Origin],
+    /// The app.
+    pub(crate) app: &'a AppConfig,
+    /// Its public origin.
+    pub(crate) origin: &'a Origin,
+    /// Its session cookie's name.
+    pub(crate) cookie_name: &'static str,
+    /// Its session lifetime.
+    pub(crate) session_lifetime: Duration,
+}
+
 /// One request for a gateway page.
-pub(crate) struct Ctx<'a> {
-    pub(crate) gw: &'a Gateway,
-    pub(crate) rt: &'a Runtime,
-    pub(crate) app: &'a App,
+pub(crate) struct Flow<'a> {
+    pub(crate) svc: Services<'a>,
+    pub(crate) site: Site<'a>,
     pub(crate) ip: IpAddr,
 }
 
-impl std::fmt::Debug for Ctx<'_> {
+impl std::fmt::Debug for Flow<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ctx")
-            .field("app", &self.app.config.name)
+        f.debug_struct("Flow")
+            .field("app", &self.site.app.name)
             .field("ip", &self.ip)
             .finish()
     }
@@ -125,10 +176,10 @@ impl std::fmt::Debug for Ctx<'_> {
 
 /// Answers a request under `/.otpgate/`.
 pub(crate) async fn handle(
-    c: Ctx<'_>,
-    req: Request<Incoming>,
+    c: Flow<'_>,
+    req: Request<RequestBody>,
     path: &str,
-) -> Result<Response<Body>, GateError> {
+) -> Result<Response<Body>, LoginError> {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let post = *req.method() == Method::POST;
     let pin_offered = c.offers(LoginMethod::OneTimePin);
@@ -137,7 +188,7 @@ pub(crate) async fn handle(
     let to_login = || {
         Ok(redirect(
             StatusCode::SEE_OTHER,
-            &format!("{}{LOGIN_PATH}", c.app.origin),
+            &format!("{}{LOGIN_PATH}", c.site.origin),
         ))
     };
     match path {
@@ -152,9 +203,9 @@ pub(crate) async fn handle(
         LOGOUT_PATH if read => Ok(c.logout_page(req.headers())),
         LOGOUT_PATH if post => c.logout(req).await,
         LOGIN_PATH | CODE_PATH | LOGOUT_PATH | LINK_PATH | PASSWORD_PATH => {
-            Err(GateError::MethodNotAllowed)
+            Err(LoginError::MethodNotAllowed)
         }
-        _ => Err(GateError::NotFound),
+        _ => Err(LoginError::NotFound),
     }
 }
 
@@ -176,57 +227,40 @@ struct View<'a> {
     pw_error: Option<&'a str>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> GateError {
-    tracing::error!(error = %e, "login refused: a store is unavailable");
-    GateError::Unavailable
-}
-
-impl From<StateError> for GateError {
-    fn from(e: StateError) -> Self {
-        unavailable(e)
-    }
-}
-
-impl From<StoreError> for GateError {
-    fn from(e: StoreError) -> Self {
-        unavailable(e)
-    }
-}
-
-impl Ctx<'_> {
+impl Flow<'_> {
     fn name(&self) -> &str {
-        &self.app.config.name
+        &self.site.app.name
     }
 
     fn origin(&self) -> String {
-        self.app.origin.to_string()
+        self.site.origin.to_string()
     }
 
     fn now_ms(&self) -> u64 {
-        self.gw.now_ms()
+        self.svc.clock.now_ms()
     }
 
     fn audit(&self, e: Event<'_>) {
-        self.rt
+        self.site
             .audit
-            .record(self.gw.clock().now(), e.app(self.name()).ip(self.ip));
+            .record(self.svc.clock.now(), e.app(self.name()).ip(self.ip));
     }
 
     fn tx_cookie(&self) -> &'static str {
-        tx::cookie_name(self.app.origin.https)
+        tx::cookie_name(self.site.origin.https)
     }
 
     /// The user who logs in as `email`, if the user table has one.
-    fn user(&self, email: &Email) -> Option<std::sync::Arc<crate::users::User>> {
-        self.gw.users().by_email(email.as_str()).cloned()
+    fn user(&self, email: &Email) -> Option<Arc<crate::users::User>> {
+        self.svc.users.by_email(email.as_str()).cloned()
     }
 
     fn offers(&self, m: LoginMethod) -> bool {
-        self.app.config.login_methods.contains(&m)
+        self.site.app.login_methods.contains(&m)
     }
 
     /// `POST /.otpgate/login`: one of the login page's forms.
-    async fn login_post(&self, req: Request<Incoming>) -> Result<Response<Body>, GateError> {
+    async fn login_post(&self, req: Request<RequestBody>) -> Result<Response<Body>, LoginError> {
         let started = tokio::time::Instant::now();
         let (parts, body) = req.into_parts();
         let form = read_form(&parts.headers, body).await?;
@@ -254,7 +288,7 @@ impl Ctx<'_> {
             Some(_) => None,
         };
         let Some(ask) = ask else {
-            return Err(GateError::BadForm);
+            return Err(LoginError::BadForm);
         };
         let typed = form.get("email").map_or("", String::as_str);
         let Ok(email) = Email::parse(typed) else {
@@ -297,28 +331,27 @@ impl Ctx<'_> {
         &self,
         query: Option<&str>,
         headers: &HeaderMap,
-    ) -> Result<Response<Body>, GateError> {
+    ) -> Result<Response<Body>, LoginError> {
         let target = return_to::rd_param(query)
-            .and_then(|rd| return_to::validate(&rd, &self.app.origin, &self.rt.origins));
-        let idle = Some(self.rt.config.session.idle_timeout);
+            .and_then(|rd| return_to::validate(&rd, self.site.origin, self.site.origins));
+        let idle = Some(self.site.config.session.idle_timeout);
         if self
-            .gw
-            .sessions()
+            .svc
+            .sessions
             .from_headers(
                 headers,
-                self.app.cookie_name,
+                self.site.cookie_name,
                 self.name(),
                 self.now_ms(),
                 idle,
             )
             .is_ok()
         {
-            let to = target.map_or_else(|| return_to::root(&self.app.origin), String::from);
+            let to = target.map_or_else(|| return_to::root(self.site.origin), String::from);
             return Ok(redirect(StatusCode::FOUND, &to));
         }
-        let rd = target.map_or_else(|| return_to::root(&self.app.origin), String::from);
-        let tx = LoginTx::new(self.gw.random().as_ref(), self.now_ms(), rd)
-            .map_err(|_| GateError::Internal)?;
+        let rd = target.map_or_else(|| return_to::root(self.site.origin), String::from);
+        let tx = LoginTx::new(self.svc.random.as_ref(), self.now_ms(), rd)?;
         Ok(self.email_page(&tx, &View::default(), StatusCode::OK, true))
     }
 
@@ -329,9 +362,9 @@ impl Ctx<'_> {
         status: StatusCode,
         set_cookie: bool,
     ) -> Response<Body> {
-        let keys = self.gw.sessions().keys();
+        let keys = self.svc.sessions.keys();
         let csrf = tx::csrf_token(&keys, "login", self.name(), &tx.id);
-        let mut r = self.rt.pages.page(
+        let mut r = self.site.pages.page(
             status,
             "login.html",
             context! {
@@ -343,13 +376,13 @@ impl Ctx<'_> {
             },
         );
         if set_cookie {
-            match tx.seal(self.name(), &keys, self.gw.random().as_ref()) {
+            match tx.seal(self.name(), &keys, self.svc.random.as_ref()) {
                 Ok(v) => {
                     if let Some(h) = session::set_cookie(
                         self.tx_cookie(),
                         &v,
                         tx::LIFETIME,
-                        self.app.origin.https,
+                        self.site.origin.https,
                     ) {
                         r.headers_mut().append(SET_COOKIE, h);
                     }
@@ -361,16 +394,16 @@ impl Ctx<'_> {
     }
 
     fn code_page(&self, tx: &LoginTx, email: &str, error: Option<&str>) -> Response<Body> {
-        let keys = self.gw.sessions().keys();
+        let keys = self.svc.sessions.keys();
         let csrf = tx::csrf_token(&keys, "login", self.name(), &tx.id);
         let (minutes, length) = self
-            .rt
+            .site
             .config
             .identity_providers
             .pin
             .as_ref()
             .map_or((10, 6), |p| (p.ttl.as_secs().div_ceil(60), p.length));
-        self.rt.pages.page(
+        self.site.pages.page(
             StatusCode::OK,
             "code.html",
             context! { app => self.name(), csrf, email, error, minutes, length, rd => tx.rd.as_str() },
@@ -379,7 +412,7 @@ impl Ctx<'_> {
 
     /// The transaction of a form post, if its cookie, CSRF token and origin all check out.
     fn checked_tx(&self, headers: &HeaderMap, form: &HashMap<String, String>) -> Option<LoginTx> {
-        let keys = self.gw.sessions().keys();
+        let keys = self.svc.sessions.keys();
         let tx =
             LoginTx::from_headers(headers, self.tx_cookie(), self.name(), &keys, self.now_ms())?;
         let token = form.get("csrf").map_or("", String::as_str);
@@ -389,13 +422,12 @@ impl Ctx<'_> {
     }
 
     /// A form that failed its CSRF check: start over with a fresh transaction.
-    fn expired_form(&self) -> Result<Response<Body>, GateError> {
+    fn expired_form(&self) -> Result<Response<Body>, LoginError> {
         let tx = LoginTx::new(
-            self.gw.random().as_ref(),
+            self.svc.random.as_ref(),
             self.now_ms(),
-            return_to::root(&self.app.origin),
-        )
-        .map_err(|_| GateError::Internal)?;
+            return_to::root(self.site.origin),
+        )?;
         let view = View {
             error: Some(EXPIRED_FORM),
             ..View::default()
@@ -408,7 +440,7 @@ impl Ctx<'_> {
     fn would_allow(&self, email: &Email, rd: &str, login_method: LoginMethod) -> bool {
         let path = url::Url::parse(rd)
             .ok()
-            .filter(|u| u.host_str() == Some(self.app.origin.host.as_str()))
+            .filter(|u| u.host_str() == Some(self.site.origin.host.as_str()))
             .and_then(|u| {
                 crate::path::normalise(u.path())
                     .ok()
@@ -423,7 +455,7 @@ impl Ctx<'_> {
             login_method,
         };
         policy::decide(
-            &self.app.config.policies,
+            &self.site.app.policies,
             &policy::Request {
                 path: &path,
                 ip: self.ip,
@@ -433,9 +465,9 @@ impl Ctx<'_> {
         .permits()
     }
 
-    async fn failures(&self, email: &str) -> Result<Failures, GateError> {
+    async fn failures(&self, email: &str) -> Result<Failures, LoginError> {
         let e = email.to_owned();
-        Ok(self.gw.credentials().run(move |s| s.failures(&e)).await?)
+        Ok(self.svc.store.run(move |s| s.failures(&e)).await?)
     }
 
     /// "Send me a code".
@@ -444,8 +476,8 @@ impl Ctx<'_> {
         tx: &LoginTx,
         email: &Email,
         started: tokio::time::Instant,
-    ) -> Result<Response<Body>, GateError> {
-        let request_id = crate::random::request_id(self.gw.random().as_ref());
+    ) -> Result<Response<Body>, LoginError> {
+        let request_id = crate::random::request_id(self.svc.random.as_ref());
         self.audit(
             Event::new("code.requested")
                 .email(email.as_str())
@@ -462,12 +494,12 @@ impl Ctx<'_> {
         tx: &LoginTx,
         email: &Email,
         request_id: &str,
-    ) -> Result<(), GateError> {
-        let Some(idp) = self.rt.config.identity_providers.pin.as_ref() else {
-            return Err(GateError::NotFound);
+    ) -> Result<(), LoginError> {
+        let Some(idp) = self.site.config.identity_providers.pin.as_ref() else {
+            return Err(LoginError::NotFound);
         };
-        let limits = &self.rt.config.rate_limits;
-        let state = self.gw.state();
+        let limits = &self.site.config.rate_limits;
+        let state = self.svc.state;
         // The same accounting for every well-formed address (SECURITY.md 17).
         let per_ip = state
             .hit(&key_ip(self.ip), limits.login_requests_per_ip.per)
@@ -506,10 +538,9 @@ impl Ctx<'_> {
         };
 
         // A PIN and its digest for every request, mailed or not.
-        let keys = self.gw.sessions().keys();
+        let keys = self.svc.sessions.keys();
         let key = keys.current();
-        let code = pin::generate(self.gw.random().as_ref(), idp.length)
-            .map_err(|_| GateError::Internal)?;
+        let code = pin::generate(self.svc.random.as_ref(), idp.length)?;
         let payload = pin::Payload {
             email: email.to_string(),
             kid: key.id.clone(),
@@ -555,7 +586,7 @@ impl Ctx<'_> {
                 );
                 ::metrics::counter!(CODES, "app" => self.name().to_owned(), "outcome" => "suppressed", "reason" => reason.as_str())
                     .increment(1);
-                if self.gw.mail_is_outbox() {
+                if self.svc.outbox {
                     tracing::info!(app = self.name(), email = %email, reason = reason.as_str(), "no code mailed");
                 } else {
                     tracing::debug!(app = self.name(), email = %email, reason = reason.as_str(), "no code mailed");
@@ -569,15 +600,15 @@ impl Ctx<'_> {
     fn mail_pin(&self, email: &Email, code: &str, ttl: Duration) -> bool {
         let ctx = context! { app => self.name(), code, minutes => ttl.as_secs().div_ceil(60) };
         let rendered = (
-            self.rt.pages.render("pin_subject.txt", ctx.clone()),
-            self.rt.pages.render("pin.txt", ctx.clone()),
-            self.rt.pages.render("pin.html", ctx),
+            self.site.pages.render("pin_subject.txt", ctx.clone()),
+            self.site.pages.render("pin.txt", ctx.clone()),
+            self.site.pages.render("pin.html", ctx),
         );
         let (Ok(subject), Ok(text), html) = rendered else {
             tracing::error!(app = self.name(), "cannot render the PIN mail");
             return false;
         };
-        self.gw.mailer().enqueue(OutgoingMail {
+        self.svc.mailer.enqueue(OutgoingMail {
             to: email.clone(),
             subject: one_line(&subject),
             text,
@@ -588,18 +619,18 @@ impl Ctx<'_> {
     }
 
     /// `POST /.otpgate/code`.
-    async fn verify_code(&self, req: Request<Incoming>) -> Result<Response<Body>, GateError> {
+    async fn verify_code(&self, req: Request<RequestBody>) -> Result<Response<Body>, LoginError> {
         let (parts, body) = req.into_parts();
         let form = read_form(&parts.headers, body).await?;
         let Some(tx) = self.checked_tx(&parts.headers, &form) else {
             return self.expired_form();
         };
-        let Some(idp) = self.rt.config.identity_providers.pin.as_ref() else {
-            return Err(GateError::NotFound);
+        let Some(idp) = self.site.config.identity_providers.pin.as_ref() else {
+            return Err(LoginError::NotFound);
         };
-        let limits = &self.rt.config.rate_limits;
-        let state = self.gw.state();
-        let request_id = crate::random::request_id(self.gw.random().as_ref());
+        let limits = &self.site.config.rate_limits;
+        let state = self.svc.state;
+        let request_id = crate::random::request_id(self.svc.random.as_ref());
         let code_key = key_code(&tx.hex());
         let typed = form.get("code").map_or("", String::as_str);
 
@@ -628,7 +659,7 @@ impl Ctx<'_> {
             let n = (failures.consecutive - DELAY_AFTER).min(10);
             tokio::time::sleep((Duration::from_millis(250) * 2u32.pow(n)).min(MAX_DELAY)).await;
         }
-        let keys = self.gw.sessions().keys();
+        let keys = self.svc.sessions.keys();
         let digest = match (
             payload.decoy,
             pin::clean(typed, idp.length),
@@ -636,8 +667,7 @@ impl Ctx<'_> {
         ) {
             (false, Some(code), Some(key)) => pin::digest(key, &tx.id, &email, &code),
             // Decoys and malformed input use an attempt like a wrong code.
-            _ => crate::random::bytes::<32>(self.gw.random().as_ref())
-                .map_err(|_| GateError::Internal)?,
+            _ => crate::random::bytes::<32>(self.svc.random.as_ref())?,
         };
         match state.consume_code(&code_key, &digest).await? {
             Consume::Accepted(_) => self.logged_in(&tx, &email, &request_id).await,
@@ -648,8 +678,8 @@ impl Ctx<'_> {
                     limits.failed_logins_per_account,
                 );
                 let after = self
-                    .gw
-                    .credentials()
+                    .svc
+                    .store
                     .run(move |s| s.record_failure(&e, now, cap))
                     .await?;
                 if after.locked && !failures.locked {
@@ -674,8 +704,8 @@ impl Ctx<'_> {
                     self.now_ms(),
                     limits.failed_logins_per_account,
                 );
-                self.gw
-                    .credentials()
+                self.svc
+                    .store
                     .run(move |s| s.record_failure(&e, now, cap))
                     .await?;
                 Ok(self.failed(&tx, Some(&email), "no_code", &request_id))
@@ -709,7 +739,7 @@ impl Ctx<'_> {
         tx: &LoginTx,
         email: &str,
         request_id: &str,
-    ) -> Result<Response<Body>, GateError> {
+    ) -> Result<Response<Body>, LoginError> {
         let Ok(email) = Email::parse(email) else {
             return Ok(self.failed(tx, None, "invalid_record", request_id));
         };
@@ -717,11 +747,8 @@ impl Ctx<'_> {
             return Ok(self.failed(tx, Some(email.as_str()), "policy", request_id));
         }
         let e = email.to_string();
-        self.gw
-            .credentials()
-            .run(move |s| s.reset_failures(&e))
-            .await?;
-        self.gw.state().delete(&key_index(&email)).await?;
+        self.svc.store.run(move |s| s.reset_failures(&e)).await?;
+        self.svc.state.delete(&key_index(&email)).await?;
         self.start_session(&email, LoginMethod::OneTimePin, &tx.rd, request_id)
     }
 
@@ -733,29 +760,25 @@ impl Ctx<'_> {
         method: LoginMethod,
         rd: &str,
         request_id: &str,
-    ) -> Result<Response<Body>, GateError> {
+    ) -> Result<Response<Body>, LoginError> {
         let now = self.now_ms();
-        let (claims, value) = self
-            .gw
-            .sessions()
-            .issue(
-                Kind::Session,
-                self.name(),
-                email.clone(),
-                method,
-                self.app.session_lifetime,
-                now,
-            )
-            .map_err(|_| GateError::Internal)?;
-        let target = return_to::validate(rd, &self.app.origin, &self.rt.origins)
-            .map_or_else(|| return_to::root(&self.app.origin), String::from);
+        let (claims, value) = self.svc.sessions.issue(
+            Kind::Session,
+            self.name(),
+            email.clone(),
+            method,
+            self.site.session_lifetime,
+            now,
+        )?;
+        let target = return_to::validate(rd, self.site.origin, self.site.origins)
+            .map_or_else(|| return_to::root(self.site.origin), String::from);
         let mut r = redirect(StatusCode::SEE_OTHER, &target);
-        let https = self.app.origin.https;
+        let https = self.site.origin.https;
         for h in [
             session::set_cookie(
-                self.app.cookie_name,
+                self.site.cookie_name,
                 &value,
-                self.app.session_lifetime,
+                self.site.session_lifetime,
                 https,
             ),
             session::clear_cookie(self.tx_cookie(), https),
@@ -787,25 +810,25 @@ impl Ctx<'_> {
 
     /// `GET /.otpgate/logout`.
     fn logout_page(&self, headers: &HeaderMap) -> Response<Body> {
-        let idle = Some(self.rt.config.session.idle_timeout);
-        match self.gw.sessions().from_headers(
+        let idle = Some(self.site.config.session.idle_timeout);
+        match self.svc.sessions.from_headers(
             headers,
-            self.app.cookie_name,
+            self.site.cookie_name,
             self.name(),
             self.now_ms(),
             idle,
         ) {
             Ok(c) => {
                 let csrf =
-                    tx::csrf_token(&self.gw.sessions().keys(), "logout", self.name(), &c.id.0);
+                    tx::csrf_token(&self.svc.sessions.keys(), "logout", self.name(), &c.id.0);
                 let email = c.email.to_string();
-                self.rt.pages.page(
+                self.site.pages.page(
                     StatusCode::OK,
                     "logout.html",
                     context! { app => self.name(), signed_in => true, email, csrf },
                 )
             }
-            Err(_) => self.rt.pages.page(
+            Err(_) => self.site.pages.page(
                 StatusCode::OK,
                 "logout.html",
                 context! { app => self.name(), signed_in => false },
@@ -815,40 +838,40 @@ impl Ctx<'_> {
 
     /// `POST /.otpgate/logout`: the session ends on the server (a copied cookie stops working,
     /// also after a restart) and the cookie is cleared.
-    async fn logout(&self, req: Request<Incoming>) -> Result<Response<Body>, GateError> {
+    async fn logout(&self, req: Request<RequestBody>) -> Result<Response<Body>, LoginError> {
         let (parts, body) = req.into_parts();
         let form = read_form(&parts.headers, body).await?;
-        let idle = Some(self.rt.config.session.idle_timeout);
+        let idle = Some(self.site.config.session.idle_timeout);
         let now = self.now_ms();
-        match self.gw.sessions().from_headers(
+        match self.svc.sessions.from_headers(
             &parts.headers,
-            self.app.cookie_name,
+            self.site.cookie_name,
             self.name(),
             now,
             idle,
         ) {
             Ok(c) => {
                 let token = form.get("csrf").map_or("", String::as_str);
-                let keys = self.gw.sessions().keys();
+                let keys = self.svc.sessions.keys();
                 if !(tx::origin_ok(&parts.headers, &self.origin())
                     && tx::csrf_ok(&keys, "logout", self.name(), &c.id.0, token))
                 {
-                    return Ok(self.rt.pages.error(
+                    return Ok(self.site.pages.error(
                         StatusCode::FORBIDDEN,
                         "Sign-out not confirmed",
                         "Please use the Sign out button on the sign-out page.",
                     ));
                 }
                 let (hex, expires) = (c.id.hex(), c.expires_ms);
-                self.gw
-                    .credentials()
+                self.svc
+                    .store
                     .run(move |s| s.revoke(RevocationKind::Session, &hex, 0, expires, now))
                     .await?;
-                self.gw
-                    .sessions()
+                self.svc
+                    .sessions
                     .revocations()
                     .revoke_session(c.id, expires);
-                let request_id = crate::random::request_id(self.gw.random().as_ref());
+                let request_id = crate::random::request_id(self.svc.random.as_ref());
                 self.audit(
                     Event::new("logout")
                         .email(c.email.as_str())
@@ -865,12 +888,12 @@ impl Ctx<'_> {
             }
             Err(SessionError::Missing | SessionError::Invalid(_) | SessionError::Revoked) => {}
         }
-        let mut r = self.rt.pages.page(
+        let mut r = self.site.pages.page(
             StatusCode::OK,
             "signed_out.html",
             context! { app => self.name() },
         );
-        if let Some(h) = session::clear_cookie(self.app.cookie_name, self.app.origin.https) {
+        if let Some(h) = session::clear_cookie(self.site.cookie_name, self.site.origin.https) {
             r.headers_mut().append(SET_COOKIE, h);
         }
         Ok(r)
@@ -913,8 +936,8 @@ fn key_code(tx_hex: &str) -> String {
 /// field counts.
 async fn read_form(
     headers: &HeaderMap,
-    body: Incoming,
-) -> Result<HashMap<String, String>, GateError> {
+    body: RequestBody,
+) -> Result<HashMap<String, String>, LoginError> {
     let form_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -925,12 +948,12 @@ async fn read_form(
             })
         });
     if !form_type {
-        return Err(GateError::BadForm);
+        return Err(LoginError::BadForm);
     }
     let bytes = Limited::new(body, MAX_FORM)
         .collect()
         .await
-        .map_err(|_| GateError::BadForm)?
+        .map_err(LoginError::UnreadableForm)?
         .to_bytes();
     let mut form = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(&bytes) {

@@ -13,19 +13,18 @@ use std::time::Duration;
 
 use http::header::SET_COOKIE;
 use http::{HeaderMap, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use minijinja::context;
 use subtle::ConstantTimeEq as _;
 
 use super::tx::{self, LoginTx};
 use super::{
-    Ctx, DELAY_AFTER, LOGIN_PATH, LOGINS, MAX_DELAY, NO_ACCESS, RATE_LIMITED, View, key_ip,
-    one_line, read_form, secret,
+    DELAY_AFTER, Flow, LOGIN_PATH, LOGINS, LoginError, MAX_DELAY, NO_ACCESS, RATE_LIMITED, View,
+    key_ip, one_line, read_form, secret,
 };
 use crate::audit::Event;
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::email::Email;
-use crate::gateway::{GateError, redirect};
+use crate::http::redirect;
 use crate::mailer::OutgoingMail;
 use crate::policy::LoginMethod;
 use crate::session::{self, Kind, SessionError};
@@ -64,17 +63,17 @@ enum Verdict {
     Failed(&'static str),
 }
 
-impl Ctx<'_> {
+impl Flow<'_> {
     /// The password form of the login page.
     pub(super) async fn password_login(
         &self,
         tx: &LoginTx,
         email: &Email,
         typed: &str,
-    ) -> Result<Response<Body>, GateError> {
-        let request_id = crate::random::request_id(self.gw.random().as_ref());
-        let limits = &self.rt.config.rate_limits;
-        let state = self.gw.state();
+    ) -> Result<Response<Body>, LoginError> {
+        let request_id = crate::random::request_id(self.svc.random.as_ref());
+        let limits = &self.site.config.rate_limits;
+        let state = self.svc.state;
         if state
             .hit(&key_ip(self.ip), limits.login_requests_per_ip.per)
             .await?
@@ -104,19 +103,13 @@ impl Ctx<'_> {
         match verdict {
             Verdict::Password => {
                 let e = email.to_string();
-                self.gw
-                    .credentials()
-                    .run(move |s| s.reset_failures(&e))
-                    .await?;
+                self.svc.store.run(move |s| s.reset_failures(&e)).await?;
                 state.delete(&key_pw_failures(email)).await?;
                 self.start_session(email, LoginMethod::OneTimeToken, &tx.rd, &request_id)
             }
             Verdict::Temporary => {
                 let e = email.to_string();
-                self.gw
-                    .credentials()
-                    .run(move |s| s.reset_failures(&e))
-                    .await?;
+                self.svc.store.run(move |s| s.reset_failures(&e)).await?;
                 self.restricted(email, &request_id)
             }
             Verdict::Failed(reason) => {
@@ -138,18 +131,18 @@ impl Ctx<'_> {
         email: &Email,
         typed: &str,
         use_temporary: bool,
-    ) -> Result<Verdict, GateError> {
+    ) -> Result<Verdict, LoginError> {
         if typed.is_empty() || typed.chars().count() > secret::MAX_PASSWORD_CHARS {
             return Ok(Verdict::Failed("wrong_password"));
         }
         let e = email.to_string();
         let (hash, temp) = self
-            .gw
-            .credentials()
+            .svc
+            .store
             .run(move |s| Ok((s.password_hash(&e)?, s.temp_password(&e)?)))
             .await?;
         let own = secret::verify(typed.to_owned(), hash).await;
-        let keys = self.gw.sessions().keys();
+        let keys = self.svc.sessions.keys();
         let now = self.now_ms();
         let kid = temp
             .as_ref()
@@ -171,8 +164,8 @@ impl Ctx<'_> {
         }
         let e = email.to_string();
         let used = self
-            .gw
-            .credentials()
+            .svc
+            .store
             .run(move |s| s.use_temp_password(&e, &digest, now))
             .await?;
         Ok(if used {
@@ -187,16 +180,16 @@ impl Ctx<'_> {
         email: &Email,
         request_id: &str,
         was_locked: bool,
-    ) -> Result<(), GateError> {
-        let limits = &self.rt.config.rate_limits;
+    ) -> Result<(), LoginError> {
+        let limits = &self.site.config.rate_limits;
         let (e, now, cap) = (
             email.to_string(),
             self.now_ms(),
             limits.failed_logins_per_account,
         );
         let after = self
-            .gw
-            .credentials()
+            .svc
+            .store
             .run(move |s| s.record_failure(&e, now, cap))
             .await?;
         if after.locked && !was_locked {
@@ -207,7 +200,7 @@ impl Ctx<'_> {
                     .with("failures", after.consecutive),
             );
         }
-        let state = self.gw.state();
+        let state = self.svc.state;
         if state.hit(&key_pw_failures(email), BAN_WINDOW).await? >= BAN_AFTER {
             state.put_new(&key_pw_ban(email), b"1", BAN).await?;
             state.delete(&key_pw_failures(email)).await?;
@@ -241,19 +234,15 @@ impl Ctx<'_> {
     }
 
     /// A correct temporary password: the restricted session, then the password page.
-    fn restricted(&self, email: &Email, request_id: &str) -> Result<Response<Body>, GateError> {
-        let (claims, value) = self
-            .gw
-            .sessions()
-            .issue(
-                Kind::Restricted,
-                self.name(),
-                email.clone(),
-                LoginMethod::OneTimeToken,
-                RESTRICTED_LIFETIME,
-                self.now_ms(),
-            )
-            .map_err(|_| GateError::Internal)?;
+    fn restricted(&self, email: &Email, request_id: &str) -> Result<Response<Body>, LoginError> {
+        let (claims, value) = self.svc.sessions.issue(
+            Kind::Restricted,
+            self.name(),
+            email.clone(),
+            LoginMethod::OneTimeToken,
+            RESTRICTED_LIFETIME,
+            self.now_ms(),
+        )?;
         self.audit(
             Event::new("login.temporary_password")
                 .email(email.as_str())
@@ -262,9 +251,9 @@ impl Ctx<'_> {
         );
         let mut r = redirect(
             StatusCode::SEE_OTHER,
-            &format!("{}{}", self.app.origin, super::PASSWORD_PATH),
+            &format!("{}{}", self.site.origin, super::PASSWORD_PATH),
         );
-        let https = self.app.origin.https;
+        let https = self.site.origin.https;
         if let Some(h) =
             session::set_cookie(restricted_cookie(https), &value, RESTRICTED_LIFETIME, https)
         {
@@ -274,10 +263,10 @@ impl Ctx<'_> {
     }
 
     fn restricted_session(&self, headers: &HeaderMap) -> Result<session::Claims, SessionError> {
-        self.gw.sessions().of_kind(
+        self.svc.sessions.of_kind(
             headers,
             Kind::Restricted,
-            restricted_cookie(self.app.origin.https),
+            restricted_cookie(self.site.origin.https),
             self.name(),
             self.now_ms(),
             None,
@@ -285,7 +274,7 @@ impl Ctx<'_> {
     }
 
     fn min_password_length(&self) -> usize {
-        self.rt
+        self.site
             .config
             .identity_providers
             .token
@@ -299,8 +288,8 @@ impl Ctx<'_> {
         error: Option<&str>,
         status: StatusCode,
     ) -> Response<Body> {
-        let csrf = tx::csrf_token(&self.gw.sessions().keys(), "password", self.name(), &c.id.0);
-        self.rt.pages.page(
+        let csrf = tx::csrf_token(&self.svc.sessions.keys(), "password", self.name(), &c.id.0);
+        self.site.pages.page(
             status,
             "password.html",
             context! {
@@ -316,7 +305,7 @@ impl Ctx<'_> {
             Ok(c) => self.choose_page(&c, None, StatusCode::OK),
             Err(_) => redirect(
                 StatusCode::SEE_OTHER,
-                &format!("{}{LOGIN_PATH}", self.app.origin),
+                &format!("{}{LOGIN_PATH}", self.site.origin),
             ),
         }
     }
@@ -326,17 +315,17 @@ impl Ctx<'_> {
     /// (SECURITY.md 25, 27).
     pub(super) async fn choose_password(
         &self,
-        req: Request<Incoming>,
-    ) -> Result<Response<Body>, GateError> {
+        req: Request<RequestBody>,
+    ) -> Result<Response<Body>, LoginError> {
         let (parts, body) = req.into_parts();
         let form = read_form(&parts.headers, body).await?;
         let Ok(c) = self.restricted_session(&parts.headers) else {
             return Ok(redirect(
                 StatusCode::SEE_OTHER,
-                &format!("{}{LOGIN_PATH}", self.app.origin),
+                &format!("{}{LOGIN_PATH}", self.site.origin),
             ));
         };
-        let keys = self.gw.sessions().keys();
+        let keys = self.svc.sessions.keys();
         let token = form.get("csrf").map_or("", String::as_str);
         if !(tx::origin_ok(&parts.headers, &self.origin())
             && tx::csrf_ok(&keys, "password", self.name(), &c.id.0, token))
@@ -354,11 +343,7 @@ impl Ctx<'_> {
             return Ok(self.choose_page(&c, Some(&p.to_string()), StatusCode::OK));
         }
         let e = c.email.to_string();
-        let temp = self
-            .gw
-            .credentials()
-            .run(move |s| s.temp_password(&e))
-            .await?;
+        let temp = self.svc.store.run(move |s| s.temp_password(&e)).await?;
         let same = temp.is_some_and(|t| {
             keys.get(&t.kid).is_some_and(|k| {
                 bool::from(secret::temp_digest(k, c.email.as_str(), password).ct_eq(&t.digest))
@@ -368,32 +353,29 @@ impl Ctx<'_> {
             let msg = secret::PasswordProblem::SameAsTemporary.to_string();
             return Ok(self.choose_page(&c, Some(&msg), StatusCode::OK));
         }
-        let hash = secret::hash(password.to_owned()).await.map_err(|e| {
-            tracing::error!(error = %e, "cannot hash a password");
-            GateError::Internal
-        })?;
+        let hash = secret::hash(password.to_owned()).await?;
         let now = self.now_ms();
         let until = now
-            .saturating_add(u64::try_from(crate::commands::MAX_SESSION.as_millis()).unwrap_or(0))
+            .saturating_add(u64::try_from(crate::config::MAX_SESSION.as_millis()).unwrap_or(0))
             .saturating_add(session::cookie::SKEW_MS);
         let e = c.email.to_string();
         // One transaction would be neater, but the order is what matters: the password is
         // committed first (a crash after it keeps it), then the other sessions end.
-        self.gw
-            .credentials()
+        self.svc
+            .store
             .run(move |s| {
                 s.set_password(&e, &hash, now)?;
                 s.revoke(RevocationKind::User, &e, now, until, now)
             })
             .await?;
-        self.gw.sessions().revocations().apply(&[Revocation {
+        self.svc.sessions.revocations().apply(&[Revocation {
             seq: 0,
             kind: RevocationKind::User,
             subject: c.email.to_string(),
             not_before_ms: now,
             expires_ms: until,
         }]);
-        let request_id = crate::random::request_id(self.gw.random().as_ref());
+        let request_id = crate::random::request_id(self.svc.random.as_ref());
         self.audit(
             Event::new("password.changed")
                 .email(c.email.as_str())
@@ -408,11 +390,11 @@ impl Ctx<'_> {
         );
         self.mail_password_changed(&c.email);
         let rd = LoginTx::from_headers(&parts.headers, self.tx_cookie(), self.name(), &keys, now)
-            .map_or_else(|| crate::return_to::root(&self.app.origin), |t| t.rd);
+            .map_or_else(|| crate::return_to::root(self.site.origin), |t| t.rd);
         let mut r = self.start_session(&c.email, LoginMethod::OneTimeToken, &rd, &request_id)?;
         if let Some(h) = session::clear_cookie(
-            restricted_cookie(self.app.origin.https),
-            self.app.origin.https,
+            restricted_cookie(self.site.origin.https),
+            self.site.origin.https,
         ) {
             r.headers_mut().append(SET_COOKIE, h);
         }
@@ -424,18 +406,18 @@ impl Ctx<'_> {
             .user(email)
             .and_then(|u| u.temp_auth_email.clone())
             .unwrap_or_else(|| email.clone());
-        let when = crate::audit::rfc3339(self.gw.clock().now());
+        let when = crate::audit::rfc3339(self.svc.clock.now());
         let ctx = context! { app => self.name(), email => email.as_str(), when };
         let (Ok(subject), Ok(text)) = (
-            self.rt
+            self.site
                 .pages
                 .render("password_changed_subject.txt", ctx.clone()),
-            self.rt.pages.render("password_changed.txt", ctx),
+            self.site.pages.render("password_changed.txt", ctx),
         ) else {
             tracing::error!(app = self.name(), "cannot render the password-changed mail");
             return;
         };
-        self.gw.mailer().enqueue(OutgoingMail {
+        self.svc.mailer.enqueue(OutgoingMail {
             to,
             subject: one_line(&subject),
             text,

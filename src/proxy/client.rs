@@ -5,7 +5,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http_body_util::Limited;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -15,10 +14,10 @@ use rustls::pki_types::CertificateDer;
 use super::ProxyError;
 
 /// The request body sent upstream: the client's body, streamed, with the size limit applied.
-pub type UpstreamBody = Limited<Incoming>;
+pub type UpstreamBody = Limited<crate::body::RequestBody>;
 
 /// A pooled HTTP/HTTPS client.
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>;
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// The system trust store, read once per process (the mailer shares it).
 pub(crate) fn system_roots() -> &'static [CertificateDer<'static>] {
@@ -34,7 +33,7 @@ pub(crate) fn system_roots() -> &'static [CertificateDer<'static>] {
 
 /// Builds a client trusting the system store, the Mozilla roots and `extra` (an app's
 /// `upstream_ca`).
-pub fn build(extra: &[CertificateDer<'static>]) -> Result<HttpClient, ProxyError> {
+pub fn build(extra: &[CertificateDer<'static>]) -> Result<UpstreamClient, ProxyError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let (_, _) = roots.add_parsable_certificates(system_roots().iter().cloned());

@@ -9,17 +9,17 @@ use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{CONTENT_LENGTH, HOST, HeaderValue};
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, HOST, HeaderValue, SET_COOKIE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Limited;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-pub use client::HttpClient;
+pub use client::UpstreamClient;
 pub use headers::ForwardInfo;
 
-use crate::body::Body;
+use crate::access::Permitted;
+use crate::body::{Body, RequestBody};
 use crate::metrics::AppMetrics;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -66,7 +66,7 @@ pub enum Upstream {
     /// An HTTP(S) server behind a pooled client.
     Http {
         /// The pooled client (shared by apps with the same trust settings).
-        client: Arc<HttpClient>,
+        client: Arc<UpstreamClient>,
         /// `http` or `https`.
         scheme: Scheme,
         /// `host:port`.
@@ -76,41 +76,28 @@ pub enum Upstream {
     Echo,
 }
 
-/// The identity headers of an allowed request (SPEC.md §4).
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// `X-Otpgate-Email`: the normalised address.
-    pub email: HeaderValue,
-    /// `X-Otpgate-User`: the user id (the address when the user is not in the user table).
-    pub user: HeaderValue,
-    /// `X-Otpgate-Groups`: comma-separated group names.
-    pub groups: HeaderValue,
-}
-
 const X_OTPGATE_EMAIL: http::HeaderName = http::HeaderName::from_static("x-otpgate-email");
 const X_OTPGATE_USER: http::HeaderName = http::HeaderName::from_static("x-otpgate-user");
 const X_OTPGATE_GROUPS: http::HeaderName = http::HeaderName::from_static("x-otpgate-groups");
 
 /// One app's forwarding settings.
 #[derive(Debug)]
-pub struct Target<'a> {
+pub struct Route<'a> {
     /// The app's name (for echo and logs).
-    pub app: &'a str,
+    pub(crate) app: &'a str,
     /// Where to send the request.
-    pub upstream: &'a Upstream,
+    pub(crate) upstream: &'a Upstream,
     /// Time allowed for the response head.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Largest request body.
-    pub max_body: Option<u64>,
+    pub(crate) max_body: Option<u64>,
     /// Send the client's Host upstream.
-    pub preserve_host: bool,
+    pub(crate) preserve_host: bool,
     /// Metric handles.
-    pub metrics: &'a AppMetrics,
-    /// Who is asking, when a session allowed the request.
-    pub identity: Option<Identity>,
+    pub(crate) metrics: &'a AppMetrics,
     /// Limits for the tunnel, when the request asks for WebSocket (without them no upgrade is
     /// passed through).
-    pub tunnel: Option<TunnelLimits>,
+    pub(crate) tunnel: Option<TunnelLimits>,
 }
 
 /// What keeps an upgraded (WebSocket) connection in check once it is a plain byte tunnel:
@@ -130,9 +117,9 @@ pub struct TunnelLimits {
     pub session: Option<(Arc<crate::session::Revocations>, crate::session::Claims)>,
 }
 
-/// Client facts for the forwarding headers.
+/// Facts about the downstream client, for the forwarding headers.
 #[derive(Debug, Clone, Copy)]
-pub struct Client {
+pub struct Downstream {
     /// The resolved client address.
     pub ip: std::net::IpAddr,
     /// The direct peer.
@@ -143,14 +130,35 @@ pub struct Client {
     pub https: bool,
 }
 
-/// Forwards `req`, whose path was normalised to `path` (`changed` when normalisation altered
-/// it), and returns the upstream's response with a streamed body.
+/// Forwards `req`, which the policy stage let in (`permit`), and whose path was normalised to
+/// `path` (`changed` when normalisation altered it); returns the upstream's response with a
+/// streamed body, carrying the refreshed session cookie when one is due.
 pub async fn forward(
-    t: Target<'_>,
-    mut req: Request<Incoming>,
+    mut permit: Permitted,
+    t: Route<'_>,
+    req: Request<RequestBody>,
     path: &str,
     changed: bool,
-    client: Client,
+    client: Downstream,
+) -> Result<Response<Body>, ProxyError> {
+    let refreshed = permit.take_refreshed();
+    let mut response = send(&permit, t, req, path, changed, client).await?;
+    if let Some(cookie) = refreshed {
+        let h = response.headers_mut();
+        h.append(SET_COOKIE, cookie);
+        // A response carrying a session must never be stored by a shared cache.
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    }
+    Ok(response)
+}
+
+async fn send(
+    permit: &Permitted,
+    t: Route<'_>,
+    mut req: Request<RequestBody>,
+    path: &str,
+    changed: bool,
+    client: Downstream,
 ) -> Result<Response<Body>, ProxyError> {
     if let Some(max) = t.max_body {
         let declared = req
@@ -188,13 +196,13 @@ pub async fn forward(
         host: host_str,
     };
     headers::prepare_request(&mut parts.headers, &fwd, upgrade);
-    // SECURITY.md 34: the session never reaches the upstream; identity arrives only as the
-    // gateway's own headers (client-supplied ones were removed above).
+    // docs/security.md#34: the session never reaches the upstream; identity arrives only as
+    // the gateway's own headers (client-supplied ones were removed above).
     crate::session::strip_gateway_cookies(&mut parts.headers);
-    if let Some(id) = t.identity {
-        parts.headers.insert(X_OTPGATE_EMAIL, id.email);
-        parts.headers.insert(X_OTPGATE_USER, id.user);
-        parts.headers.insert(X_OTPGATE_GROUPS, id.groups);
+    if let Some(id) = permit.identity() {
+        parts.headers.insert(X_OTPGATE_EMAIL, id.email.clone());
+        parts.headers.insert(X_OTPGATE_USER, id.user.clone());
+        parts.headers.insert(X_OTPGATE_GROUPS, id.groups.clone());
     }
 
     let path_and_query = match parts.uri.path_and_query() {

@@ -19,8 +19,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::BoundAddrs;
 use crate::config::{Limits, Listen};
-use crate::gateway::{BoundAddrs, ConnInfo, Gateway};
+use crate::gateway::{ConnInfo, Gateway};
 use crate::io::{Activity, Tracked};
 
 /// Listener problems.
@@ -40,7 +41,7 @@ pub enum ServerError {
 
 /// Which listener a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum ListenerKind {
     /// Plain HTTP for apps.
     Http,
     /// HTTPS for apps.
@@ -49,7 +50,7 @@ pub enum Kind {
     Admin,
 }
 
-impl Kind {
+impl ListenerKind {
     fn name(self) -> &'static str {
         match self {
             Self::Http => "http",
@@ -106,7 +107,7 @@ impl Listeners {
 /// Starts the accept loop of one listener. It stops accepting when `cancel` fires, then gives
 /// open connections `limits.shutdown_grace` to finish their requests.
 pub fn spawn(
-    kind: Kind,
+    kind: ListenerKind,
     listener: TcpListener,
     gateway: Arc<Gateway>,
     tls: Option<TlsAcceptor>,
@@ -116,7 +117,7 @@ pub fn spawn(
 }
 
 async fn accept_loop(
-    kind: Kind,
+    kind: ListenerKind,
     listener: TcpListener,
     gw: Arc<Gateway>,
     tls: Option<TlsAcceptor>,
@@ -161,7 +162,7 @@ async fn accept_loop(
 }
 
 async fn serve_tcp(
-    kind: Kind,
+    kind: ListenerKind,
     stream: TcpStream,
     peer: SocketAddr,
     gw: Arc<Gateway>,
@@ -211,14 +212,14 @@ async fn serve_tcp(
 
 /// Per-connection state shared with its requests.
 struct ConnCtx {
-    kind: Kind,
+    kind: ListenerKind,
     gw: Arc<Gateway>,
     info: ConnInfo,
     activity: Arc<Activity>,
 }
 
 async fn serve_http<I>(
-    kind: Kind,
+    kind: ListenerKind,
     io: I,
     info: ConnInfo,
     gw: Arc<Gateway>,
@@ -240,8 +241,8 @@ async fn serve_http<I>(
         async move {
             let _busy = ctx.activity.busy();
             let resp = match ctx.kind {
-                Kind::Admin => crate::admin::handle(&ctx.gw, req).await,
-                Kind::Http | Kind::Https => ctx.gw.handle(req, &ctx.info).await,
+                ListenerKind::Admin => crate::admin::handle(&ctx.gw, req).await,
+                ListenerKind::Http | ListenerKind::Https => ctx.gw.handle(req, &ctx.info).await,
             };
             Ok::<_, Infallible>(resp)
         }

@@ -18,6 +18,9 @@ use http::HeaderValue;
 use crate::config::UserConfig;
 use crate::email::Email;
 
+mod table;
+pub use table::UserTable;
+
 /// Where a user comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {

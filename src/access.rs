@@ -1,0 +1,202 @@
+//! The policy stage: "may this request in, and as whom?".
+//!
+//! The pipeline asks [`authorize`] once per proxied request. It decides without an identity
+//! first, and only when the answer depends on who is asking does it open the session and decide
+//! again with the identity (docs/security.md#33, docs/security.md#36). A yes is a [`Permitted`]:
+//! a value only this module can make, which the proxy stage requires, so no code path can
+//! forward a request that the policies did not let in.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use http::header::HeaderValue;
+
+use crate::metrics::{AppMetrics, DecisionLabel};
+use crate::policy::{self, Decision, Policy};
+use crate::session::{self, Claims, SessionError, Sessions};
+use crate::users::{User, Users};
+
+/// Leave to forward a request: what the policy stage decided, with the identity when a session
+/// took part. Its fields are private and it has no public constructor.
+#[derive(Debug)]
+pub struct Permitted {
+    bypass: bool,
+    session: Option<Session>,
+}
+
+/// The session behind a permitted request.
+#[derive(Debug)]
+struct Session {
+    claims: Claims,
+    identity: Identity,
+    refreshed: Option<HeaderValue>,
+}
+
+/// The identity headers of an allowed request (docs/product.md#s4).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `X-Otpgate-Email`: the normalised address.
+    pub email: HeaderValue,
+    /// `X-Otpgate-User`: the user id (the address when the user is not in the user table).
+    pub user: HeaderValue,
+    /// `X-Otpgate-Groups`: comma-separated group names.
+    pub groups: HeaderValue,
+}
+
+impl Permitted {
+    /// Whether a bypass policy let the request in (no session was looked at).
+    pub fn is_bypass(&self) -> bool {
+        self.bypass
+    }
+
+    /// The identity headers, when a session allowed the request.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.session.as_ref().map(|s| &s.identity)
+    }
+
+    /// The session, when one allowed the request.
+    pub fn claims(&self) -> Option<&Claims> {
+        self.session.as_ref().map(|s| &s.claims)
+    }
+
+    /// The refreshed session cookie to send back with the response, if one is due.
+    pub fn take_refreshed(&mut self) -> Option<HeaderValue> {
+        self.session.as_mut().and_then(|s| s.refreshed.take())
+    }
+}
+
+/// Why the policy stage said no.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No usable session; `clear_cookie` when a cookie was sent that did not open (it is
+    /// deleted so the browser stops sending it).
+    LoginRequired {
+        /// Delete the cookie that was sent.
+        clear_cookie: bool,
+    },
+    /// A block policy matched, or none did.
+    Forbidden,
+}
+
+/// What the policy stage needs to know about the app.
+#[derive(Debug, Clone, Copy)]
+pub struct AppAccess<'a> {
+    /// The app's name (the session audience).
+    pub name: &'a str,
+    /// Its policies, in order.
+    pub policies: &'a [Policy],
+    /// The name of its session cookie.
+    pub cookie_name: &'static str,
+    /// Whether it is served over https (for the refreshed cookie's `Secure`).
+    pub https: bool,
+    /// Its metric handles.
+    pub metrics: &'a AppMetrics,
+}
+
+/// The long-lived parts the policy stage reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Deps<'a> {
+    /// Cookie keys and revocations.
+    pub sessions: &'a Sessions,
+    /// The user table (groups).
+    pub users: &'a Users,
+    /// Now, Unix milliseconds.
+    pub now_ms: u64,
+    /// The idle timeout of sessions.
+    pub idle: Duration,
+}
+
+/// Decides whether the request described by `facts` (with these `headers`) may reach `app`.
+pub fn authorize(
+    deps: Deps<'_>,
+    app: AppAccess<'_>,
+    facts: &policy::Request<'_>,
+    headers: &HeaderMap,
+) -> Result<Permitted, Refusal> {
+    let (decision, session) = match policy::decide(app.policies, facts, None) {
+        Decision::LoginRequired(_) | Decision::Allow(_) => {
+            match deps.sessions.from_headers(
+                headers,
+                app.cookie_name,
+                app.name,
+                deps.now_ms,
+                Some(deps.idle),
+            ) {
+                Err(e) => {
+                    app.metrics.decision(DecisionLabel::LoginRequired);
+                    if e != SessionError::Missing {
+                        app.metrics.session_rejected(e.label());
+                    }
+                    return Err(Refusal::LoginRequired {
+                        clear_cookie: e != SessionError::Missing,
+                    });
+                }
+                Ok(claims) => {
+                    let user = deps.users.by_email(claims.email.as_str());
+                    let groups = user.map_or(&[][..], |u| &u.groups[..]);
+                    let who = policy::Identity {
+                        email: &claims.email,
+                        groups,
+                        login_method: claims.method,
+                    };
+                    let d = policy::decide(app.policies, facts, Some(&who));
+                    let session = d.permits().then(|| Session {
+                        identity: identity_headers(&claims, user),
+                        refreshed: refresh_cookie(deps, app, &claims),
+                        claims,
+                    });
+                    (d, session)
+                }
+            }
+        }
+        d => (d, None),
+    };
+    app.metrics.decision(label(&decision));
+    if decision.permits() {
+        Ok(Permitted {
+            bypass: matches!(decision, Decision::Bypass(_)),
+            session,
+        })
+    } else {
+        Err(Refusal::Forbidden)
+    }
+}
+
+fn label(d: &Decision<'_>) -> DecisionLabel {
+    match d {
+        Decision::Bypass(_) => DecisionLabel::Bypass,
+        Decision::Allow(_) => DecisionLabel::Allow,
+        Decision::Block(_) => DecisionLabel::Block,
+        Decision::LoginRequired(_) => DecisionLabel::LoginRequired,
+        Decision::NoMatch => DecisionLabel::NoMatch,
+    }
+}
+
+/// A fresh cookie with a new activity time, when the last refresh is old enough: at most once
+/// a minute per session, so an active session costs one sealing a minute, not one a request.
+fn refresh_cookie(deps: Deps<'_>, app: AppAccess<'_>, claims: &Claims) -> Option<HeaderValue> {
+    let idle_ms = u64::try_from(deps.idle.as_millis()).ok()?;
+    let refresh_after = (idle_ms / 10).clamp(1_000, 60_000);
+    if deps.now_ms.saturating_sub(claims.refreshed_ms) < refresh_after {
+        return None;
+    }
+    let value = deps.sessions.refresh(claims, deps.now_ms).ok()?;
+    let left = Duration::from_millis(claims.expires_ms.saturating_sub(deps.now_ms));
+    session::set_cookie(app.cookie_name, &value, left, app.https)
+}
+
+/// The identity headers for an allowed request.
+fn identity_headers(claims: &Claims, user: Option<&Arc<User>>) -> Identity {
+    let email = HeaderValue::from_str(claims.email.as_str())
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    let user_id = user
+        .and_then(|u| HeaderValue::from_str(&u.id).ok())
+        .unwrap_or_else(|| email.clone());
+    let groups = user.map_or_else(|| HeaderValue::from_static(""), |u| u.groups_header.clone());
+    Identity {
+        email,
+        user: user_id,
+        groups,
+    }
+}

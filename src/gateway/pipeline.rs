@@ -1,0 +1,265 @@
+//! One request's way through the gateway, readable top to bottom in [`Gateway::handle`]:
+//! route by Host/SNI → normalise the path → who is the client → HTTPS redirect → gateway pages
+//! → policy stage → proxy stage. Every exit goes through one place that maps errors to
+//! responses, logs the failure once with its cause chain, counts the request and writes the
+//! access-log line.
+//!
+//! The pipeline takes any request body that converts into [`RequestBody`], so each stage can be
+//! driven in process with a built request and no socket.
+
+use std::borrow::Cow;
+use std::time::{Duration, Instant};
+
+use http::header::SET_COOKIE;
+use http::{HeaderMap, Request, Response, StatusCode};
+
+use super::error::{Blame, GateError, chain};
+use super::{
+    ConnInfo, Gateway, LOGIN_PATH, RESERVED_PREFIX, route, runtime::App, runtime::Runtime,
+};
+use crate::access::{self, Refusal};
+use crate::body::{Body, RequestBody};
+use crate::http::{redirect, wants_json};
+use crate::login::{Flow, Services, Site};
+use crate::metrics;
+use crate::policy;
+use crate::proxy::{self, Downstream, Route, TunnelLimits};
+use crate::return_to;
+use crate::session;
+use crate::users::Users;
+
+use super::forwarded;
+
+impl Gateway {
+    /// Answers one request from a client connection (or a built one, in tests).
+    pub async fn handle<B: Into<RequestBody>>(
+        &self,
+        req: Request<B>,
+        conn: &ConnInfo,
+    ) -> Response<Body> {
+        let req = req.map(Into::into);
+        let rt = self.runtime.load_full();
+        let started = Instant::now();
+        let access = rt
+            .config
+            .log
+            .access
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
+        let (app, result) = self.serve(&rt, req, conn).await;
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let app_name = app.map_or("-", |a| a.config.name.as_str());
+                match e.blame() {
+                    Blame::Upstream => {
+                        tracing::warn!(app = app_name, error = %chain(&e), "upstream failure");
+                    }
+                    Blame::Internal => {
+                        tracing::error!(app = app_name, error = %chain(&e), "request failed");
+                    }
+                    Blame::Client => {
+                        tracing::debug!(app = app_name, error = %chain(&e), "request refused");
+                    }
+                }
+                e.into_response(&rt.pages)
+            }
+        };
+        match app {
+            Some(a) => a.metrics.request(response.status()),
+            None => ::metrics::counter!(metrics::UNROUTED).increment(1),
+        }
+        if let Some((method, path)) = access {
+            tracing::info!(
+                target: "otpgate::access",
+                app = app.map_or("-", |a| a.config.name.as_str()),
+                client = %conn.peer.ip(),
+                method = %method,
+                path = %path,
+                status = response.status().as_u16(),
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+            );
+        }
+        response
+    }
+
+    /// Stage 1, routing: which app, by Host checked against SNI.
+    async fn serve<'r>(
+        &self,
+        rt: &'r Runtime,
+        req: Request<RequestBody>,
+        conn: &ConnInfo,
+    ) -> (Option<&'r App>, Result<Response<Body>, GateError>) {
+        match route::app_index(&rt.router, req.uri(), req.headers(), conn.sni.as_deref()) {
+            Ok(idx) => {
+                let app = &rt.apps[idx];
+                (Some(app), self.serve_app(rt, app, req, conn).await)
+            }
+            Err(e) => (None, Err(e.into())),
+        }
+    }
+
+    async fn serve_app(
+        &self,
+        rt: &Runtime,
+        app: &App,
+        req: Request<RequestBody>,
+        conn: &ConnInfo,
+    ) -> Result<Response<Body>, GateError> {
+        // 2. The path policies see is the path that is forwarded.
+        let normalised: Option<String> = match crate::path::normalise(req.uri().path())? {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) => Some(p),
+        };
+        let path = normalised.as_deref().unwrap_or_else(|| req.uri().path());
+
+        // 3. Who the client is (forwarding headers only from trusted proxies).
+        let client = forwarded::downstream(conn, req.headers(), &rt.config.trusted_proxies);
+
+        // 4. An app served over HTTPS is never used over plain HTTP.
+        if app.origin.https && !client.https {
+            let mut target = format!("{}{path}", app.origin);
+            if let Some(q) = req.uri().query() {
+                target.push('?');
+                target.push_str(q);
+            }
+            return Ok(redirect(StatusCode::PERMANENT_REDIRECT, &target));
+        }
+
+        // 5. The gateway's own pages are never proxied.
+        if path.starts_with(RESERVED_PREFIX) || path == "/.otpgate" {
+            let path = path.to_owned();
+            let users = self.users.users_full();
+            let flow = self.login_flow(rt, app, &users, &client);
+            return Ok(crate::login::handle(flow, req, &path).await?);
+        }
+
+        // 6. The policy stage: a `Permitted`, or why not.
+        let users = self.users();
+        let deps = access::Deps {
+            sessions: &self.sessions,
+            users: &users,
+            now_ms: self.clock.now_ms(),
+            idle: rt.config.session.idle_timeout,
+        };
+        let facts = policy::Request {
+            path,
+            ip: client.ip,
+        };
+        let permit = match access::authorize(deps, app.access(), &facts, req.headers()) {
+            Ok(p) => p,
+            Err(Refusal::Forbidden) => return Err(GateError::Forbidden),
+            Err(Refusal::LoginRequired { clear_cookie }) => {
+                let query = req.uri().query();
+                return Ok(login_required(
+                    rt,
+                    app,
+                    path,
+                    query,
+                    req.headers(),
+                    clear_cookie,
+                ));
+            }
+        };
+        drop(users);
+
+        // 7. The proxy stage. A WebSocket upgrade needs a tunnel slot; the tunnel ends with the
+        //    session.
+        let tunnel = if proxy::headers::wants_websocket(req.headers()) {
+            let slot = self
+                .tunnels
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| GateError::Busy)?;
+            let claims = permit.claims();
+            let now_ms = self.clock.now_ms();
+            Some(TunnelLimits {
+                permit: slot,
+                idle: rt.config.limits.idle_timeout,
+                max_lifetime: claims
+                    .map(|c| Duration::from_millis(c.expires_ms.saturating_sub(now_ms))),
+                shutdown: self.shutdown.clone(),
+                session: claims.map(|c| (self.sessions.revocations_arc(), c.clone())),
+            })
+        } else {
+            None
+        };
+        let route = Route {
+            app: &app.config.name,
+            upstream: &app.upstream,
+            timeout: app.config.timeout,
+            max_body: app.config.max_request_body,
+            preserve_host: app.config.preserve_host,
+            metrics: &app.metrics,
+            tunnel,
+        };
+        let changed = normalised.is_some();
+        let path = normalised.unwrap_or_default();
+        Ok(proxy::forward(permit, route, req, &path, changed, client).await?)
+    }
+
+    /// The parts a request for a login page may use.
+    fn login_flow<'a>(
+        &'a self,
+        rt: &'a Runtime,
+        app: &'a App,
+        users: &'a Users,
+        client: &Downstream,
+    ) -> Flow<'a> {
+        Flow {
+            svc: Services {
+                sessions: &self.sessions,
+                state: &self.state,
+                store: &self.credentials,
+                mailer: &self.mailer,
+                outbox: matches!(
+                    rt.config.mail.transport,
+                    crate::config::MailTransport::Outbox(_)
+                ),
+                users,
+                clock: &self.clock,
+                random: &self.random,
+            },
+            site: Site {
+                config: &rt.config,
+                pages: &rt.pages,
+                audit: &rt.audit,
+                origins: &rt.origins,
+                app: &app.config,
+                origin: &app.origin,
+                cookie_name: app.cookie_name,
+                session_lifetime: app.session_lifetime,
+            },
+            ip: client.ip,
+        }
+    }
+}
+
+/// No usable session: browsers are sent to the login page, API clients get 401 JSON
+/// (docs/product.md#s4). A cookie that was sent but did not open is deleted.
+fn login_required(
+    rt: &Runtime,
+    app: &App,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    clear: bool,
+) -> Response<Body> {
+    let mut original = format!("{}{path}", app.origin);
+    if let Some(q) = query {
+        original.push('?');
+        original.push_str(q);
+    }
+    let login_url = return_to::with_rd(&format!("{}{LOGIN_PATH}", app.origin), &original);
+    let mut response = if wants_json(headers) {
+        rt.pages.json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({ "error": "login_required", "login_url": login_url }),
+        )
+    } else {
+        redirect(StatusCode::FOUND, &login_url)
+    };
+    if clear && let Some(c) = session::clear_cookie(app.cookie_name, app.origin.https) {
+        response.headers_mut().append(SET_COOKIE, c);
+    }
+    response
+}

@@ -1,0 +1,209 @@
+//! Starting, reloading and stopping a gateway: binds the listeners, builds the parts, starts
+//! the background tasks ([`tasks`]) and swaps in new configs ([`reload`]).
+
+mod reload;
+mod tasks;
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use reload::ReloadError;
+
+use crate::clock::{self, Clock};
+use crate::config::{BoundAddrs, Config};
+use crate::directory;
+use crate::gateway::{BuildError, Gateway, Parts, Runtime};
+use crate::mailer::{MailError, Mailer};
+use crate::metrics;
+use crate::random;
+use crate::server::tls::{CertStore, SniResolver, TlsError};
+use crate::server::{self, ListenerKind, Listeners, ServerError};
+use crate::session::keys::KeyError;
+use crate::session::{KeyRing, Sessions};
+use crate::state::State;
+use crate::store::{Credentials, StoreError};
+use tasks::{DirectoryTask, DirectoryTasks, stored_snapshot};
+
+/// What a gateway is started with besides its config.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The clock (tests inject a manual one).
+    pub clock: Arc<dyn Clock>,
+    /// Randomness (tests may inject a seeded one).
+    pub random: Arc<dyn random::Random>,
+    /// The environment the config was loaded with, reused on reload (`OTPGATE_*` overrides).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: clock::system(),
+            random: random::system(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// Certificates could not be loaded or made.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The runtime could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The mail transport could not be set up.
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    /// The cookie keys could not be read or made.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// The credentials store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Running {
+    gateway: Arc<Gateway>,
+    resolver: Option<Arc<SniResolver>>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    env: Vec<(String, String)>,
+    directory: Mutex<DirectoryTasks>,
+}
+
+/// Binds the listeners and starts serving `config`.
+pub async fn start(config: Config, options: Options) -> Result<Running, StartError> {
+    metrics::install();
+    let keys = KeyRing::load_or_create(
+        &config.session.keys_file,
+        options.random.as_ref(),
+        options.clock.unix_secs(),
+    )?;
+    let credentials = Credentials::open_embedded(&config.data_dir)?;
+    let sessions = Sessions::new(keys, options.random.clone());
+    // Revocations are in memory before the first request is served.
+    sessions
+        .revocations()
+        .apply(&credentials.revocations_since(0)?);
+    let listeners = Listeners::bind(&config.listen).await?;
+    let bound = listeners.addrs();
+    let (resolver, acceptor) = if listeners.https.is_some() {
+        let resolver = SniResolver::new(CertStore::load(&config.tls)?);
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(server::tls::server_config(resolver.clone())?);
+        (Some(resolver), Some(acceptor))
+    } else {
+        (None, None)
+    };
+    let mailer = Mailer::start(&config.mail)?;
+    // The last good directory snapshot serves until the first sync (the directory may be down).
+    let snapshot = match &config.directory {
+        Some(d) => stored_snapshot(&credentials, d)?,
+        None => None,
+    };
+    let directory_config = config.directory.clone();
+    let runtime = Runtime::build(config, &bound, None)?;
+    let cancel = CancellationToken::new();
+    let state = State::memory(options.clock.clone());
+    let parts = Parts {
+        clock: options.clock,
+        random: options.random,
+        sessions,
+        credentials,
+        state,
+        mailer,
+        shutdown: cancel.clone(),
+    };
+    let gateway = Arc::new(Gateway::new(runtime, bound, parts));
+    if let Some(s) = snapshot {
+        directory::snapshot_metrics(&s);
+        gateway.set_directory_snapshot(Some(s));
+    }
+    let directory_tasks = DirectoryTasks {
+        current: directory_config.map(|d| DirectoryTask::spawn(&gateway, d, &cancel)),
+        stopping: Vec::new(),
+    };
+    let mut tasks = spawn_listeners(listeners, acceptor, &gateway, &cancel);
+    tasks.extend(tasks::spawn_upkeep(&gateway, &cancel));
+    gateway.set_ready(true);
+    Ok(Running {
+        gateway,
+        resolver,
+        cancel,
+        tasks,
+        env: options.env,
+        directory: Mutex::new(directory_tasks),
+    })
+}
+
+/// One accept loop per bound listener.
+fn spawn_listeners(
+    listeners: Listeners,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    gateway: &Arc<Gateway>,
+    cancel: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let Listeners { http, https, admin } = listeners;
+    [
+        (ListenerKind::Http, http, None),
+        (ListenerKind::Https, https, acceptor),
+        (ListenerKind::Admin, admin, None),
+    ]
+    .into_iter()
+    .filter_map(|(kind, l, tls)| {
+        l.map(|l| server::spawn(kind, l, gateway.clone(), tls, cancel.clone()))
+    })
+    .collect()
+}
+
+impl Running {
+    /// The bound listener addresses.
+    pub fn addrs(&self) -> BoundAddrs {
+        self.gateway.bound()
+    }
+
+    /// The gateway.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Stops accepting connections and starts draining; [`Running::wait`] completes when done.
+    pub fn shutdown(&self) {
+        self.gateway.set_ready(false);
+        self.cancel.cancel();
+    }
+
+    /// Waits until every listener has drained after [`Running::shutdown`], then gives queued
+    /// mail the same grace to leave.
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let directory = std::mem::take(
+            &mut *self
+                .directory
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for h in directory
+            .current
+            .map(|t| t.handle)
+            .into_iter()
+            .chain(directory.stopping)
+        {
+            let _ = h.await;
+        }
+        let grace = self.gateway.runtime().config.limits.shutdown_grace;
+        self.gateway.mailer().shutdown(grace).await;
+    }
+}

@@ -1,0 +1,104 @@
+//! Reloading: the config file is read again and swapped in whole, or not at all.
+
+use std::sync::PoisonError;
+
+use super::Running;
+use super::tasks::{DirectoryTask, stored_snapshot};
+use crate::config::{self, ConfigError, Problem};
+use crate::gateway::{BuildError, Runtime};
+use crate::metrics;
+use crate::server::tls::{CertStore, TlsError};
+use crate::session::KeyRing;
+use crate::session::keys::KeyError;
+
+/// Why a reload was refused (the old config keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file has problems.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Certificates could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The runtime could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The cookie keys could not be read.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+}
+
+impl Running {
+    /// Re-reads the config file and swaps it in atomically. On any problem the running config
+    /// stays. Returns the new config's warnings.
+    pub fn reload(&self) -> Result<Vec<Problem>, ReloadError> {
+        let result = self.try_reload();
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => outcome).increment(1);
+        result
+    }
+
+    fn try_reload(&self) -> Result<Vec<Problem>, ReloadError> {
+        let current = self.gateway.runtime();
+        let loaded = config::load(&current.config.file, self.env.clone())?;
+        if loaded.config.listen != current.config.listen {
+            tracing::warn!("listen addresses change only on restart; the old ones stay in use");
+        }
+        if loaded.config.data_dir != current.config.data_dir {
+            tracing::warn!("data_dir changes only on restart; the old store stays in use");
+        }
+        let store = match &self.resolver {
+            Some(_) => Some(CertStore::load(&loaded.config.tls)?),
+            None => None,
+        };
+        let keys = KeyRing::load_or_create(
+            &loaded.config.session.keys_file,
+            self.gateway.random().as_ref(),
+            self.gateway.clock().unix_secs(),
+        )?;
+        let runtime = Runtime::build(loaded.config, &self.gateway.bound(), Some(&current))?;
+        if let (Some(resolver), Some(store)) = (&self.resolver, store) {
+            resolver.replace(store);
+        }
+        self.gateway.sessions().replace_keys(keys);
+        self.gateway.swap(runtime);
+        self.restart_directory();
+        Ok(loaded.warnings)
+    }
+
+    /// After a reload: stops, starts or restarts the directory sync when its settings changed.
+    /// A snapshot taken with other settings (server, bases, filters, attributes) stops serving.
+    fn restart_directory(&self) {
+        let wanted = self.gateway.runtime().config.directory.clone();
+        let mut tasks = self
+            .directory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if tasks.current.as_ref().map(|t| &t.config) == wanted.as_ref() {
+            return;
+        }
+        let old_fingerprint = tasks.current.as_ref().map(|t| t.config.fingerprint());
+        if let Some(old) = tasks.current.take() {
+            old.cancel.cancel();
+            tasks.stopping.push(old.handle);
+        }
+        tasks.stopping.retain(|h| !h.is_finished());
+        match wanted {
+            None => {
+                self.gateway.set_directory_snapshot(None);
+                tracing::info!("directory sync removed from the config; only config users remain");
+            }
+            Some(cfg) => {
+                if old_fingerprint.as_deref() != Some(cfg.fingerprint().as_str()) {
+                    let stored =
+                        stored_snapshot(self.gateway.credentials(), &cfg).unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "cannot read the stored directory snapshot");
+                            None
+                        });
+                    self.gateway.set_directory_snapshot(stored);
+                }
+                tasks.current = Some(DirectoryTask::spawn(&self.gateway, cfg, &self.cancel));
+            }
+        }
+    }
+}

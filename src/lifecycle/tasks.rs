@@ -1,0 +1,136 @@
+//! The background tasks of a running gateway: the directory sync, the revocation poll, metric
+//! upkeep and the sweep of expired state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit;
+use crate::config::DirectoryConfig;
+use crate::directory;
+use crate::gateway::Gateway;
+use crate::metrics;
+use crate::session;
+use crate::store::{Credentials, StoreError};
+use crate::users::DirectorySnapshot;
+
+/// The directory sync task for the running config, and earlier ones still stopping.
+#[derive(Debug, Default)]
+pub(super) struct DirectoryTasks {
+    pub(super) current: Option<DirectoryTask>,
+    pub(super) stopping: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+pub(super) struct DirectoryTask {
+    pub(super) config: DirectoryConfig,
+    pub(super) cancel: CancellationToken,
+    pub(super) handle: JoinHandle<()>,
+}
+
+impl DirectoryTask {
+    pub(super) fn spawn(
+        gw: &Arc<Gateway>,
+        config: DirectoryConfig,
+        parent: &CancellationToken,
+    ) -> Self {
+        let cancel = parent.child_token();
+        let sink = directory::Sink {
+            table: gw.user_table().clone(),
+            store: gw.credentials().clone(),
+            clock: gw.clock().clone(),
+        };
+        let handle = tokio::spawn(directory::run(sink, config.clone(), cancel.clone()));
+        Self {
+            config,
+            cancel,
+            handle,
+        }
+    }
+}
+
+/// The persisted directory snapshot, when it was taken with the settings of `cfg`.
+pub(super) fn stored_snapshot(
+    credentials: &Credentials,
+    cfg: &DirectoryConfig,
+) -> Result<Option<Arc<DirectorySnapshot>>, StoreError> {
+    Ok(match credentials.directory_snapshot()? {
+        Some(s) if s.fingerprint == cfg.fingerprint() => {
+            tracing::info!(
+                users = s.users.len(),
+                synced = %audit::rfc3339(Duration::from_millis(s.synced_ms)),
+                "directory snapshot loaded from the store; it serves until the first sync"
+            );
+            Some(Arc::new(s))
+        }
+        Some(_) => {
+            tracing::info!(
+                "the stored directory snapshot was taken with other directory settings; directory users are unknown until the first sync"
+            );
+            None
+        }
+        None => None,
+    })
+}
+
+/// The periodic tasks: metric upkeep, the revocation poll and the sweep of expired state.
+pub(super) fn spawn_upkeep(
+    gateway: &Arc<Gateway>,
+    cancel: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let every = |period: Duration, work: Box<dyn Fn() + Send>| {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    _ = tick.tick() => work(),
+                }
+            }
+        })
+    };
+    let sweeper = gateway.clone();
+    vec![
+        every(Duration::from_secs(5), Box::new(metrics::upkeep)),
+        every(
+            Duration::from_secs(30),
+            Box::new(move || sweeper.state().sweep()),
+        ),
+        tokio::spawn(sync_revocations(gateway.clone(), cancel.clone())),
+    ]
+}
+
+/// Keeps the revocation cache current: polls the store for revocations made elsewhere (the
+/// command line, other replicas) and prunes entries that can no longer matter.
+async fn sync_revocations(gw: Arc<Gateway>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(session::revocation::POLL_INTERVAL);
+    let mut rounds: u64 = 0;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        rounds += 1;
+        let since = gw.sessions().revocations().last_seq();
+        match gw
+            .credentials()
+            .run(move |c| c.revocations_since(since))
+            .await
+        {
+            Ok(rows) => gw.sessions().revocations().apply(&rows),
+            Err(e) => tracing::error!(error = %e, "cannot read revocations; retrying"),
+        }
+        if rounds.is_multiple_of(30) {
+            let now_ms = u64::try_from(gw.clock().now().as_millis()).unwrap_or(u64::MAX);
+            let max_ms = 30 * 86_400_000;
+            gw.sessions().revocations().prune(now_ms, max_ms);
+            let cutoff = now_ms.saturating_sub(session::cookie::SKEW_MS);
+            if let Err(e) = gw.credentials().run(move |c| c.prune(cutoff)).await {
+                tracing::warn!(error = %e, "cannot prune old revocations");
+            }
+        }
+    }
+}
