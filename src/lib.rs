@@ -21,6 +21,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod directory;
+pub mod dn;
 pub mod email;
 pub mod gateway;
 pub mod io;

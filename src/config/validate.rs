@@ -816,7 +816,7 @@ fn directory(c: &mut Ctx<'_>, d: file::DirectoryFile) -> Option<DirectoryConfig>
             None
         }
         Some(dn) => {
-            if let Err(e) = crate::directory::dn::parse(dn) {
+            if let Err(e) = crate::dn::parse(dn) {
                 c.err("directory.bind_dn", format!("invalid DN {dn:?}: {e}"));
             }
             Some(dn.to_owned())
@@ -984,7 +984,7 @@ fn base_dn(c: &mut Ctx<'_>, at: &str, dn: &str) -> String {
     let dn = dn.trim();
     if dn.is_empty() {
         c.err(at, "must not be empty");
-    } else if let Err(e) = crate::directory::dn::parse(dn) {
+    } else if let Err(e) = crate::dn::parse(dn) {
         c.err(at, format!("invalid DN {dn:?}: {e}"));
     }
     dn.to_owned()
