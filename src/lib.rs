@@ -38,6 +38,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod store;
+pub mod trust;
 pub mod users;
 
 use std::sync::{Arc, Mutex, PoisonError};
