@@ -40,6 +40,11 @@ pub const DEFAULT_PATH: &str = "config/otpgate.yaml";
 /// The only config version this build reads.
 pub const VERSION: u32 = 1;
 
+/// Longest session, minted cookie or password-login grant: sessions expire absolutely after at
+/// most 30 days. Defined once so the bound the config accepts and the bounds the commands and
+/// logins enforce cannot drift apart.
+pub const MAX_SESSION: Duration = Duration::from_secs(30 * 86_400);
+
 /// The validated configuration the gateway runs on.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -17,16 +17,15 @@ use super::file::{self, FileConfig, SelectorFile};
 use super::{
     AdminConfig, AppConfig, AuditSink, CertPair, Config, DirectoryConfig, DirectoryGroups,
     DirectoryUsers, HostPattern, IdentityProviders, Limits, LinkProvider, Listen, LogConfig,
-    MailConfig, MailTransport, PinProvider, Problem, RateLimits, Secret, SessionConfig, SmtpTls,
-    TlsConfig, TokenProvider, Upstream, UserConfig, VERSION, de_at, units::Rate,
+    MAX_SESSION, MailConfig, MailTransport, PinProvider, Problem, RateLimits, Secret,
+    SessionConfig, SmtpTls, TlsConfig, TokenProvider, Upstream, UserConfig, VERSION, de_at,
+    units::Rate,
 };
 use crate::email::{Email, is_dns_domain};
 use crate::policy::{self, Action, LoginMethod, Policy, Selector};
 
 const DAY: Duration = Duration::from_secs(86_400);
 const MINUTE: Duration = Duration::from_secs(60);
-/// SECURITY.md 30: absolute session expiry of at most 30 days.
-const MAX_SESSION: Duration = Duration::from_secs(30 * 86_400);
 
 struct Ctx<'a> {
     base: &'a Path,

@@ -374,7 +374,7 @@ impl Ctx<'_> {
         })?;
         let now = self.now_ms();
         let until = now
-            .saturating_add(u64::try_from(crate::commands::MAX_SESSION.as_millis()).unwrap_or(0))
+            .saturating_add(u64::try_from(crate::config::MAX_SESSION.as_millis()).unwrap_or(0))
             .saturating_add(session::cookie::SKEW_MS);
         let e = c.email.to_string();
         // One transaction would be neater, but the order is what matters: the password is
