@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::audit::{Audit, AuditError, Event};
 use crate::clock::Clock;
-use crate::config::{AppConfig, Config};
+use crate::config::{AppConfig, Config, MAX_SESSION};
 use crate::email::Email;
 use crate::policy::{self, Decision, LoginMethod};
 use crate::random::Random;
@@ -17,9 +17,6 @@ use crate::session::keys::KeyError;
 use crate::session::{self, KeyRing, Kind, SealError, Sessions};
 use crate::store::{Credentials, RevocationKind, StoreError};
 use crate::users::Users;
-
-/// Longest session or minted cookie (SECURITY.md 30).
-pub const MAX_SESSION: Duration = Duration::from_secs(30 * 86_400);
 
 /// Why a command was refused (exit code 1).
 #[derive(Debug, thiserror::Error)]

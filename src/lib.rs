@@ -24,6 +24,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod directory;
+pub mod dn;
 pub mod email;
 pub mod gateway;
 pub mod http;
@@ -42,6 +43,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod store;
+pub mod trust;
 pub mod users;
 
 pub use lifecycle::{Options, ReloadError, Running, StartError, start};

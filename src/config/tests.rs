@@ -319,7 +319,7 @@ fn not_yet_available_features_are_refused_not_ignored() {
 
 #[test]
 fn host_patterns() {
-    use validate::parse_host_pattern as p;
+    use validate::policies::parse_host_pattern as p;
     assert_eq!(
         p("App.Example.Test"),
         Ok(HostPattern::Exact("app.example.test".into()))

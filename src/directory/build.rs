@@ -17,9 +17,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::dn;
 use crate::config::DirectoryConfig;
 use crate::config::validate_group_name;
+use crate::dn;
 use crate::email::Email;
 use crate::users::{DirectorySnapshot, DirectoryUser};
 

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
-use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 
 use super::DirectoryError;
 use super::build::Entry;
 use crate::config::DirectoryConfig;
+use crate::trust;
 
 /// What one read returned.
 #[derive(Debug)]
@@ -24,15 +24,7 @@ pub(super) struct Read {
 }
 
 fn tls_config(extra: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, DirectoryError> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let (_, _) =
-        roots.add_parsable_certificates(crate::proxy::client::system_roots().iter().cloned());
-    for c in extra {
-        roots
-            .add(c.clone())
-            .map_err(|e| DirectoryError::Tls(e.to_string()))?;
-    }
+    let roots = trust::root_store(extra).map_err(|e| DirectoryError::Tls(e.to_string()))?;
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

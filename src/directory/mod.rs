@@ -13,7 +13,6 @@
 //! live in otpgate's own store (as with Zscaler).
 
 pub mod build;
-pub mod dn;
 mod ldap;
 
 use std::sync::Arc;

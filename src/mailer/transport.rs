@@ -232,7 +232,7 @@ fn tls_parameters(
         TlsParameters::builder(host.to_owned()).certificate_store(CertificateStore::WebpkiRoots);
     // lettre refuses the whole set when one anchor does not parse; the system store may hold
     // such certificates (rustls skips them too).
-    let system = crate::proxy::client::system_roots()
+    let system = crate::trust::system_roots()
         .iter()
         .filter(|der| webpki::anchor_from_trusted_cert(der).is_ok());
     for der in system.chain(extra) {

@@ -1,17 +1,17 @@
 //! The pooled upstream client: hyper-util's legacy client (keep-alive pool per upstream) over
 //! a rustls connector (ring), speaking HTTP/1.1 upstream like nginx does.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Limited;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 
 use super::ProxyError;
+use crate::trust;
 
 /// The request body sent upstream: the client's body, streamed, with the size limit applied.
 pub type UpstreamBody = Limited<crate::body::RequestBody>;
@@ -19,29 +19,10 @@ pub type UpstreamBody = Limited<crate::body::RequestBody>;
 /// A pooled HTTP/HTTPS client.
 pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>;
 
-/// The system trust store, read once per process (the mailer shares it).
-pub(crate) fn system_roots() -> &'static [CertificateDer<'static>] {
-    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let found = rustls_native_certs::load_native_certs();
-        for e in &found.errors {
-            tracing::debug!(error = %e, "skipping an unreadable system trust anchor");
-        }
-        found.certs
-    })
-}
-
 /// Builds a client trusting the system store, the Mozilla roots and `extra` (an app's
 /// `upstream_ca`).
 pub fn build(extra: &[CertificateDer<'static>]) -> Result<UpstreamClient, ProxyError> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let (_, _) = roots.add_parsable_certificates(system_roots().iter().cloned());
-    for c in extra {
-        roots
-            .add(c.clone())
-            .map_err(|e| ProxyError::Upstream(Box::new(e)))?;
-    }
+    let roots = trust::root_store(extra).map_err(|e| ProxyError::Upstream(Box::new(e)))?;
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

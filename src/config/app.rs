@@ -1,0 +1,152 @@
+//! The runtime types of the `apps` section: an app, the hosts it answers to, the origin users
+//! see and where its requests go. Re-exported from [`super`], so users name them
+//! `crate::config::AppConfig` and so on.
+
+use std::fmt;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+
+use crate::policy::{LoginMethod, Policy};
+
+/// A protected app.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Unique name; metric label and cookie audience.
+    pub name: String,
+    /// Host names it answers to.
+    pub hosts: Vec<HostPattern>,
+    /// The origin users see; `None` means the listener's own (scheme, first host, port).
+    pub public_url: Option<Origin>,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// Extra trust anchors for an HTTPS upstream.
+    pub upstream_ca: Vec<CertificateDer<'static>>,
+    /// Send the client's `Host` upstream instead of the upstream's authority.
+    pub preserve_host: bool,
+    /// Time allowed for the upstream's response head.
+    pub timeout: Duration,
+    /// Login methods offered.
+    pub login_methods: Vec<LoginMethod>,
+    /// Session lifetime override.
+    pub session_duration: Option<Duration>,
+    /// Largest request body forwarded (`None`: unlimited).
+    pub max_request_body: Option<u64>,
+    /// Ordered access policies.
+    pub policies: Vec<Policy>,
+}
+
+/// A configured host name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// Exactly this lower-case name or IP address.
+    Exact(String),
+    /// Any name ending in `.` + this suffix (written `*.suffix`).
+    Wildcard(String),
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(h) => f.write_str(h),
+            Self::Wildcard(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
+/// A web origin: scheme, host and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// `https` (else `http`).
+    pub https: bool,
+    /// Lower-case host; IPv6 literals without brackets.
+    pub host: String,
+    /// Port, explicit even when it is the scheme's default.
+    pub port: u16,
+}
+
+impl Origin {
+    /// The scheme's name.
+    pub fn scheme(&self) -> &'static str {
+        if self.https { "https" } else { "http" }
+    }
+
+    /// Whether the port is the scheme's default.
+    pub fn default_port(&self) -> bool {
+        self.port == if self.https { 443 } else { 80 }
+    }
+
+    /// `host[:port]` as it appears in a URL (port omitted when default).
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.default_port() {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// Parses `scheme://host[:port][/]`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let url = url::Url::parse(text).map_err(|e| format!("invalid URL {text:?}: {e}"))?;
+        let https = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            other => return Err(format!("scheme must be http or https, not {other:?}")),
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not contain a user name or password".into());
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(
+                "must be an origin only (scheme://host[:port]), without path, query or fragment"
+                    .into(),
+            );
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => d.to_ascii_lowercase(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            None => return Err("missing host".into()),
+        };
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if https { 443 } else { 80 });
+        Ok(Self { https, host, port })
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme(), self.authority())
+    }
+}
+
+/// Where an app's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// An HTTP or HTTPS server.
+    Http {
+        /// `https://` (else `http://`).
+        https: bool,
+        /// `host:port` for the request URI.
+        authority: http::uri::Authority,
+    },
+    /// The built-in echo app, which shows the request (and identity headers) it received.
+    Echo,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Http { https, authority } => {
+                write!(f, "{}://{authority}", if *https { "https" } else { "http" })
+            }
+            Self::Echo => f.write_str("builtin:echo"),
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Stage 4: file structs → runtime [`Config`]. Collects every problem instead of stopping at the
+//! first, reads secret and certificate files (so `check-config` finds a missing one), and
+//! applies the bounds SECURITY.md puts on logins.
+//!
+//! One file per section of the config file; this one holds the shared [`Ctx`], the entry point
+//! and the small top-level keys.
+
+mod apps;
+mod directory;
+mod limits;
+mod listen;
+mod mail;
+pub(super) mod policies;
+mod users;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use super::file::{self, FileConfig};
+use super::{AdminConfig, AuditSink, Config, LogConfig, Problem, Secret, VERSION};
+
+pub(crate) use policies::group_name;
+
+const DAY: Duration = Duration::from_secs(86_400);
+const MINUTE: Duration = Duration::from_secs(60);
+
+struct Ctx<'a> {
+    base: &'a Path,
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+    /// Reads a secret from `file_key` (preferred) or inline `inline_key`.
+    fn secret(
+        &mut self,
+        section: &str,
+        file_val: Option<&str>,
+        inline_val: Option<&str>,
+        file_key: &str,
+        inline_key: &str,
+    ) -> Option<Secret> {
+        match (file_val, inline_val) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    format!("{section}.{inline_key}"),
+                    format!("set either {file_key} or {inline_key}, not both"),
+                );
+                None
+            }
+            (Some(f), None) => {
+                let path = self.resolve(f);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        let value = text.trim_end_matches(['\r', '\n']).to_owned();
+                        if value.is_empty() {
+                            self.err(
+                                format!("{section}.{file_key}"),
+                                format!("{} is empty", path.display()),
+                            );
+                            None
+                        } else {
+                            Some(Secret::new(value))
+                        }
+                    }
+                    Err(e) => {
+                        self.err(
+                            format!("{section}.{file_key}"),
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, Some(v)) => {
+                self.warn(
+                    format!("{section}.{inline_key}"),
+                    format!("an inline secret is meant for tests; use {file_key} in deployments"),
+                );
+                if v.is_empty() {
+                    self.err(format!("{section}.{inline_key}"), "is empty");
+                    None
+                } else {
+                    Some(Secret::new(v))
+                }
+            }
+            (None, None) => None,
+        }
+    }
+    fn positive(&mut self, path: &str, d: Option<Duration>, default: Duration) -> Duration {
+        let d = d.unwrap_or(default);
+        if d.is_zero() {
+            self.err(path, "must be longer than 0s");
+        }
+        d
+    }
+    /// Reads the PEM certificates of a CA file (`upstream_ca`, `directory.ca_file`); an empty or
+    /// unreadable file is an error at `at`.
+    fn trust_anchors(&mut self, at: &str, file: &str) -> Vec<CertificateDer<'static>> {
+        let path = self.resolve(file);
+        match CertificateDer::pem_file_iter(&path).and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        {
+            Ok(v) if !v.is_empty() => return v,
+            Ok(_) => self.err(at, format!("no certificate in {}", path.display())),
+            Err(e) => self.err(
+                at,
+                format!("cannot read {}: {}", path.display(), pem_error(&e)),
+            ),
+        }
+        Vec::new()
+    }
+}
+
+/// Validates a parsed file. Returns the config (when there are no errors), warnings and errors.
+pub(super) fn validate(
+    f: FileConfig,
+    file_path: &Path,
+    base: &Path,
+) -> (Option<Config>, Vec<Problem>, Vec<Problem>) {
+    let mut c = Ctx {
+        base,
+        errors: vec![],
+        warnings: vec![],
+    };
+
+    if f.version != VERSION {
+        c.err(
+            "version",
+            format!("this build reads version {VERSION}, found {}", f.version),
+        );
+    }
+
+    let listen = listen::listen(&mut c, f.listen);
+    let admin = admin(&mut c, &f.admin);
+    let tls = listen::tls(&mut c, &f.tls, &listen);
+
+    if f.portal_host.is_some() {
+        c.err(
+            "portal_host",
+            "single sign-on through a portal host is not available in this version yet",
+        );
+    }
+    let data_dir = c.resolve(f.data_dir.as_deref().unwrap_or("data"));
+    backends(&mut c, f.state.as_deref(), f.credentials.as_deref());
+
+    let session = limits::session(&mut c, &f.session, &data_dir);
+    let mail = mail::mail(&mut c, f.mail, &data_dir);
+    let rate_limits = limits::rate_limits(&mut c, &f.rate_limits);
+    let audit = match f.audit {
+        None => AuditSink::File(data_dir.join("audit.log")),
+        Some(file::AuditFile::Stdout) => AuditSink::Stdout,
+        Some(file::AuditFile::Path(p)) => AuditSink::File(c.resolve(&p)),
+    };
+    let trusted_proxies = trusted_proxies(&mut c, &f.trusted_proxies);
+    let templates_dir = templates_dir(&mut c, f.templates_dir.as_deref());
+
+    let identity_providers = limits::identity_providers(&mut c, f.identity_providers);
+    let temporary_authentication = limits::temporary_authentication(
+        &mut c,
+        f.temporary_authentication.as_deref(),
+        &identity_providers,
+    );
+
+    let users = users::users(&mut c, f.users);
+    let directory = f.directory.and_then(|d| directory::directory(&mut c, d));
+
+    let limits = limits::limits(&mut c, &f.limits);
+    let apps = apps::apps(&mut c, f.apps, &listen, &identity_providers, &limits);
+    let log = log(&mut c, f.log);
+
+    let config = c.errors.is_empty().then(|| Config {
+        file: file_path.to_path_buf(),
+        listen,
+        admin,
+        tls,
+        data_dir,
+        session,
+        mail,
+        rate_limits,
+        audit,
+        trusted_proxies,
+        templates_dir,
+        identity_providers,
+        temporary_authentication,
+        users,
+        directory,
+        apps,
+        limits,
+        log,
+    });
+    (config, c.warnings, c.errors)
+}
+
+fn admin(c: &mut Ctx<'_>, a: &file::AdminFile) -> AdminConfig {
+    let admin = AdminConfig {
+        token: c.secret(
+            "admin",
+            a.token_file.as_deref(),
+            a.token.as_deref(),
+            "token_file",
+            "token",
+        ),
+    };
+    if admin.token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+        c.err(
+            "admin.token_file",
+            "the admin token must be at least 16 characters",
+        );
+    }
+    admin
+}
+
+/// `state` and `credentials`: only the in-process backends exist in this version.
+fn backends(c: &mut Ctx<'_>, state: Option<&str>, credentials: Option<&str>) {
+    match state {
+        None | Some("memory") => {}
+        Some(s) if s.starts_with("redis://") || s.starts_with("rediss://") => c.err(
+            "state",
+            "shared state in Redis is not available in this version yet; use memory",
+        ),
+        Some(s) => c.err(
+            "state",
+            format!("expected memory or redis://host:port/db, found {s:?}"),
+        ),
+    }
+    match credentials {
+        None | Some("embedded") => {}
+        Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => c.err(
+            "credentials",
+            "credentials in PostgreSQL are not available in this version yet; use embedded",
+        ),
+        Some(_) => c.err("credentials", "expected embedded or postgres://..."),
+    }
+}
+
+fn trusted_proxies(c: &mut Ctx<'_>, list: &[String]) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, p) in list.iter().enumerate() {
+        match parse_net(p) {
+            Some(n) => out.push(n),
+            None => c.err(
+                format!("trusted_proxies[{i}]"),
+                format!("expected an address or CIDR, found {p:?}"),
+            ),
+        }
+    }
+    out
+}
+
+fn templates_dir(c: &mut Ctx<'_>, dir: Option<&str>) -> Option<PathBuf> {
+    let templates_dir = dir.map(|d| c.resolve(d));
+    if let Some(d) = &templates_dir
+        && !d.is_dir()
+    {
+        c.err("templates_dir", format!("{} is not a folder", d.display()));
+    }
+    templates_dir
+}
+
+fn log(c: &mut Ctx<'_>, l: file::LogFile) -> LogConfig {
+    let log = LogConfig {
+        format: l.format.unwrap_or_default(),
+        level: l.level.unwrap_or_else(|| "info".into()),
+        access: l.access.unwrap_or(true),
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
+        c.err("log.level", format!("invalid filter {:?}: {e}", log.level));
+    }
+    log
+}
+
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn parse_net(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
+}
+
+/// A host name as DNS spells it: one or more LDH labels (so `localhost` is fine).
+fn is_host_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            let b = l.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        })
+}
+
+fn is_local(h: &str) -> bool {
+    h == "localhost"
+        || h.ends_with(".localhost")
+        || h.parse::<IpAddr>().is_ok_and(|a| a.is_loopback())
+}
