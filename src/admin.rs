@@ -120,16 +120,15 @@ async fn send_auth_email(gw: &Gateway, req: Request<Incoming>) -> Response<Body>
         return problem(StatusCode::BAD_REQUEST, "name at least one user or group");
     }
     let rt = Arc::clone(&*gw.runtime());
-    let (app, method) =
-        match crate::commands::auth_email_target(&rt.config, ask.app.as_deref(), method) {
-            Ok(t) => t,
-            Err(e) => {
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    &serde_json::json!({ "error": "bad_request", "detail": e.to_string() }),
-                );
-            }
-        };
+    let (app, method) = match crate::login::send::target(&rt.config, ask.app.as_deref(), method) {
+        Ok(t) => t,
+        Err(e) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": "bad_request", "detail": e.to_string() }),
+            );
+        }
+    };
     let Some(origin) = rt
         .apps
         .iter()

@@ -403,42 +403,6 @@ pub fn keys_retire(config: &Config, id: &str) -> Result<String, CommandError> {
     Ok(format!("retired key {id}; send SIGHUP to running gateways"))
 }
 
-/// The app and method of a "Send Authentication Email": `method` defaults to the config's
-/// `temporary_authentication`, `app` to the first app offering it.
-pub fn auth_email_target<'a>(
-    config: &'a Config,
-    app_name: Option<&str>,
-    method: Option<LoginMethod>,
-) -> Result<(&'a AppConfig, LoginMethod), CommandError> {
-    let method = method.unwrap_or(config.temporary_authentication);
-    if method == LoginMethod::OneTimePin {
-        return Err(CommandError::Refused(
-            "the method is onetimelink or onetimetoken (PINs are requested at the login page)"
-                .into(),
-        ));
-    }
-    if !config.identity_providers.enabled(method) {
-        return Err(CommandError::Refused(format!(
-            "{method} is not among identity_providers"
-        )));
-    }
-    let a = match app_name {
-        Some(name) => app(config, name)?,
-        None => config
-            .apps
-            .iter()
-            .find(|a| a.login_methods.contains(&method))
-            .ok_or_else(|| CommandError::Refused(format!("no app offers {method}")))?,
-    };
-    if !a.login_methods.contains(&method) {
-        return Err(CommandError::Refused(format!(
-            "app {:?} does not offer {method} (its login_methods)",
-            a.name
-        )));
-    }
-    Ok((a, method))
-}
-
 /// `otpgate send-auth-email`: mails a one-time link or a temporary password to users and
 /// group members at once; one line per user. The bool is false when a user could not be
 /// mailed (exit 1).
@@ -458,7 +422,8 @@ pub async fn send_auth_email(
             "name at least one --user or --group".into(),
         ));
     }
-    let (a, method) = auth_email_target(config, app_name, method)?;
+    let (a, method) = crate::login::send::target(config, app_name, method)
+        .map_err(|e| CommandError::Refused(e.to_string()))?;
     let bound = crate::config::BoundAddrs {
         http: config.listen.http,
         https: config.listen.https,

@@ -1,6 +1,11 @@
 //! Architecture check: the file graph under `src/` has no import cycles, and imports between
 //! top-level modules point down the layers of [`LAYERS`] only.
 //!
+//! A module using its own submodules (a `mod.rs` re-exporting or calling what its children
+//! define) is ownership, not a dependency between peers: those edges are left out of the cycle
+//! check. A child using its parent, siblings using each other and every edge between top-level
+//! modules all count.
+//!
 //! A small std-only lexer stands in for `syn` so the check costs no dependency. It understands
 //! enough Rust to find module paths (use trees, inline paths, `super::`, aliases, child modules),
 //! not to parse items; the unit tests at the bottom pin what it must and must not count.
@@ -18,13 +23,15 @@ use std::path::{Path, PathBuf};
 /// acyclic. Entries for modules that do not exist yet are harmless, so the target layering can
 /// be declared before the refactor lands.
 const LAYERS: &[(&str, u8)] = &[
-    // The crate root and the command line wire everything together.
+    // The crate root, start/reload/stop and the command line wire everything together.
     ("main", 7),
     ("lib", 7),
+    ("lifecycle", 7),
     ("commands", 7),
-    ("admin", 7),
     ("server", 6),
+    // The two request handlers the server dispatches to.
     ("gateway", 5),
+    ("admin", 5),
     ("login", 4),
     ("forward_auth", 4),
     ("proxy", 3),
@@ -32,8 +39,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("access", 2),
     ("directory", 2),
     ("session", 1),
-    ("policy", 1),
-    ("users", 1),
+    // Pure data and decisions, no I/O: leaves that config and the store may name.
+    ("policy", 0),
+    ("users", 0),
     ("config", 0),
     ("store", 0),
     ("state", 0),
@@ -927,9 +935,19 @@ fn rank(top: &str) -> Option<u8> {
 fn no_import_cycles_between_files() {
     let krate = load_crate();
     let files = &krate.files;
+    let mut module_of: Vec<&[String]> = vec![&[]; files.len()];
+    for (m, &i) in &krate.modules {
+        module_of[i] = m;
+    }
+    let owns = |from: usize, to: usize| {
+        let (outer, inner) = (module_of[from], module_of[to]);
+        inner.len() > outer.len() && inner.starts_with(outer)
+    };
     let mut first: BTreeMap<(usize, usize), (usize, &Ref)> = BTreeMap::new();
     for (from, line, to, r) in krate.edges() {
-        first.entry((from, to)).or_insert((line, r));
+        if !owns(from, to) {
+            first.entry((from, to)).or_insert((line, r));
+        }
     }
     let mut adj = vec![Vec::new(); files.len()];
     for &(from, to) in first.keys() {

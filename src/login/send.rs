@@ -10,7 +10,7 @@ use minijinja::context;
 
 use super::secret;
 use super::{LINK_PATH, LOGIN_PATH, one_line};
-use crate::config::{IdentityProviders, Origin};
+use crate::config::{AppConfig, Config, IdentityProviders, Origin};
 use crate::email::Email;
 use crate::mailer::OutgoingMail;
 use crate::pages::{Pages, PagesError};
@@ -18,6 +18,55 @@ use crate::policy::LoginMethod;
 use crate::random::Random;
 use crate::session::KeyRing;
 use crate::store::{Credentials, Link, StoreError, TempPassword};
+
+/// Why a "Send Authentication Email" names no app or method that can be mailed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TargetError(String);
+
+/// The app and method of a "Send Authentication Email" (the command line and the admin API
+/// alike): `method` defaults to the config's `temporary_authentication`, `app` to the first app
+/// offering it.
+pub fn target<'a>(
+    config: &'a Config,
+    app_name: Option<&str>,
+    method: Option<LoginMethod>,
+) -> Result<(&'a AppConfig, LoginMethod), TargetError> {
+    let refuse = |s: String| Err(TargetError(s));
+    let method = method.unwrap_or(config.temporary_authentication);
+    if method == LoginMethod::OneTimePin {
+        return refuse(
+            "the method is onetimelink or onetimetoken (PINs are requested at the login page)"
+                .into(),
+        );
+    }
+    if !config.identity_providers.enabled(method) {
+        return refuse(format!("{method} is not among identity_providers"));
+    }
+    let found = match app_name {
+        Some(name) => config.apps.iter().find(|a| a.name == name),
+        None => config
+            .apps
+            .iter()
+            .find(|a| a.login_methods.contains(&method)),
+    };
+    let Some(a) = found else {
+        return refuse(match app_name {
+            Some(name) => {
+                let names: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
+                format!("no app named {name:?} (apps: {})", names.join(", "))
+            }
+            None => format!("no app offers {method}"),
+        });
+    };
+    if !a.login_methods.contains(&method) {
+        return refuse(format!(
+            "app {:?} does not offer {method} (its login_methods)",
+            a.name
+        ));
+    }
+    Ok((a, method))
+}
 
 /// Why a mail could not be made.
 #[derive(Debug, thiserror::Error)]
