@@ -161,9 +161,9 @@ fn session(c: &mut Criterion) {
                 )
                 .unwrap_or_else(|_| unreachable!());
             let who = policy::Identity {
-                email: &claims.email,
+                email: claims.email(),
                 groups: &groups,
-                login_method: claims.method,
+                login_method: claims.method(),
             };
             let req = policy::Request {
                 path: "/projects/42",

@@ -17,7 +17,7 @@ use super::error::{Blame, GateError, chain};
 use super::{
     ConnInfo, Gateway, LOGIN_PATH, RESERVED_PREFIX, route, runtime::App, runtime::Runtime,
 };
-use crate::access::{self, Refusal};
+use crate::access::{self, Permitted, Refusal};
 use crate::body::{Body, RequestBody};
 use crate::http::{redirect, wants_json};
 use crate::login::{Flow, Services, Site};
@@ -162,27 +162,8 @@ impl Gateway {
         };
         drop(users);
 
-        // 7. The proxy stage. A WebSocket upgrade needs a tunnel slot; the tunnel ends with the
-        //    session.
-        let tunnel = if proxy::headers::wants_websocket(req.headers()) {
-            let slot = self
-                .tunnels
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| GateError::Busy)?;
-            let claims = permit.claims();
-            let now_ms = self.clock.now_ms();
-            Some(TunnelLimits {
-                permit: slot,
-                idle: rt.config.limits.idle_timeout,
-                max_lifetime: claims
-                    .map(|c| Duration::from_millis(c.expires_ms.saturating_sub(now_ms))),
-                shutdown: self.shutdown.clone(),
-                session: claims.map(|c| (self.sessions.revocations_arc(), c.clone())),
-            })
-        } else {
-            None
-        };
+        // 7. The proxy stage.
+        let tunnel = self.tunnel_limits(rt, &permit, req.headers())?;
         let route = Route {
             app: &app.config.name,
             upstream: &app.upstream,
@@ -195,6 +176,33 @@ impl Gateway {
         let changed = normalised.is_some();
         let path = normalised.unwrap_or_default();
         Ok(proxy::forward(permit, route, req, &path, changed, client).await?)
+    }
+
+    /// A WebSocket upgrade needs a tunnel slot; the tunnel ends with the session.
+    fn tunnel_limits(
+        &self,
+        rt: &Runtime,
+        permit: &Permitted,
+        headers: &HeaderMap,
+    ) -> Result<Option<TunnelLimits>, GateError> {
+        if !proxy::headers::wants_websocket(headers) {
+            return Ok(None);
+        }
+        let slot = self
+            .tunnels
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GateError::Busy)?;
+        let claims = permit.claims();
+        let now_ms = self.clock.now_ms();
+        Ok(Some(TunnelLimits {
+            permit: slot,
+            idle: rt.config.limits.idle_timeout,
+            max_lifetime: claims
+                .map(|c| Duration::from_millis(c.expires_ms().saturating_sub(now_ms))),
+            shutdown: self.shutdown.clone(),
+            session: claims.map(|c| (self.sessions.revocations_arc(), c.clone())),
+        }))
     }
 
     /// The parts a request for a login page may use.

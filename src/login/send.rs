@@ -301,7 +301,7 @@ pub struct Job<'a> {
 }
 
 /// Who one line of the job is about.
-struct Target {
+struct Recipient {
     id: String,
     identity: Option<Email>,
     to: Option<Email>,
@@ -309,14 +309,14 @@ struct Target {
 }
 
 impl Operator<'_> {
-    fn targets(&self, job: &Job<'_>) -> Vec<Target> {
-        let mut out: Vec<Target> = Vec::new();
-        let mut push = |t: Target| {
+    fn recipients(&self, job: &Job<'_>) -> Vec<Recipient> {
+        let mut out: Vec<Recipient> = Vec::new();
+        let mut push = |t: Recipient| {
             if !out.iter().any(|o| o.id == t.id) {
                 out.push(t);
             }
         };
-        let of_user = |u: &crate::users::User| Target {
+        let of_user = |u: &crate::users::User| Recipient {
             id: u.id.clone(),
             identity: Email::parse(&u.id)
                 .ok()
@@ -336,13 +336,13 @@ impl Operator<'_> {
             match (user, Email::parse(id)) {
                 (Some(u), _) => push(of_user(u)),
                 // An address outside the user table gets its mail there, as at the login page.
-                (None, Ok(e)) => push(Target {
+                (None, Ok(e)) => push(Recipient {
                     id: id.clone(),
                     identity: Some(e.clone()),
                     to: Some(e),
                     known: true,
                 }),
-                (None, Err(_)) => push(Target {
+                (None, Err(_)) => push(Recipient {
                     id: id.clone(),
                     identity: None,
                     to: None,
@@ -363,7 +363,7 @@ impl Operator<'_> {
     pub async fn send(&self, job: &Job<'_>) -> Vec<(String, Outcome)> {
         let mut lines = Vec::new();
         let rd = crate::return_to::root(job.origin);
-        for t in self.targets(job) {
+        for t in self.recipients(job) {
             let outcome = match (&t.identity, &t.to) {
                 _ if !t.known => Outcome::UnknownUser,
                 (Some(identity), Some(to)) => self.send_one(job, identity, to, &rd).await,

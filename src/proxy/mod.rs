@@ -160,15 +160,10 @@ async fn send(
     changed: bool,
     client: Downstream,
 ) -> Result<Response<Body>, ProxyError> {
-    if let Some(max) = t.max_body {
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Err(ProxyError::TooLarge);
-        }
+    if let Some(max) = t.max_body
+        && declared_length(req.headers()).is_some_and(|n| n > max)
+    {
+        return Err(ProxyError::TooLarge);
     }
     let upgrade = req.version() == Version::HTTP_11
         && t.tunnel.is_some()
@@ -176,46 +171,8 @@ async fn send(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let tunnel = if upgrade { t.tunnel } else { None };
     let (mut parts, body) = req.into_parts();
-
-    // The Host the client asked for, as sent (kept for X-Forwarded-Host / preserve_host).
-    let orig_host: Option<HeaderValue> = parts.headers.get(HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    let host_str = orig_host
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let fwd = ForwardInfo {
-        client_ip: client.ip,
-        peer_trusted: client.peer_trusted,
-        peer_ip: client.peer,
-        proto: if client.https { "https" } else { "http" },
-        host: host_str,
-    };
-    headers::prepare_request(&mut parts.headers, &fwd, upgrade);
-    // docs/security.md#34: the session never reaches the upstream; identity arrives only as
-    // the gateway's own headers (client-supplied ones were removed above).
-    crate::session::strip_gateway_cookies(&mut parts.headers);
-    if let Some(id) = permit.identity() {
-        parts.headers.insert(X_OTPGATE_EMAIL, id.email.clone());
-        parts.headers.insert(X_OTPGATE_USER, id.user.clone());
-        parts.headers.insert(X_OTPGATE_GROUPS, id.groups.clone());
-    }
-
-    let path_and_query = match parts.uri.path_and_query() {
-        Some(pq) if !changed => pq.clone(),
-        pq => {
-            let q = pq.and_then(PathAndQuery::query);
-            let text = match q {
-                Some(q) => format!("{path}?{q}"),
-                None => path.to_owned(),
-            };
-            PathAndQuery::try_from(text).map_err(|e| ProxyError::Upstream(Box::new(e)))?
-        }
-    };
+    let orig_host = rewrite_headers(&mut parts, permit, client, upgrade);
+    let path_and_query = path_and_query(&parts.uri, path, changed)?;
     let body = Limited::new(
         body,
         t.max_body
@@ -253,44 +210,117 @@ async fn send(
         // The client sets Host from the upstream authority.
         parts.headers.remove(HOST);
     }
-
-    let started = Instant::now();
-    let result = tokio::time::timeout(
+    let resp = exchange(
+        client_http,
+        Request::from_parts(parts, body),
         t.timeout,
-        client_http.request(Request::from_parts(parts, body)),
+        t.metrics,
     )
-    .await;
-    let mut resp = match result {
+    .await?;
+    finish(resp, client_upgrade, tunnel)
+}
+
+/// The request body length the client declared, if any.
+fn declared_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Header hygiene, forwarding headers and the identity headers. Returns the Host the client
+/// asked for, as sent (for `preserve_host`).
+fn rewrite_headers(
+    parts: &mut http::request::Parts,
+    permit: &Permitted,
+    client: Downstream,
+    upgrade: bool,
+) -> Option<HeaderValue> {
+    let orig_host: Option<HeaderValue> = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let host_str = orig_host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let fwd = ForwardInfo {
+        client_ip: client.ip,
+        peer_trusted: client.peer_trusted,
+        peer_ip: client.peer,
+        proto: if client.https { "https" } else { "http" },
+        host: host_str,
+    };
+    headers::prepare_request(&mut parts.headers, &fwd, upgrade);
+    // docs/security.md#34: the session never reaches the upstream; identity arrives only as
+    // the gateway's own headers (client-supplied ones were removed above).
+    crate::session::strip_gateway_cookies(&mut parts.headers);
+    if let Some(id) = permit.identity() {
+        parts.headers.insert(X_OTPGATE_EMAIL, id.email.clone());
+        parts.headers.insert(X_OTPGATE_USER, id.user.clone());
+        parts.headers.insert(X_OTPGATE_GROUPS, id.groups.clone());
+    }
+    orig_host
+}
+
+/// The path and query sent upstream: as received, or the normalised path with the query.
+fn path_and_query(uri: &Uri, path: &str, changed: bool) -> Result<PathAndQuery, ProxyError> {
+    match uri.path_and_query() {
+        Some(pq) if !changed => Ok(pq.clone()),
+        pq => {
+            let text = match pq.and_then(PathAndQuery::query) {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_owned(),
+            };
+            PathAndQuery::try_from(text).map_err(|e| ProxyError::Upstream(Box::new(e)))
+        }
+    }
+}
+
+/// Sends the request and waits for the response head, within `timeout`.
+async fn exchange(
+    client: &UpstreamClient,
+    req: Request<client::UpstreamBody>,
+    timeout: Duration,
+    metrics: &AppMetrics,
+) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, client.request(req)).await {
         Err(_) => {
-            t.metrics.upstream_timeouts.increment(1);
-            return Err(ProxyError::Timeout);
+            metrics.upstream_timeouts.increment(1);
+            Err(ProxyError::Timeout)
         }
         Ok(Err(e)) => {
             let e = ProxyError::from_client(e);
             if matches!(e, ProxyError::Connect(_)) {
-                t.metrics.upstream_connect_errors.increment(1);
+                metrics.upstream_connect_errors.increment(1);
             }
-            return Err(e);
+            Err(e)
         }
-        Ok(Ok(r)) => r,
-    };
-    t.metrics
-        .upstream_seconds
-        .record(started.elapsed().as_secs_f64());
+        Ok(Ok(r)) => {
+            metrics
+                .upstream_seconds
+                .record(started.elapsed().as_secs_f64());
+            Ok(r)
+        }
+    }
+}
 
+/// The upstream's response, cleaned; on `101 Switching Protocols` the tunnel starts.
+fn finish(
+    mut resp: Response<hyper::body::Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    tunnel: Option<TunnelLimits>,
+) -> Result<Response<Body>, ProxyError> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
-        let Some(client_upgrade) = client_upgrade else {
+        let (Some(client_upgrade), Some(limits)) = (client_upgrade, tunnel) else {
             return Err(ProxyError::Upstream(
                 "upstream switched protocols unasked".into(),
             ));
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let Some(limits) = tunnel else {
-            return Err(ProxyError::Upstream(
-                "upstream switched protocols unasked".into(),
-            ));
-        };
         tokio::spawn(async move {
             let (Ok(down), Ok(up)) = tokio::join!(client_upgrade, upstream_upgrade) else {
                 tracing::debug!("protocol upgrade did not complete on both sides");

@@ -65,21 +65,38 @@ impl SessionId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
     /// The token type.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// The session id (fresh at every login).
-    pub id: SessionId,
+    pub(crate) id: SessionId,
     /// The app it is valid for (audience).
-    pub app: String,
+    pub(crate) app: String,
     /// Who logged in (normalised).
-    pub email: Email,
+    pub(crate) email: Email,
     /// How.
-    pub method: LoginMethod,
+    pub(crate) method: LoginMethod,
     /// Issue time, Unix milliseconds.
-    pub issued_ms: u64,
+    pub(crate) issued_ms: u64,
     /// Absolute expiry, Unix milliseconds.
-    pub expires_ms: u64,
+    pub(crate) expires_ms: u64,
     /// Last refresh (activity), Unix milliseconds; for the idle timeout.
-    pub refreshed_ms: u64,
+    pub(crate) refreshed_ms: u64,
+}
+
+impl Claims {
+    /// Who logged in (normalised).
+    pub fn email(&self) -> &Email {
+        &self.email
+    }
+
+    /// How they logged in.
+    pub fn method(&self) -> LoginMethod {
+        self.method
+    }
+
+    /// Absolute expiry, Unix milliseconds.
+    pub fn expires_ms(&self) -> u64 {
+        self.expires_ms
+    }
 }
 
 /// Why a value did not open. Callers treat every variant the same way (no session); the
