@@ -77,7 +77,7 @@ pub enum SendError {
     NotOffered(LoginMethod),
     /// No randomness.
     #[error("no randomness available")]
-    Random,
+    Random(#[from] crate::random::RandomError),
     /// The credentials store.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -158,8 +158,7 @@ impl Issuer<'_> {
             .link
             .as_ref()
             .ok_or(SendError::NotOffered(o.method))?;
-        let (param, digest) =
-            secret::new_link(self.keys.current(), self.random).map_err(|_| SendError::Random)?;
+        let (param, digest) = secret::new_link(self.keys.current(), self.random)?;
         let record = Link {
             digest,
             email: o.identity.to_string(),
@@ -182,7 +181,7 @@ impl Issuer<'_> {
             .token
             .as_ref()
             .ok_or(SendError::NotOffered(o.method))?;
-        let password = secret::new_temp_password(self.random).map_err(|_| SendError::Random)?;
+        let password = secret::new_temp_password(self.random)?;
         let key = self.keys.current();
         let record = TempPassword {
             email: o.identity.to_string(),
