@@ -19,5 +19,6 @@ mod onetime;
 mod proxy;
 mod routing;
 mod sessions;
+mod stages;
 mod tls;
 mod zscaler_browser;
