@@ -19,14 +19,14 @@ use subtle::ConstantTimeEq as _;
 
 use super::tx::{self, LoginTx};
 use super::{
-    Ctx, DELAY_AFTER, LOGIN_PATH, LOGINS, MAX_DELAY, NO_ACCESS, RATE_LIMITED, View, key_ip,
-    one_line, read_form, secret,
+    Ctx, DELAY_AFTER, LOGIN_PATH, MAX_DELAY, NO_ACCESS, View, key_ip, one_line, read_form, secret,
 };
 use crate::audit::Event;
 use crate::body::Body;
 use crate::email::Email;
 use crate::gateway::{GateError, redirect};
 use crate::mailer::OutgoingMail;
+use crate::metrics::{LOGINS, RATE_LIMITED};
 use crate::policy::LoginMethod;
 use crate::session::{self, Kind, SessionError};
 use crate::store::{Revocation, RevocationKind};
