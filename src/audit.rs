@@ -23,9 +23,6 @@ pub struct AuditError {
     source: std::io::Error,
 }
 
-/// Failed writes (the gateway keeps serving; the failure is logged and counted).
-pub const WRITE_FAILURES: &str = "otpgate_audit_write_failures_total";
-
 #[derive(Debug)]
 enum Sink {
     Stdout,
@@ -153,7 +150,7 @@ impl Audit {
             Sink::File { file, .. } => (&*file).write_all(line.as_bytes()),
         };
         if let Err(err) = result {
-            ::metrics::counter!(WRITE_FAILURES).increment(1);
+            ::metrics::counter!(crate::metrics::AUDIT_WRITE_FAILURES).increment(1);
             let path = match self.sink.as_ref() {
                 Sink::File { path, .. } => path.display().to_string(),
                 Sink::Stdout => "stdout".to_owned(),

@@ -27,19 +27,6 @@ use crate::config::DirectoryConfig;
 use crate::store::Credentials;
 use crate::users::{DirectorySnapshot, UserTable};
 
-/// Metric: syncs, by result (`success`, `failure`).
-pub const SYNCS: &str = "otpgate_directory_syncs_total";
-/// Metric: users in the snapshot serving now.
-pub const USERS: &str = "otpgate_directory_users";
-/// Metric: distinct groups in the snapshot serving now.
-pub const GROUPS: &str = "otpgate_directory_groups";
-/// Metric: entries the last successful sync skipped, by reason.
-pub const SKIPPED: &str = "otpgate_directory_skipped_entries";
-/// Metric: when the snapshot serving now was taken (Unix seconds).
-pub const LAST_SUCCESS: &str = "otpgate_directory_last_success_timestamp_seconds";
-/// Metric: how long the last sync took, successful or not.
-pub const DURATION: &str = "otpgate_directory_sync_duration_seconds";
-
 /// After a failed sync, the next attempt comes after `refresh` or this, whichever is shorter.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Skipped entries logged one by one per sync; the rest are counted.
@@ -91,40 +78,17 @@ pub async fn sync_once(cfg: &DirectoryConfig, synced_ms: u64) -> Result<Built, D
 
 /// Sets the gauges that describe the snapshot serving now (also for one loaded at start).
 pub fn snapshot_metrics(s: &DirectorySnapshot) {
-    ::metrics::gauge!(USERS).set(s.users.len() as f64);
-    ::metrics::gauge!(GROUPS).set(s.group_count() as f64);
-    ::metrics::gauge!(LAST_SUCCESS).set(s.synced_ms as f64 / 1000.0);
-}
-
-/// Describes the directory metrics for `/metrics`.
-pub fn describe_metrics() {
-    ::metrics::describe_counter!(SYNCS, "Directory syncs, by result.");
-    ::metrics::describe_gauge!(USERS, "Users in the directory snapshot serving now.");
-    ::metrics::describe_gauge!(
-        GROUPS,
-        "Distinct groups in the directory snapshot serving now."
-    );
-    ::metrics::describe_gauge!(
-        SKIPPED,
-        "Entries the last successful directory sync skipped, by reason."
-    );
-    ::metrics::describe_gauge!(
-        LAST_SUCCESS,
-        ::metrics::Unit::Seconds,
-        "When the directory snapshot serving now was taken (Unix time)."
-    );
-    ::metrics::describe_gauge!(
-        DURATION,
-        ::metrics::Unit::Seconds,
-        "How long the last directory sync took."
-    );
+    ::metrics::gauge!(crate::metrics::DIRECTORY_USERS).set(s.users.len() as f64);
+    ::metrics::gauge!(crate::metrics::DIRECTORY_GROUPS).set(s.group_count() as f64);
+    ::metrics::gauge!(crate::metrics::DIRECTORY_LAST_SUCCESS).set(s.synced_ms as f64 / 1000.0);
 }
 
 fn report(built: &Built, elapsed: Duration) {
     let s = &built.snapshot;
     for reason in SkipReason::ALL {
         let n = built.skipped.iter().filter(|k| k.reason == reason).count();
-        ::metrics::gauge!(SKIPPED, "reason" => reason.as_str()).set(n as f64);
+        ::metrics::gauge!(crate::metrics::DIRECTORY_SKIPPED, "reason" => reason.as_str())
+            .set(n as f64);
     }
     for k in built.skipped.iter().take(SKIP_LINES) {
         tracing::warn!(
@@ -196,19 +160,21 @@ pub async fn run(sink: Sink, cfg: DirectoryConfig, cancel: CancellationToken) {
             r = sync_once(&cfg, sink.clock.now_ms()) => r,
         };
         let elapsed = started.elapsed();
-        ::metrics::gauge!(DURATION).set(elapsed.as_secs_f64());
+        ::metrics::gauge!(crate::metrics::DIRECTORY_DURATION).set(elapsed.as_secs_f64());
         let delay = match result {
             Ok(built) => {
                 if cancel.is_cancelled() {
                     break;
                 }
-                ::metrics::counter!(SYNCS, "result" => "success").increment(1);
+                ::metrics::counter!(crate::metrics::DIRECTORY_SYNCS, "result" => "success")
+                    .increment(1);
                 report(&built, elapsed);
                 publish(&sink, built.snapshot).await;
                 cfg.refresh
             }
             Err(e) => {
-                ::metrics::counter!(SYNCS, "result" => "failure").increment(1);
+                ::metrics::counter!(crate::metrics::DIRECTORY_SYNCS, "result" => "failure")
+                    .increment(1);
                 match sink.table.snapshot() {
                     Some(s) => tracing::warn!(
                         error = %e,

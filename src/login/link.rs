@@ -15,13 +15,11 @@ use minijinja::context;
 
 use super::send::{Issuer, Order, Prepared};
 use super::tx::{self, LoginTx};
-use super::{
-    AUTH_EMAILS, Flow, LoginError, NO_ACCESS, RATE_LIMITED, Suppressed, key_ip, key_sends,
-    read_form, secret,
-};
+use super::{Flow, LoginError, NO_ACCESS, Suppressed, key_ip, key_sends, read_form, secret};
 use crate::audit::Event;
 use crate::body::{Body, RequestBody};
 use crate::email::Email;
+use crate::metrics::{AUTH_EMAILS, LOGINS, RATE_LIMITED};
 use crate::policy::LoginMethod;
 use crate::session;
 
@@ -370,7 +368,7 @@ impl Flow<'_> {
             e = e.email(email.as_str());
         }
         self.audit(e);
-        ::metrics::counter!(super::LOGINS, "app" => self.name().to_owned(), "method" => "onetimelink", "outcome" => "failure").increment(1);
+        ::metrics::counter!(LOGINS, "app" => self.name().to_owned(), "method" => "onetimelink", "outcome" => "failure").increment(1);
         self.site.pages.page(
             StatusCode::OK,
             "link_confirm.html",

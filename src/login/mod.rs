@@ -48,6 +48,7 @@ use crate::config::{AppConfig, Config, Origin};
 use crate::email::Email;
 use crate::http::redirect;
 use crate::mailer::{Mailer, OutgoingMail};
+use crate::metrics::{CODES, LOGINS, RATE_LIMITED};
 use crate::pages::Pages;
 use crate::policy::{self, LoginMethod};
 use crate::random::Random;
@@ -84,16 +85,6 @@ pub const NO_ACCESS: &str = "That account does not have access.";
 /// The message for a malformed address.
 pub const INVALID_EMAIL: &str = "Enter a valid email address.";
 const EXPIRED_FORM: &str = "Your sign-in form expired. Please try again.";
-
-/// Metric: codes requested, by app and outcome (`sent`, or `suppressed` with a reason).
-pub const CODES: &str = "otpgate_codes_total";
-/// Metric: login attempts, by app, method and outcome.
-pub const LOGINS: &str = "otpgate_logins_total";
-/// Metric: links and temporary passwords requested from the login page, by app, method and
-/// outcome (`sent`, or `suppressed` with a reason).
-pub const AUTH_EMAILS: &str = "otpgate_auth_emails_total";
-/// Metric: requests over a rate limit, by limit.
-pub const RATE_LIMITED: &str = "otpgate_rate_limited_total";
 
 /// Why no code was mailed. Operators see it in the audit log and metrics; visitors never do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

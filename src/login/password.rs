@@ -18,14 +18,15 @@ use subtle::ConstantTimeEq as _;
 
 use super::tx::{self, LoginTx};
 use super::{
-    DELAY_AFTER, Flow, LOGIN_PATH, LOGINS, LoginError, MAX_DELAY, NO_ACCESS, RATE_LIMITED, View,
-    key_ip, one_line, read_form, secret,
+    DELAY_AFTER, Flow, LOGIN_PATH, LoginError, MAX_DELAY, NO_ACCESS, View, key_ip, one_line,
+    read_form, secret,
 };
 use crate::audit::Event;
 use crate::body::{Body, RequestBody};
 use crate::email::Email;
 use crate::http::redirect;
 use crate::mailer::OutgoingMail;
+use crate::metrics::{LOGINS, RATE_LIMITED};
 use crate::policy::LoginMethod;
 use crate::session::{self, Kind, SessionError};
 use crate::store::{Revocation, RevocationKind};

@@ -93,6 +93,11 @@ impl Claims {
         self.method
     }
 
+    /// The session id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
     /// Absolute expiry, Unix milliseconds.
     pub fn expires_ms(&self) -> u64 {
         self.expires_ms

@@ -9,6 +9,7 @@ mod browser;
 mod harness;
 mod ldap;
 mod smtp;
+mod timing;
 
 mod cli;
 mod directory;

@@ -173,7 +173,7 @@ async fn revoked_sessions_need_a_login_and_are_cleared() {
         .gateway()
         .sessions()
         .revocations()
-        .revoke_session(claims.id, claims.expires_ms);
+        .revoke_session(claims.id(), claims.expires_ms());
     assert_login_and_cleared(&with_cookie(&stage, &revoked).await);
     // One session ended, not the person's others.
     assert_eq!(with_cookie(&stage, &other).await.status, 200);
