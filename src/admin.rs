@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 
 use crate::body::Body;
-use crate::gateway::Gateway;
-use crate::login::send::{Issuer, Job, Operator};
+use crate::gateway::{Gateway, Runtime};
+use crate::login::send::{Issuer, Job, Operator, Outcome};
 use crate::policy::LoginMethod;
 
 fn text(
@@ -90,44 +90,17 @@ struct SendRequest {
 
 /// `POST /admin/send-auth-email`: the command line's `send-auth-email`, on a running gateway.
 async fn send_auth_email(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
-    use http_body_util::BodyExt as _;
     if let Some(r) = refused(gw, &req) {
         return r;
     }
-    let Ok(body) = http_body_util::Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-    else {
-        return problem(StatusCode::BAD_REQUEST, "unreadable_body");
+    let (ask, method) = match read_send_request(req).await {
+        Ok(checked) => checked,
+        Err(r) => return r,
     };
-    let ask: SendRequest = match serde_json::from_slice(&body) {
-        Ok(a) => a,
-        Err(e) => {
-            return json(
-                StatusCode::BAD_REQUEST,
-                &serde_json::json!({ "error": "bad_request", "detail": e.to_string() }),
-            );
-        }
-    };
-    let method = match ask.method.as_deref() {
-        None => None,
-        Some("link" | "onetimelink") => Some(LoginMethod::OneTimeLink),
-        Some("token" | "onetimetoken") => Some(LoginMethod::OneTimeToken),
-        Some(_) => return problem(StatusCode::BAD_REQUEST, "method is link or token"),
-    };
-    if ask.users.is_empty() && ask.groups.is_empty() {
-        return problem(StatusCode::BAD_REQUEST, "name at least one user or group");
-    }
     let rt = Arc::clone(&*gw.runtime());
     let (app, method) = match crate::login::send::target(&rt.config, ask.app.as_deref(), method) {
         Ok(t) => t,
-        Err(e) => {
-            return json(
-                StatusCode::BAD_REQUEST,
-                &serde_json::json!({ "error": "bad_request", "detail": e.to_string() }),
-            );
-        }
+        Err(e) => return bad_request(&e),
     };
     let Some(origin) = rt
         .apps
@@ -137,6 +110,63 @@ async fn send_auth_email(gw: &Gateway, req: Request<Incoming>) -> Response<Body>
     else {
         return problem(StatusCode::BAD_REQUEST, "unknown app");
     };
+    let job = Job {
+        app: &app.name,
+        origin: &origin,
+        method,
+        force: ask.force,
+        users: &ask.users,
+        groups: &ask.groups,
+    };
+    let lines = send(gw, &rt, &job).await;
+    let results: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|(user, o)| serde_json::json!({ "user": user, "outcome": o.as_str() }))
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "app": app.name, "method": method.as_str(), "results": results }),
+    )
+}
+
+/// The request body, and its method; the answer when either is unusable or nobody is named.
+async fn read_send_request(
+    req: Request<Incoming>,
+) -> Result<(SendRequest, Option<LoginMethod>), Response<Body>> {
+    use http_body_util::BodyExt as _;
+    let Ok(body) = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+    else {
+        return Err(problem(StatusCode::BAD_REQUEST, "unreadable_body"));
+    };
+    let ask: SendRequest = serde_json::from_slice(&body).map_err(|e| bad_request(&e))?;
+    let method = match ask.method.as_deref() {
+        None => None,
+        Some("link" | "onetimelink") => Some(LoginMethod::OneTimeLink),
+        Some("token" | "onetimetoken") => Some(LoginMethod::OneTimeToken),
+        Some(_) => return Err(problem(StatusCode::BAD_REQUEST, "method is link or token")),
+    };
+    if ask.users.is_empty() && ask.groups.is_empty() {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "name at least one user or group",
+        ));
+    }
+    Ok((ask, method))
+}
+
+fn bad_request(detail: &dyn std::fmt::Display) -> Response<Body> {
+    json(
+        StatusCode::BAD_REQUEST,
+        &serde_json::json!({ "error": "bad_request", "detail": detail.to_string() }),
+    )
+}
+
+/// Mails the job with the gateway's own keys, store and mailer, so the links and passwords
+/// are the ones it will accept.
+async fn send(gw: &Gateway, rt: &Runtime, job: &Job<'_>) -> Vec<(String, Outcome)> {
     let keys = Arc::clone(&*gw.sessions().keys());
     let users = Arc::clone(&*gw.users());
     let operator = Operator {
@@ -153,23 +183,7 @@ async fn send_auth_email(gw: &Gateway, req: Request<Incoming>) -> Response<Body>
         clock: gw.clock().as_ref(),
         via: "admin api",
     };
-    let job = Job {
-        app: &app.name,
-        origin: &origin,
-        method,
-        force: ask.force,
-        users: &ask.users,
-        groups: &ask.groups,
-    };
-    let lines = operator.send(&job).await;
-    let results: Vec<serde_json::Value> = lines
-        .iter()
-        .map(|(user, o)| serde_json::json!({ "user": user, "outcome": o.as_str() }))
-        .collect();
-    json(
-        StatusCode::OK,
-        &serde_json::json!({ "app": app.name, "method": method.as_str(), "results": results }),
-    )
+    operator.send(job).await
 }
 
 /// Answers one admin request.

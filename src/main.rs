@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use otpgate::clock::SystemClock;
+use otpgate::commands::{self, CommandError};
 use otpgate::config::{self, LogFormat};
 use otpgate::policy::LoginMethod;
+use otpgate::random;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -145,6 +148,9 @@ enum KeysCommand {
     },
 }
 
+/// What an administrative command prints, or why it refused.
+type CommandResult = Result<String, CommandError>;
+
 fn duration(s: &str) -> Result<Duration, String> {
     config::units::parse_duration(s)
 }
@@ -208,123 +214,157 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
-/// The administrative commands: load the config, run, print one result.
-fn admin(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
-    use otpgate::commands;
-    let loaded = match config::load(path, env()) {
-        Ok(l) => l,
+/// The config, or `None` once its problems are printed.
+fn load_or_report(path: &Path, env: Vec<(String, String)>) -> Option<config::Loaded> {
+    match config::load(path, env) {
+        Ok(l) => Some(l),
         Err(e) => {
             for p in &e.errors {
                 eprintln!("error: {p}");
             }
-            return Ok(ExitCode::from(1));
+            None
         }
+    }
+}
+
+/// The administrative commands: load the config, run, print one result.
+fn admin(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
+    let Some(loaded) = load_or_report(path, env()) else {
+        return Ok(ExitCode::from(1));
     };
     let c = &loaded.config;
-    let clock = otpgate::clock::SystemClock;
-    let random = otpgate::random::system();
     let out = match command {
-        Command::Policy {
-            command:
-                PolicyCommand::Explain {
-                    app,
-                    email,
-                    path,
-                    ip,
-                    method,
-                },
-        } => commands::policy_explain(c, &app, &email, &path, ip, method),
+        Command::Policy { command } => policy(c, command),
         Command::MintCookie {
             app,
             email,
             ttl,
             method,
-        } => commands::mint_cookie(c, &app, &email, ttl, method, &clock, &random),
-        Command::Sessions {
-            command: SessionsCommand::Revoke { user },
-        } => commands::revoke_user(c, &user, &clock, random.as_ref()),
-        Command::Users {
-            command: UsersCommand::List,
-        } => commands::users_list(c),
-        Command::Users {
-            command: UsersCommand::Unlock { id },
-        } => commands::unlock_user(c, &id, &clock, random.as_ref()),
-        Command::Keys {
-            command: KeysCommand::List,
-        } => commands::keys_list(c, &clock, random.as_ref()),
-        Command::Keys {
-            command: KeysCommand::Rotate,
-        } => commands::keys_rotate(c, &clock, random.as_ref()),
-        Command::Keys {
-            command: KeysCommand::Retire { id },
-        } => commands::keys_retire(c, &id),
+        } => commands::mint_cookie(
+            c,
+            &app,
+            &email,
+            ttl,
+            method,
+            &SystemClock,
+            &random::system(),
+        ),
+        Command::Sessions { command } => sessions(c, command),
+        Command::Users { command } => users(c, command),
+        Command::Keys { command } => keys(c, command),
         Command::SendAuthEmail {
             users,
             groups,
             app,
             method,
             force,
-        } => {
-            // Delivery problems are logged by the mailer: show them on stderr, beside the
-            // per-user lines on stdout.
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .try_init();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the runtime")?;
-            let sent = runtime.block_on(commands::send_auth_email(
-                c,
-                &users,
-                &groups,
-                app.as_deref(),
-                method,
-                force,
-                &clock,
-                &random,
-            ));
-            return Ok(match sent {
-                Ok((lines, all_ok)) => {
-                    print!("{lines}");
-                    if all_ok {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    }
-                }
-                Err(e) => {
-                    eprintln!("otpgate: error: {e}");
-                    ExitCode::from(1)
-                }
-            });
-        }
+        } => return send_auth_email(c, &users, &groups, app.as_deref(), method, force),
         Command::Serve | Command::CheckConfig => return Ok(ExitCode::from(2)),
     };
+    Ok(print_result(out))
+}
+
+fn print_result(out: CommandResult) -> ExitCode {
     match out {
         Ok(text) => {
             println!("{}", text.trim_end());
-            Ok(ExitCode::SUCCESS)
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("otpgate: error: {e}");
-            Ok(ExitCode::from(1))
+            ExitCode::from(1)
         }
     }
 }
 
+fn policy(c: &config::Config, command: PolicyCommand) -> CommandResult {
+    match command {
+        PolicyCommand::Explain {
+            app,
+            email,
+            path,
+            ip,
+            method,
+        } => commands::policy_explain(c, &app, &email, &path, ip, method),
+    }
+}
+
+fn sessions(c: &config::Config, command: SessionsCommand) -> CommandResult {
+    match command {
+        SessionsCommand::Revoke { user } => {
+            commands::revoke_user(c, &user, &SystemClock, random::system().as_ref())
+        }
+    }
+}
+
+fn users(c: &config::Config, command: UsersCommand) -> CommandResult {
+    match command {
+        UsersCommand::List => commands::users_list(c),
+        UsersCommand::Unlock { id } => {
+            commands::unlock_user(c, &id, &SystemClock, random::system().as_ref())
+        }
+    }
+}
+
+fn keys(c: &config::Config, command: KeysCommand) -> CommandResult {
+    match command {
+        KeysCommand::List => commands::keys_list(c, &SystemClock, random::system().as_ref()),
+        KeysCommand::Rotate => commands::keys_rotate(c, &SystemClock, random::system().as_ref()),
+        KeysCommand::Retire { id } => commands::keys_retire(c, &id),
+    }
+}
+
+/// Mails now, so it needs a runtime; prints one line per user and exits 1 unless every user
+/// was mailed.
+fn send_auth_email(
+    c: &config::Config,
+    users: &[String],
+    groups: &[String],
+    app: Option<&str>,
+    method: Option<LoginMethod>,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    // Delivery problems are logged by the mailer: show them on stderr, beside the
+    // per-user lines on stdout.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let sent = runtime.block_on(commands::send_auth_email(
+        c,
+        users,
+        groups,
+        app,
+        method,
+        force,
+        &SystemClock,
+        &random::system(),
+    ));
+    Ok(match sent {
+        Ok((lines, all_ok)) => {
+            print!("{lines}");
+            if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("otpgate: error: {e}");
+            ExitCode::from(1)
+        }
+    })
+}
+
 fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let env = env();
-    let loaded = match config::load(path, env.clone()) {
-        Ok(l) => l,
-        Err(e) => {
-            for p in &e.errors {
-                eprintln!("error: {p}");
-            }
-            return Ok(ExitCode::from(1));
-        }
+    let Some(loaded) = load_or_report(path, env.clone()) else {
+        return Ok(ExitCode::from(1));
     };
     let _log_guard = init_logging(loaded.config.log.format, &loaded.config.log.level);
     for w in &loaded.warnings {

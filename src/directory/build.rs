@@ -17,8 +17,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::config::DirectoryConfig;
 use crate::config::validate_group_name;
+use crate::config::{DirectoryConfig, DirectoryGroups, DirectoryUsers};
 use crate::dn;
 use crate::email::Email;
 use crate::users::{DirectorySnapshot, DirectoryUser};
@@ -130,176 +130,219 @@ pub struct Built {
     pub skipped: Vec<Skipped>,
 }
 
+/// Why one entry is left out, and the detail for the log line.
+type Refusal = (SkipReason, String);
+
+impl Skipped {
+    fn of(entry: &Entry, (reason, detail): Refusal) -> Self {
+        Self {
+            dn: entry.dn.clone(),
+            reason,
+            detail,
+        }
+    }
+}
+
 /// Turns the entries of the users and groups searches into a snapshot.
 pub fn build(cfg: &DirectoryConfig, users: &[Entry], groups: &[Entry], synced_ms: u64) -> Built {
     let mut skipped = Vec::new();
-    let mut skip = |dn: &str, reason: SkipReason, detail: String| {
-        skipped.push(Skipped {
-            dn: dn.to_owned(),
-            reason,
-            detail,
-        });
-    };
-
-    // Groups: normalised group DN → name, and normalised member DN → names.
-    let mut group_names: HashMap<String, String> = HashMap::new();
-    let mut members: HashMap<String, BTreeSet<String>> = HashMap::new();
-    if let Some(gc) = &cfg.groups {
-        for g in groups {
-            let Ok(gdn) = dn::normalise(&g.dn) else {
-                skip(&g.dn, SkipReason::InvalidDn, "group DN".into());
-                continue;
-            };
-            let Some(raw) = g.first(&gc.name) else {
-                skip(
-                    &g.dn,
-                    SkipReason::InvalidGroup,
-                    format!("no {} attribute", gc.name),
-                );
-                continue;
-            };
-            let name = match validate_group_name(raw) {
-                Ok(n) => n,
-                Err(e) => {
-                    skip(&g.dn, SkipReason::InvalidGroup, e);
-                    continue;
-                }
-            };
-            for m in g.values(&gc.member) {
-                // Members the users search does not return (other bases, nested groups) are
-                // simply not matched.
-                if let Ok(mdn) = dn::normalise(m) {
-                    members.entry(mdn).or_default().insert(name.clone());
-                }
-            }
-            group_names.insert(gdn, name);
-        }
-    }
-
-    // Users, in DN order so that "the first entry wins" does not depend on the server.
-    let mut ordered: Vec<(String, &Entry)> = Vec::with_capacity(users.len());
-    for u in users {
-        match dn::normalise(&u.dn) {
-            Ok(n) => ordered.push((n, u)),
-            Err(e) => skip(&u.dn, SkipReason::InvalidDn, e.to_string()),
-        }
-    }
-    ordered.sort_by(|a, b| a.0.cmp(&b.0));
-
-    let mut taken: HashMap<String, String> = HashMap::new();
-    let mut out: BTreeMap<String, DirectoryUser> = BTreeMap::new();
-    let mut seen_dns: HashSet<String> = HashSet::new();
-    for (ndn, u) in ordered {
-        if !seen_dns.insert(ndn.clone()) {
-            // The same entry twice (overlapping paged answers): not a conflict.
-            continue;
-        }
-        let Some(raw_id) = u.first(&cfg.users.id) else {
-            skip(
-                &u.dn,
-                SkipReason::MissingId,
-                format!("no {} attribute", cfg.users.id),
-            );
-            continue;
-        };
-        let id_is_address = raw_id.contains('@');
-        let id = if id_is_address {
-            match Email::parse(raw_id) {
-                Ok(e) => e.to_string(),
-                Err(e) => {
-                    skip(
-                        &u.dn,
-                        SkipReason::InvalidAddress,
-                        format!("{}: {raw_id:?}: {e}", cfg.users.id),
-                    );
-                    continue;
-                }
-            }
-        } else if raw_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            skip(
-                &u.dn,
-                SkipReason::InvalidId,
-                format!(
-                    "{}: {raw_id:?} is neither an address nor a name without spaces",
-                    cfg.users.id
-                ),
-            );
-            continue;
-        } else {
-            raw_id.to_owned()
-        };
-        let temp_auth_email = match cfg.users.temp_auth_email.as_deref() {
-            None => None,
-            Some(attr) => match u.first(attr) {
-                None => None,
-                Some(v) => match Email::parse(v) {
-                    Ok(e) => Some(e),
-                    Err(e) => {
-                        skip(
-                            &u.dn,
-                            SkipReason::InvalidAddress,
-                            format!("{attr}: {v:?}: {e}"),
-                        );
-                        continue;
-                    }
-                },
-            },
-        };
-        if !id_is_address && temp_auth_email.is_none() {
-            skip(
-                &u.dn,
-                SkipReason::NoAddress,
-                format!(
-                    "id {id:?} is not an address and there is no {}",
-                    cfg.users
-                        .temp_auth_email
-                        .as_deref()
-                        .unwrap_or("temp_auth_email")
-                ),
-            );
-            continue;
-        }
-        if let Some(first) = taken.get(&id) {
-            skip(
-                &u.dn,
-                SkipReason::DuplicateId,
-                format!("id {id:?} belongs to {first} already"),
-            );
-            continue;
-        }
-        let mut groups: BTreeSet<String> = members.get(&ndn).cloned().unwrap_or_default();
-        if let Some(attr) = cfg.users.member_of.as_deref() {
-            for g in u.values(attr) {
-                let name = if cfg.groups.is_some() {
-                    dn::normalise(g)
-                        .ok()
-                        .and_then(|n| group_names.get(&n).cloned())
-                } else {
-                    dn::first_value(g).and_then(|v| validate_group_name(&v).ok())
-                };
-                if let Some(n) = name {
-                    groups.insert(n);
-                }
-            }
-        }
-        taken.insert(id.clone(), u.dn.clone());
-        out.insert(
-            id.clone(),
-            DirectoryUser {
-                id,
-                dn: u.dn.clone(),
-                temp_auth_email,
-                groups: groups.into_iter().collect(),
-            },
-        );
-    }
+    // Groups first: the users' memberships are resolved through them.
+    let groups = cfg
+        .groups
+        .as_ref()
+        .map(|gc| read_groups(gc, groups, &mut skipped));
+    let ordered = in_dn_order(users, &mut skipped);
+    let users = read_users(cfg, &ordered, groups.as_ref(), &mut skipped);
     Built {
         snapshot: DirectorySnapshot {
             fingerprint: cfg.fingerprint(),
             synced_ms,
-            users: out.into_values().collect(),
+            users,
         },
         skipped,
+    }
+}
+
+/// What the groups search says, keyed by normalised DN.
+#[derive(Default)]
+struct GroupSearch {
+    /// Group DN → name, for the users' `memberOf` values.
+    names: HashMap<String, String>,
+    /// Member DN → the names of the groups listing it.
+    members: HashMap<String, BTreeSet<String>>,
+}
+
+/// The groups search, OpenLDAP style: each group lists its members' DNs.
+fn read_groups(gc: &DirectoryGroups, entries: &[Entry], skipped: &mut Vec<Skipped>) -> GroupSearch {
+    let mut out = GroupSearch::default();
+    for g in entries {
+        let (gdn, name) = match read_group(gc, g) {
+            Ok(group) => group,
+            Err(refusal) => {
+                skipped.push(Skipped::of(g, refusal));
+                continue;
+            }
+        };
+        for m in g.values(&gc.member) {
+            // Members the users search does not return (other bases, nested groups) are
+            // simply not matched.
+            if let Ok(mdn) = dn::normalise(m) {
+                out.members.entry(mdn).or_default().insert(name.clone());
+            }
+        }
+        out.names.insert(gdn, name);
+    }
+    out
+}
+
+/// One group's normalised DN and name.
+fn read_group(gc: &DirectoryGroups, g: &Entry) -> Result<(String, String), Refusal> {
+    let gdn = dn::normalise(&g.dn).map_err(|_| (SkipReason::InvalidDn, "group DN".to_owned()))?;
+    let raw = g.first(&gc.name).ok_or_else(|| {
+        (
+            SkipReason::InvalidGroup,
+            format!("no {} attribute", gc.name),
+        )
+    })?;
+    let name = validate_group_name(raw).map_err(|e| (SkipReason::InvalidGroup, e))?;
+    Ok((gdn, name))
+}
+
+/// The users with a readable DN, by normalised DN, so that "the first entry wins" does not
+/// depend on the order the server answers in.
+fn in_dn_order<'a>(users: &'a [Entry], skipped: &mut Vec<Skipped>) -> Vec<(String, &'a Entry)> {
+    let mut ordered: Vec<(String, &Entry)> = Vec::with_capacity(users.len());
+    for u in users {
+        match dn::normalise(&u.dn) {
+            Ok(n) => ordered.push((n, u)),
+            Err(e) => skipped.push(Skipped::of(u, (SkipReason::InvalidDn, e.to_string()))),
+        }
+    }
+    ordered.sort_by(|a, b| a.0.cmp(&b.0));
+    ordered
+}
+
+/// The users in id order, from entries in DN order; the first entry with an id wins.
+fn read_users(
+    cfg: &DirectoryConfig,
+    ordered: &[(String, &Entry)],
+    groups: Option<&GroupSearch>,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<DirectoryUser> {
+    let mut out: BTreeMap<String, DirectoryUser> = BTreeMap::new();
+    let mut seen_dns: HashSet<&str> = HashSet::new();
+    for (ndn, u) in ordered {
+        if !seen_dns.insert(ndn) {
+            // The same entry twice (overlapping paged answers): not a conflict.
+            continue;
+        }
+        let (id, temp_auth_email) = match read_user(&cfg.users, u) {
+            Ok(user) => user,
+            Err(refusal) => {
+                skipped.push(Skipped::of(u, refusal));
+                continue;
+            }
+        };
+        if let Some(first) = out.get(&id) {
+            let detail = format!("id {id:?} belongs to {} already", first.dn);
+            skipped.push(Skipped::of(u, (SkipReason::DuplicateId, detail)));
+            continue;
+        }
+        let user = DirectoryUser {
+            id: id.clone(),
+            dn: u.dn.clone(),
+            temp_auth_email,
+            groups: memberships(cfg.users.member_of.as_deref(), groups, ndn, u),
+        };
+        out.insert(id, user);
+    }
+    out.into_values().collect()
+}
+
+/// One user's id and temporary-authentication address.
+fn read_user(uc: &DirectoryUsers, u: &Entry) -> Result<(String, Option<Email>), Refusal> {
+    let (id, id_is_address) = read_id(uc, u)?;
+    let temp_auth_email = read_temp_auth_email(uc, u)?;
+    if !id_is_address && temp_auth_email.is_none() {
+        let attr = uc.temp_auth_email.as_deref().unwrap_or("temp_auth_email");
+        return Err((
+            SkipReason::NoAddress,
+            format!("id {id:?} is not an address and there is no {attr}"),
+        ));
+    }
+    Ok((id, temp_auth_email))
+}
+
+/// The id, and whether it is an address (lower-cased) rather than a name.
+fn read_id(uc: &DirectoryUsers, u: &Entry) -> Result<(String, bool), Refusal> {
+    let Some(raw) = u.first(&uc.id) else {
+        return Err((SkipReason::MissingId, format!("no {} attribute", uc.id)));
+    };
+    if raw.contains('@') {
+        return match Email::parse(raw) {
+            Ok(e) => Ok((e.to_string(), true)),
+            Err(e) => Err((
+                SkipReason::InvalidAddress,
+                format!("{}: {raw:?}: {e}", uc.id),
+            )),
+        };
+    }
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err((
+            SkipReason::InvalidId,
+            format!(
+                "{}: {raw:?} is neither an address nor a name without spaces",
+                uc.id
+            ),
+        ));
+    }
+    Ok((raw.to_owned(), false))
+}
+
+/// `temp_auth_email`, when the attribute is configured and the entry has it.
+fn read_temp_auth_email(uc: &DirectoryUsers, u: &Entry) -> Result<Option<Email>, Refusal> {
+    let Some(attr) = uc.temp_auth_email.as_deref() else {
+        return Ok(None);
+    };
+    let Some(v) = u.first(attr) else {
+        return Ok(None);
+    };
+    match Email::parse(v) {
+        Ok(e) => Ok(Some(e)),
+        Err(e) => Err((SkipReason::InvalidAddress, format!("{attr}: {v:?}: {e}"))),
+    }
+}
+
+/// A user's group names, sorted and once each: the groups listing the user as a member
+/// (OpenLDAP `groupOfNames`) merged with those its `memberOf` names (Active Directory).
+fn memberships(
+    member_of: Option<&str>,
+    groups: Option<&GroupSearch>,
+    ndn: &str,
+    u: &Entry,
+) -> Vec<String> {
+    let mut names: BTreeSet<String> = groups
+        .and_then(|gs| gs.members.get(ndn))
+        .cloned()
+        .unwrap_or_default();
+    if let Some(attr) = member_of {
+        names.extend(
+            u.values(attr)
+                .iter()
+                .filter_map(|g| member_of_group(groups, g)),
+        );
+    }
+    names.into_iter().collect()
+}
+
+/// The group a `memberOf` DN names: with a groups search, only a group it found (by DN);
+/// without one, the DN's first RDN value.
+fn member_of_group(groups: Option<&GroupSearch>, group_dn: &str) -> Option<String> {
+    match groups {
+        Some(gs) => dn::normalise(group_dn)
+            .ok()
+            .and_then(|n| gs.names.get(&n).cloned()),
+        None => dn::first_value(group_dn).and_then(|v| validate_group_name(&v).ok()),
     }
 }
 
