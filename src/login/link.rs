@@ -1,235 +1,26 @@
-//! The one-time link (Zscaler's "One-Time Link"): requesting one from the login page, and
-//! using one.
+//! Using a one-time link (Zscaler's "One-Time Link"; requesting one is in `mail_request`).
 //!
 //! `GET /.otpgate/link?t=…` only shows a confirmation page: mail scanners and link previews
-//! fetch links, and must not use them up or log anyone in (SECURITY.md 20). The page's button
-//! posts the token with a CSRF token bound to a fresh login transaction; only that post uses
-//! the link — atomically, so one link gives one session — and answers with a 303, which also
-//! takes the token out of the address bar (SECURITY.md 21).
-
-use std::sync::Arc;
+//! fetch links, and must not use them up or log anyone in (docs/security.md#20). The page's
+//! button posts the token with a CSRF token bound to a fresh login transaction; only that post
+//! uses the link — atomically, so one link gives one session — and answers with a 303, which
+//! also takes the token out of the address bar (docs/security.md#21).
 
 use http::header::SET_COOKIE;
 use http::{Request, Response, StatusCode};
 use minijinja::context;
 
-use super::send::{Issuer, Order, Prepared};
+use super::page::read_form;
 use super::tx::{self, LoginTx};
-use super::{Flow, LoginError, NO_ACCESS, Suppressed, key_ip, key_sends, read_form, secret};
+use super::{Flow, LoginError, NO_ACCESS, secret};
 use crate::audit::Event;
 use crate::body::{Body, RequestBody};
 use crate::email::Email;
-use crate::metrics::{AUTH_EMAILS, LOGINS, RATE_LIMITED};
+use crate::metrics::LOGINS;
 use crate::policy::LoginMethod;
 use crate::session;
 
-/// At most this many link or temporary-password mails are being prepared at once in the
-/// background; past it new ones are dropped (logged and counted), like a full mail queue.
-const PREPARING: usize = 256;
-
-fn preparing() -> &'static Arc<tokio::sync::Semaphore> {
-    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
-    SLOTS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(PREPARING)))
-}
-
 impl Flow<'_> {
-    /// "Email me a sign-in link" / "Email me a temporary password": the same page for every
-    /// well-formed address, after the same work (SECURITY.md 10). Recording the secret (a
-    /// durable write) and mailing it happen in the background, for allowed people only, so
-    /// neither shows in the answer's timing; the temporary password's once-a-day rule is
-    /// applied there too (SECURITY.md 24).
-    pub(super) async fn request_mail(
-        &self,
-        tx: &LoginTx,
-        email: &Email,
-        method: LoginMethod,
-        started: tokio::time::Instant,
-    ) -> Result<Response<Body>, LoginError> {
-        let request_id = crate::random::request_id(self.svc.random.as_ref());
-        let kind = if method == LoginMethod::OneTimeLink {
-            "link"
-        } else {
-            "token"
-        };
-        self.audit(
-            Event::new(if kind == "link" {
-                "link.requested"
-            } else {
-                "token.requested"
-            })
-            .email(email.as_str())
-            .request(&request_id)
-            .with("login_method", method.as_str()),
-        );
-        let limits = &self.site.config.rate_limits;
-        let state = self.svc.state;
-        let per_ip = state
-            .hit(&key_ip(self.ip), limits.login_requests_per_ip.per)
-            .await?;
-        let per_address = state
-            .hit(&key_sends(email), limits.code_sends_per_address.per)
-            .await?;
-        let over_ip = per_ip > u64::from(limits.login_requests_per_ip.count);
-        let over_address = per_address > u64::from(limits.code_sends_per_address.count);
-        for (over, limit) in [(over_ip, "ip"), (over_address, "address")] {
-            if over {
-                ::metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
-            }
-        }
-        let failures = self.failures(email.as_str()).await?;
-        let user = self.user(email);
-        let reason = if !self.would_allow(email, &tx.rd, method) {
-            Some(if user.is_some() {
-                Suppressed::PolicyBlock
-            } else {
-                Suppressed::UnknownUser
-            })
-        } else if over_ip || over_address {
-            Some(Suppressed::RateLimited)
-        } else if failures.locked {
-            Some(Suppressed::Locked)
-        } else {
-            None
-        };
-        // Allowed addresses that are not in the user table get their mail at the address
-        // itself, like a PIN; known users at `temp_auth_email`, else their id (SPEC.md §5).
-        let to = user
-            .as_ref()
-            .and_then(|u| u.temp_auth_email.clone())
-            .unwrap_or_else(|| email.clone());
-        let app_label = self.name().to_owned();
-        match reason {
-            None => self.prepare_in_background(email, to, method, &tx.rd, &request_id),
-            Some(reason) => {
-                self.audit(
-                    Event::new(if kind == "link" {
-                        "link.suppressed"
-                    } else {
-                        "token.suppressed"
-                    })
-                    .email(email.as_str())
-                    .request(&request_id)
-                    .with("reason", reason.as_str()),
-                );
-                ::metrics::counter!(AUTH_EMAILS, "app" => app_label, "method" => kind, "outcome" => "suppressed", "reason" => reason.as_str())
-                    .increment(1);
-                if self.svc.outbox {
-                    tracing::info!(app = self.name(), email = %email, reason = reason.as_str(), kind, "no mail sent");
-                }
-            }
-        }
-        tokio::time::sleep_until(started + super::RESPONSE_FLOOR).await;
-        Ok(self.sent_page(tx, email, kind))
-    }
-
-    fn prepare_in_background(
-        &self,
-        email: &Email,
-        to: Email,
-        method: LoginMethod,
-        rd: &str,
-        request_id: &str,
-    ) {
-        let kind = if method == LoginMethod::OneTimeLink {
-            "link"
-        } else {
-            "token"
-        };
-        let Ok(slot) = preparing().clone().try_acquire_owned() else {
-            ::metrics::counter!(crate::metrics::MAIL_DROPPED, "kind" => kind).increment(1);
-            tracing::error!(app = self.name(), to = %to, kind, "mail dropped: too many being prepared");
-            return;
-        };
-        let (config, pages, audit) = (
-            self.site.config.clone(),
-            self.site.pages.clone(),
-            self.site.audit.clone(),
-        );
-        let keys = Arc::clone(&*self.svc.sessions.keys());
-        let credentials = self.svc.store.clone();
-        let random = self.svc.random.clone();
-        let mailer = self.svc.mailer.clone();
-        let clock = self.svc.clock.clone();
-        let (app, origin, identity, rd, request_id, ip) = (
-            self.name().to_owned(),
-            self.site.origin.clone(),
-            email.clone(),
-            rd.to_owned(),
-            request_id.to_owned(),
-            self.ip,
-        );
-        let now_ms = self.now_ms();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let issuer = Issuer {
-                pages: &pages,
-                keys: &keys,
-                credentials: &credentials,
-                random: random.as_ref(),
-                providers: &config.identity_providers,
-            };
-            let order = Order {
-                app: &app,
-                origin: &origin,
-                identity: &identity,
-                to: &to,
-                rd: &rd,
-                method,
-                force: false,
-                now_ms,
-            };
-            let (event, outcome) = match issuer.prepare(&order).await {
-                Ok(Prepared::Mail(mail)) => {
-                    let queued = mailer.enqueue(mail);
-                    (
-                        format!("{kind}.sent"),
-                        if queued { "sent" } else { "dropped" },
-                    )
-                }
-                Ok(Prepared::Skipped) => (format!("{kind}.suppressed"), "reissue_after"),
-                Err(e) => {
-                    tracing::error!(app = %app, error = %e, kind, "cannot prepare a sign-in mail");
-                    (format!("{kind}.failed"), "error")
-                }
-            };
-            let mut e = Event::new(&event)
-                .app(&app)
-                .ip(ip)
-                .email(identity.as_str())
-                .request(&request_id);
-            e = if event.ends_with(".sent") {
-                e.with("to", to.as_str())
-            } else {
-                e.with("reason", outcome)
-            };
-            audit.record(clock.now(), e);
-            let labels = if outcome == "sent" {
-                ("sent", "")
-            } else {
-                ("suppressed", outcome)
-            };
-            ::metrics::counter!(AUTH_EMAILS, "app" => app, "method" => kind, "outcome" => labels.0, "reason" => labels.1)
-                .increment(1);
-        });
-    }
-
-    fn sent_page(&self, tx: &LoginTx, email: &Email, kind: &str) -> Response<Body> {
-        let keys = self.svc.sessions.keys();
-        let csrf = tx::csrf_token(&keys, "login", self.name(), &tx.id);
-        let idp = &self.site.config.identity_providers;
-        let ttl = if kind == "link" {
-            idp.link.as_ref().map(|l| l.ttl)
-        } else {
-            idp.token.as_ref().map(|t| t.reissue_after)
-        };
-        let hours = ttl.map_or(24, |t| t.as_secs().div_ceil(3600));
-        self.site.pages.page(
-            StatusCode::OK,
-            "sent.html",
-            context! { app => self.name(), csrf, email => email.as_str(), method => kind, hours, rd => tx.rd.as_str() },
-        )
-    }
-
     /// `GET /.otpgate/link?t=…`: the confirmation page. Looks the link up without using it.
     pub(super) async fn link_page(
         &self,
@@ -295,7 +86,7 @@ impl Flow<'_> {
     ) -> Result<Response<Body>, LoginError> {
         let (parts, body) = req.into_parts();
         let form = read_form(&parts.headers, body).await?;
-        let request_id = crate::random::request_id(self.svc.random.as_ref());
+        let request_id = self.request_id();
         let keys = self.svc.sessions.keys();
         let tx = LoginTx::from_headers(
             &parts.headers,
@@ -311,15 +102,7 @@ impl Flow<'_> {
         }) else {
             return Ok(self.link_failed(None, "csrf", &request_id));
         };
-        let limits = &self.site.config.rate_limits;
-        if self
-            .svc
-            .state
-            .hit(&key_ip(self.ip), limits.login_requests_per_ip.per)
-            .await?
-            > u64::from(limits.login_requests_per_ip.count)
-        {
-            ::metrics::counter!(RATE_LIMITED, "limit" => "ip").increment(1);
+        if self.over_ip().await? {
             return Ok(self.link_failed(None, "throttled", &request_id));
         }
         let t = form.get("t").map_or("", String::as_str);
@@ -346,7 +129,7 @@ impl Flow<'_> {
             return Ok(self.link_failed(Some(&email), "locked", &request_id));
         }
         // The target travelled in the link record and the sealed transaction; it is checked
-        // against the policy and validated again here (SECURITY.md 19, 5).
+        // against the policy and validated again here (docs/security.md#19, docs/security.md#5).
         let rd = if tx.rd == link.rd {
             link.rd
         } else {
@@ -358,7 +141,7 @@ impl Flow<'_> {
         self.start_session(&email, LoginMethod::OneTimeLink, &rd, &request_id)
     }
 
-    /// Every failed link gets the same page (SECURITY.md 11).
+    /// Every failed link gets the same page (docs/security.md#11).
     fn link_failed(&self, email: Option<&Email>, reason: &str, request_id: &str) -> Response<Body> {
         let mut e = Event::new("login.failed")
             .request(request_id)

@@ -1,11 +1,295 @@
-//! One-time PINs: decimal digits from the CSPRNG without modulo bias (SECURITY.md 12), stored
-//! only as a keyed digest bound to the login transaction and the address (SECURITY.md 15, 18).
+//! The one-time PIN: "Send me a code" files a PIN for every well-formed address and mails it
+//! to allowed people only; `POST /.otpgate/code` checks it and logs in.
+//!
+//! PINs are decimal digits from the CSPRNG without modulo bias (docs/security.md#12), stored
+//! only as a keyed digest bound to the login transaction and the address
+//! (docs/security.md#15, docs/security.md#18).
 
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use minijinja::context;
 use serde::{Deserialize, Serialize};
 
+use super::limits::{Suppressed, key_code, key_index, slow_down};
+use super::page::read_form;
+use super::tx::{self, LoginTx};
+use super::{Flow, LoginError, NO_ACCESS, RESPONSE_FLOOR, one_line};
+use crate::audit::Event;
+use crate::body::{Body, RequestBody};
+use crate::email::Email;
+use crate::mailer::OutgoingMail;
+use crate::metrics::{CODES, LOGINS};
+use crate::policy::LoginMethod;
 use crate::random::{Random, RandomError};
 use crate::session::KeyRing;
 use crate::session::keys::Key;
+use crate::state::{CodeRecord, Consume};
+
+impl Flow<'_> {
+    /// "Send me a code".
+    pub(super) async fn request_code(
+        &self,
+        tx: &LoginTx,
+        email: &Email,
+        started: tokio::time::Instant,
+    ) -> Result<Response<Body>, LoginError> {
+        let request_id = self.request_id();
+        self.audit(
+            Event::new("code.requested")
+                .email(email.as_str())
+                .request(&request_id)
+                .with("login_method", "onetimepin"),
+        );
+        self.issue_code(tx, email, &request_id).await?;
+        tokio::time::sleep_until(started + RESPONSE_FLOOR).await;
+        Ok(self.code_page(tx, email.as_str(), None))
+    }
+
+    /// Makes and files a PIN for this transaction whatever the address, so every address
+    /// costs the same work (docs/security.md#10); only allowed ones get it by mail, the others
+    /// a decoy record no input can match.
+    async fn issue_code(
+        &self,
+        tx: &LoginTx,
+        email: &Email,
+        request_id: &str,
+    ) -> Result<(), LoginError> {
+        let Some(idp) = self.site.config.identity_providers.pin.as_ref() else {
+            return Err(LoginError::NotFound);
+        };
+        let cooldown = self.site.config.rate_limits.code_resend_cooldown;
+        let over = self.send_limits(email, Some(cooldown)).await?;
+        let reason = self
+            .suppression(email, &tx.rd, LoginMethod::OneTimePin, over)
+            .await?;
+        let keys = self.svc.sessions.keys();
+        let key = keys.current();
+        let code = generate(self.svc.random.as_ref(), idp.length)?;
+        let payload = Payload {
+            email: email.to_string(),
+            kid: key.id.clone(),
+            decoy: reason.is_some(),
+        };
+        let record = CodeRecord {
+            payload: payload.to_bytes(),
+            digest: digest(key, &tx.id, email.as_str(), &code),
+            attempts: idp.max_attempts,
+        };
+        match reason {
+            None => {
+                self.send_code(tx, email, &code, record, idp.ttl, request_id)
+                    .await
+            }
+            Some(reason) => {
+                self.file_decoy(tx, email, record, idp.ttl, reason, request_id)
+                    .await
+            }
+        }
+    }
+
+    /// Files the real code, retires the address's older one and queues the mail.
+    async fn send_code(
+        &self,
+        tx: &LoginTx,
+        email: &Email,
+        code: &str,
+        record: CodeRecord,
+        ttl: Duration,
+        request_id: &str,
+    ) -> Result<(), LoginError> {
+        let state = self.svc.state;
+        state
+            .put_code(&key_code(&tx.hex()), record, ttl, true)
+            .await?;
+        // A new code supersedes the address's older ones.
+        if let Some(old) = state
+            .swap(&key_index(email), tx.hex().as_bytes(), ttl)
+            .await?
+        {
+            let old = String::from_utf8_lossy(&old).into_owned();
+            if old != tx.hex() {
+                state.delete(&key_code(&old)).await?;
+            }
+        }
+        let queued = self.mail_pin(email, code, ttl);
+        self.audit(
+            Event::new("code.sent")
+                .email(email.as_str())
+                .request(request_id)
+                .with("queued", queued),
+        );
+        ::metrics::counter!(CODES, "app" => self.name().to_owned(), "outcome" => "sent")
+            .increment(1);
+        Ok(())
+    }
+
+    /// Files a decoy for an address that gets no mail, and tells the operator why.
+    async fn file_decoy(
+        &self,
+        tx: &LoginTx,
+        email: &Email,
+        record: CodeRecord,
+        ttl: Duration,
+        reason: Suppressed,
+        request_id: &str,
+    ) -> Result<(), LoginError> {
+        // A decoy never replaces a pending real code of this browser.
+        let code_key = key_code(&tx.hex());
+        self.svc
+            .state
+            .put_code(&code_key, record, ttl, false)
+            .await?;
+        self.audit(
+            Event::new("code.suppressed")
+                .email(email.as_str())
+                .request(request_id)
+                .with("reason", reason.as_str()),
+        );
+        ::metrics::counter!(CODES, "app" => self.name().to_owned(), "outcome" => "suppressed", "reason" => reason.as_str())
+            .increment(1);
+        if self.svc.outbox {
+            tracing::info!(app = self.name(), email = %email, reason = reason.as_str(), "no code mailed");
+        } else {
+            tracing::debug!(app = self.name(), email = %email, reason = reason.as_str(), "no code mailed");
+        }
+        Ok(())
+    }
+
+    /// Queues the PIN mail; the PIN stands alone on its own line of the text part.
+    fn mail_pin(&self, email: &Email, code: &str, ttl: Duration) -> bool {
+        let ctx = context! { app => self.name(), code, minutes => ttl.as_secs().div_ceil(60) };
+        let rendered = (
+            self.site.pages.render("pin_subject.txt", ctx.clone()),
+            self.site.pages.render("pin.txt", ctx.clone()),
+            self.site.pages.render("pin.html", ctx),
+        );
+        let (Ok(subject), Ok(text), html) = rendered else {
+            tracing::error!(app = self.name(), "cannot render the PIN mail");
+            return false;
+        };
+        self.svc.mailer.enqueue(OutgoingMail {
+            to: email.clone(),
+            subject: one_line(&subject),
+            text,
+            html: html.ok(),
+            kind: "pin",
+            app: self.name().to_owned(),
+        })
+    }
+
+    fn code_page(&self, tx: &LoginTx, email: &str, error: Option<&str>) -> Response<Body> {
+        let keys = self.svc.sessions.keys();
+        let csrf = tx::csrf_token(&keys, "login", self.name(), &tx.id);
+        let (minutes, length) = self
+            .site
+            .config
+            .identity_providers
+            .pin
+            .as_ref()
+            .map_or((10, 6), |p| (p.ttl.as_secs().div_ceil(60), p.length));
+        self.site.pages.page(
+            StatusCode::OK,
+            "code.html",
+            context! { app => self.name(), csrf, email, error, minutes, length, rd => tx.rd.as_str() },
+        )
+    }
+
+    /// `POST /.otpgate/code`.
+    pub(super) async fn verify_code(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Body>, LoginError> {
+        let (parts, body) = req.into_parts();
+        let form = read_form(&parts.headers, body).await?;
+        let Some(tx) = self.checked_tx(&parts.headers, &form) else {
+            return self.expired_form();
+        };
+        let Some(idp) = self.site.config.identity_providers.pin.as_ref() else {
+            return Err(LoginError::NotFound);
+        };
+        let state = self.svc.state;
+        let request_id = self.request_id();
+        let code_key = key_code(&tx.hex());
+        let typed = form.get("code").map_or("", String::as_str);
+
+        if self.over_ip().await? {
+            return Ok(self.failed(&tx, None, "throttled", &request_id));
+        }
+        let Some(payload) = state
+            .peek_code(&code_key)
+            .await?
+            .and_then(|b| Payload::from_bytes(&b))
+        else {
+            return Ok(self.failed(&tx, None, "no_code", &request_id));
+        };
+        let email = payload.email.clone();
+        let failures = self.failures(&email).await?;
+        if failures.locked {
+            return Ok(self.failed(&tx, Some(&email), "locked", &request_id));
+        }
+        slow_down(failures).await;
+        let keys = self.svc.sessions.keys();
+        let typed_digest = match (
+            payload.decoy,
+            clean(typed, idp.length),
+            key_for(&keys, Some(&payload.kid)),
+        ) {
+            (false, Some(code), Some(key)) => digest(key, &tx.id, &email, &code),
+            // Decoys and malformed input use an attempt like a wrong code.
+            _ => crate::random::bytes::<32>(self.svc.random.as_ref())?,
+        };
+        let reason = match state.consume_code(&code_key, &typed_digest).await? {
+            Consume::Accepted(_) => return self.logged_in(&tx, &email, &request_id).await,
+            Consume::Rejected { left: 0 } => "wrong_code_burnt",
+            Consume::Rejected { .. } => "wrong_code",
+            // Used, expired or burnt meanwhile: still a failed login on this account.
+            Consume::Missing => "no_code",
+        };
+        self.record_failure(&email, failures, &request_id).await?;
+        Ok(self.failed(&tx, Some(&email), reason, &request_id))
+    }
+
+    /// Every failure gets the same page and status (docs/security.md#11).
+    fn failed(
+        &self,
+        tx: &LoginTx,
+        email: Option<&str>,
+        reason: &str,
+        request_id: &str,
+    ) -> Response<Body> {
+        let mut e = Event::new("login.failed")
+            .request(request_id)
+            .with("reason", reason)
+            .with("login_method", "onetimepin");
+        if let Some(email) = email {
+            e = e.email(email);
+        }
+        self.audit(e);
+        ::metrics::counter!(LOGINS, "app" => self.name().to_owned(), "method" => "onetimepin", "outcome" => "failure").increment(1);
+        self.code_page(tx, email.unwrap_or(""), Some(NO_ACCESS))
+    }
+
+    /// A correct code: a new session (docs/security.md#32) and a 303 to the re-validated
+    /// target.
+    async fn logged_in(
+        &self,
+        tx: &LoginTx,
+        email: &str,
+        request_id: &str,
+    ) -> Result<Response<Body>, LoginError> {
+        let Ok(email) = Email::parse(email) else {
+            return Ok(self.failed(tx, None, "invalid_record", request_id));
+        };
+        if !self.would_allow(&email, &tx.rd, LoginMethod::OneTimePin) {
+            return Ok(self.failed(tx, Some(email.as_str()), "policy", request_id));
+        }
+        let e = email.to_string();
+        self.svc.store.run(move |s| s.reset_failures(&e)).await?;
+        self.svc.state.delete(&key_index(&email)).await?;
+        self.start_session(&email, LoginMethod::OneTimePin, &tx.rd, request_id)
+    }
+}
 
 /// A PIN of `digits` decimal digits (6 to 10), uniformly distributed.
 pub fn generate(random: &dyn Random, digits: u32) -> Result<String, RandomError> {
