@@ -125,14 +125,14 @@ fn bench(c: &mut Criterion) {
 /// The authenticated hot path without I/O: find the cookie, open it (AES-256-GCM), check
 /// revocation, decide with the identity. SPEC.md §8 target: under 2 µs.
 fn session(c: &mut Criterion) {
-    use otpgate::session::{KeyRing, Kind, Sessions, cookie_name};
+    use otpgate::session::{KeyRing, Sessions, TokenKind, cookie_name};
     let keys = KeyRing::from_secrets(&[("k1", [9; 32])]).unwrap_or_else(|| unreachable!());
     let sessions = Sessions::new(keys, otpgate::random::system());
     let email = Email::parse("alice@corp.example").unwrap_or_else(|_| unreachable!());
     let now = 1_800_000_000_000;
     let (_, value) = sessions
         .issue(
-            Kind::Session,
+            TokenKind::Session,
             "app",
             email,
             LoginMethod::OneTimePin,

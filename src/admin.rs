@@ -173,7 +173,7 @@ async fn send(gw: &Gateway, rt: &Runtime, job: &Job<'_>) -> Vec<(String, Outcome
         issuer: Issuer {
             pages: &rt.pages,
             keys: &keys,
-            credentials: gw.credentials(),
+            store: gw.store(),
             random: gw.random().as_ref(),
             providers: &rt.config.identity_providers,
         },

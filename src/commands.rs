@@ -14,8 +14,8 @@ use crate::email::Email;
 use crate::policy::{self, Decision, LoginMethod};
 use crate::random::Random;
 use crate::session::keys::KeyError;
-use crate::session::{self, KeyRing, Kind, SealError, Sessions};
-use crate::store::{Credentials, RevocationKind, StoreError};
+use crate::session::{self, KeyRing, SealError, Sessions, TokenKind};
+use crate::store::{RevocationKind, Store, StoreError};
 use crate::users::Users;
 
 /// Why a command was refused (exit code 1).
@@ -91,7 +91,8 @@ pub fn mint_cookie(
     )?;
     let sessions = Sessions::new(keys, random.clone());
     let now_ms = u64::try_from(clock.now().as_millis()).unwrap_or(u64::MAX);
-    let (claims, value) = sessions.issue(Kind::Session, &a.name, email, method, ttl, now_ms)?;
+    let (claims, value) =
+        sessions.issue(TokenKind::Session, &a.name, email, method, ttl, now_ms)?;
     let audit = Audit::open(&config.audit)?;
     let request_id = crate::random::request_id(random.as_ref());
     audit.record(
@@ -184,7 +185,7 @@ pub fn revoke_user(
     clock: &dyn Clock,
     random: &dyn Random,
 ) -> Result<String, CommandError> {
-    let store = Credentials::open_embedded(&config.data_dir)?;
+    let store = Store::open_embedded(&config.data_dir)?;
     let addresses = addresses_of(config, &store, user)?;
     let audit = Audit::open(&config.audit)?;
     let now_ms = u64::try_from(clock.now().as_millis()).unwrap_or(u64::MAX);
@@ -218,7 +219,7 @@ pub fn unlock_user(
     clock: &dyn Clock,
     random: &dyn Random,
 ) -> Result<String, CommandError> {
-    let store = Credentials::open_embedded(&config.data_dir)?;
+    let store = Store::open_embedded(&config.data_dir)?;
     let addresses = addresses_of(config, &store, user)?;
     let audit = Audit::open(&config.audit)?;
     let request_id = crate::random::request_id(random);
@@ -251,13 +252,13 @@ pub fn load_users(config: &Config) -> Result<Users, CommandError> {
     match &config.directory {
         None => Ok(Users::from_config(&config.users)),
         Some(_) => {
-            let store = Credentials::open_embedded(&config.data_dir)?;
+            let store = Store::open_embedded(&config.data_dir)?;
             users_with_store(config, &store)
         }
     }
 }
 
-fn users_with_store(config: &Config, store: &Credentials) -> Result<Users, CommandError> {
+fn users_with_store(config: &Config, store: &Store) -> Result<Users, CommandError> {
     let snapshot = match &config.directory {
         None => None,
         Some(d) => store
@@ -271,7 +272,7 @@ fn users_with_store(config: &Config, store: &Credentials) -> Result<Users, Comma
 /// temporary passwords go to (or `-`), groups (or `-`), source, `password` / `no password`, and
 /// `locked` when too many failed logins locked the account.
 pub fn users_list(config: &Config) -> Result<String, CommandError> {
-    let store = Credentials::open_embedded(&config.data_dir)?;
+    let store = Store::open_embedded(&config.data_dir)?;
     let users = users_with_store(config, &store)?;
     let mut rows: Vec<[String; 6]> = Vec::with_capacity(users.len());
     for u in users.all() {
@@ -331,11 +332,7 @@ pub fn users_list(config: &Config) -> Result<String, CommandError> {
 }
 
 /// The addresses a user id or address stands for.
-fn addresses_of(
-    config: &Config,
-    store: &Credentials,
-    user: &str,
-) -> Result<Vec<String>, CommandError> {
+fn addresses_of(config: &Config, store: &Store, user: &str) -> Result<Vec<String>, CommandError> {
     let users = users_with_store(config, store)?;
     let mut addresses: Vec<String> = Vec::new();
     if let Ok(e) = Email::parse(user) {
@@ -435,16 +432,16 @@ pub async fn send_auth_email(
         random.as_ref(),
         clock.unix_secs(),
     )?;
-    let credentials = Credentials::open_embedded(&config.data_dir)?;
+    let store = Store::open_embedded(&config.data_dir)?;
     let pages = crate::pages::Pages::load(config.templates_dir.as_deref())?;
     let audit = Audit::open(&config.audit)?;
     let mailer = crate::mailer::Mailer::start(&config.mail)?;
-    let table = users_with_store(config, &credentials)?;
+    let table = users_with_store(config, &store)?;
     let operator = crate::login::send::Operator {
         issuer: crate::login::send::Issuer {
             pages: &pages,
             keys: &keys,
-            credentials: &credentials,
+            store: &store,
             random: random.as_ref(),
             providers: &config.identity_providers,
         },

@@ -76,7 +76,7 @@ pub const DIRECTORY_DURATION: &str = "otpgate_directory_sync_duration_seconds";
 pub const AUDIT_WRITE_FAILURES: &str = "otpgate_audit_write_failures_total";
 
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+enum TokenKind {
     Counter,
     Gauge,
     Histogram,
@@ -85,7 +85,7 @@ enum Kind {
 /// The `# HELP` (and unit) of one metric.
 struct Description {
     name: &'static str,
-    kind: Kind,
+    kind: TokenKind,
     unit: Option<Unit>,
     help: &'static str,
 }
@@ -93,7 +93,7 @@ struct Description {
 const fn counter(name: &'static str, help: &'static str) -> Description {
     Description {
         name,
-        kind: Kind::Counter,
+        kind: TokenKind::Counter,
         unit: None,
         help,
     }
@@ -102,7 +102,7 @@ const fn counter(name: &'static str, help: &'static str) -> Description {
 const fn gauge(name: &'static str, unit: Option<Unit>, help: &'static str) -> Description {
     Description {
         name,
-        kind: Kind::Gauge,
+        kind: TokenKind::Gauge,
         unit,
         help,
     }
@@ -117,7 +117,7 @@ const DESCRIPTIONS: &[Description] = &[
     ),
     Description {
         name: UPSTREAM_SECONDS,
-        kind: Kind::Histogram,
+        kind: TokenKind::Histogram,
         unit: Some(Unit::Seconds),
         help: "Time to the upstream's response head.",
     },
@@ -226,9 +226,9 @@ fn describe() {
         for d in DESCRIPTIONS {
             let (name, help) = (d.name.into(), d.help.into());
             match d.kind {
-                Kind::Counter => r.describe_counter(name, d.unit, help),
-                Kind::Gauge => r.describe_gauge(name, d.unit, help),
-                Kind::Histogram => r.describe_histogram(name, d.unit, help),
+                TokenKind::Counter => r.describe_counter(name, d.unit, help),
+                TokenKind::Gauge => r.describe_gauge(name, d.unit, help),
+                TokenKind::Histogram => r.describe_histogram(name, d.unit, help),
             }
         }
     });
@@ -339,11 +339,11 @@ mod tests {
                 let kind = DESCRIPTIONS
                     .iter()
                     .find(|d| d.name == name)
-                    .map_or(Kind::Counter, |d| d.kind);
+                    .map_or(TokenKind::Counter, |d| d.kind);
                 match kind {
-                    Kind::Counter => metrics::counter!(name).increment(1),
-                    Kind::Gauge => metrics::gauge!(name).set(1.0),
-                    Kind::Histogram => metrics::histogram!(name).record(0.01),
+                    TokenKind::Counter => metrics::counter!(name).increment(1),
+                    TokenKind::Gauge => metrics::gauge!(name).set(1.0),
+                    TokenKind::Histogram => metrics::histogram!(name).record(0.01),
                 }
             }
         });

@@ -24,7 +24,7 @@ pub use build::{Built, Entry, SkipReason, Skipped, build};
 
 use crate::clock::Clock;
 use crate::config::DirectoryConfig;
-use crate::store::Credentials;
+use crate::store::Store;
 use crate::users::{DirectorySnapshot, UserTable};
 
 /// After a failed sync, the next attempt comes after `refresh` or this, whichever is shorter.
@@ -120,7 +120,7 @@ pub struct Sink {
     /// The user table the snapshots serve in.
     pub table: Arc<UserTable>,
     /// The store that keeps the last good snapshot across restarts.
-    pub store: Credentials,
+    pub store: Store,
     /// Stamps each snapshot.
     pub clock: Arc<dyn Clock>,
 }

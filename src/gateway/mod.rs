@@ -28,7 +28,7 @@ use crate::mailer::Mailer;
 use crate::random::Random;
 use crate::session::Sessions;
 use crate::state::State;
-use crate::store::Credentials;
+use crate::store::Store;
 use crate::users::{DirectorySnapshot, UserTable, Users};
 
 /// The reserved path prefix of the gateway's own pages on every app host.
@@ -57,7 +57,7 @@ pub struct Gateway {
     clock: Arc<dyn Clock>,
     random: Arc<dyn Random>,
     sessions: Sessions,
-    credentials: Credentials,
+    store: Store,
     state: State,
     mailer: Mailer,
     tunnels: Arc<tokio::sync::Semaphore>,
@@ -74,7 +74,7 @@ pub struct Parts {
     /// Session keys and revocations.
     pub sessions: Sessions,
     /// The durable store.
-    pub credentials: Credentials,
+    pub store: Store,
     /// Ephemeral shared state (codes, rate limits).
     pub state: State,
     /// Outgoing mail.
@@ -98,7 +98,7 @@ impl Gateway {
             random: parts.random,
             tunnels: Arc::new(tokio::sync::Semaphore::new(tunnels)),
             sessions: parts.sessions,
-            credentials: parts.credentials,
+            store: parts.store,
             state: parts.state,
             mailer: parts.mailer,
             shutdown: parts.shutdown,
@@ -121,8 +121,8 @@ impl Gateway {
     }
 
     /// The durable store.
-    pub fn credentials(&self) -> &Credentials {
-        &self.credentials
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The injected randomness.

@@ -217,7 +217,7 @@ impl Gateway {
             svc: Services {
                 sessions: &self.sessions,
                 state: &self.state,
-                store: &self.credentials,
+                store: &self.store,
                 mailer: &self.mailer,
                 outbox: matches!(
                     rt.config.mail.transport,

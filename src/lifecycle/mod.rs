@@ -23,7 +23,7 @@ use crate::server::{self, ListenerKind, Listeners, ServerError};
 use crate::session::keys::KeyError;
 use crate::session::{KeyRing, Sessions};
 use crate::state::State;
-use crate::store::{Credentials, StoreError};
+use crate::store::{Store, StoreError};
 use tasks::{DirectoryTask, DirectoryTasks, stored_snapshot};
 
 /// What a gateway is started with besides its config.
@@ -89,12 +89,10 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         options.random.as_ref(),
         options.clock.unix_secs(),
     )?;
-    let credentials = Credentials::open_embedded(&config.data_dir)?;
+    let store = Store::open_embedded(&config.data_dir)?;
     let sessions = Sessions::new(keys, options.random.clone());
     // Revocations are in memory before the first request is served.
-    sessions
-        .revocations()
-        .apply(&credentials.revocations_since(0)?);
+    sessions.revocations().apply(&store.revocations_since(0)?);
     let listeners = Listeners::bind(&config.listen).await?;
     let bound = listeners.addrs();
     let (resolver, acceptor) = if listeners.https.is_some() {
@@ -108,7 +106,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     let mailer = Mailer::start(&config.mail)?;
     // The last good directory snapshot serves until the first sync (the directory may be down).
     let snapshot = match &config.directory {
-        Some(d) => stored_snapshot(&credentials, d)?,
+        Some(d) => stored_snapshot(&store, d)?,
         None => None,
     };
     let directory_config = config.directory.clone();
@@ -119,7 +117,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         clock: options.clock,
         random: options.random,
         sessions,
-        credentials,
+        store,
         state,
         mailer,
         shutdown: cancel.clone(),

@@ -90,11 +90,10 @@ impl Running {
             }
             Some(cfg) => {
                 if old_fingerprint.as_deref() != Some(cfg.fingerprint().as_str()) {
-                    let stored =
-                        stored_snapshot(self.gateway.credentials(), &cfg).unwrap_or_else(|e| {
-                            tracing::warn!(error = %e, "cannot read the stored directory snapshot");
-                            None
-                        });
+                    let stored = stored_snapshot(self.gateway.store(), &cfg).unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "cannot read the stored directory snapshot");
+                        None
+                    });
                     self.gateway.set_directory_snapshot(stored);
                 }
                 tasks.current = Some(DirectoryTask::spawn(&self.gateway, cfg, &self.cancel));

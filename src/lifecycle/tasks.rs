@@ -13,7 +13,7 @@ use crate::directory;
 use crate::gateway::Gateway;
 use crate::metrics;
 use crate::session;
-use crate::store::{Credentials, StoreError};
+use crate::store::{Store, StoreError};
 use crate::users::DirectorySnapshot;
 
 /// The directory sync task for the running config, and earlier ones still stopping.
@@ -39,7 +39,7 @@ impl DirectoryTask {
         let cancel = parent.child_token();
         let sink = directory::Sink {
             table: gw.user_table().clone(),
-            store: gw.credentials().clone(),
+            store: gw.store().clone(),
             clock: gw.clock().clone(),
         };
         let handle = tokio::spawn(directory::run(sink, config.clone(), cancel.clone()));
@@ -53,10 +53,10 @@ impl DirectoryTask {
 
 /// The persisted directory snapshot, when it was taken with the settings of `cfg`.
 pub(super) fn stored_snapshot(
-    credentials: &Credentials,
+    store: &Store,
     cfg: &DirectoryConfig,
 ) -> Result<Option<Arc<DirectorySnapshot>>, StoreError> {
-    Ok(match credentials.directory_snapshot()? {
+    Ok(match store.directory_snapshot()? {
         Some(s) if s.fingerprint == cfg.fingerprint() => {
             tracing::info!(
                 users = s.users.len(),
@@ -115,11 +115,7 @@ async fn sync_revocations(gw: Arc<Gateway>, cancel: CancellationToken) {
         }
         rounds += 1;
         let since = gw.sessions().revocations().last_seq();
-        match gw
-            .credentials()
-            .run(move |c| c.revocations_since(since))
-            .await
-        {
+        match gw.store().run(move |c| c.revocations_since(since)).await {
             Ok(rows) => gw.sessions().revocations().apply(&rows),
             Err(e) => tracing::error!(error = %e, "cannot read revocations; retrying"),
         }
@@ -128,7 +124,7 @@ async fn sync_revocations(gw: Arc<Gateway>, cancel: CancellationToken) {
             let max_ms = 30 * 86_400_000;
             gw.sessions().revocations().prune(now_ms, max_ms);
             let cutoff = now_ms.saturating_sub(session::cookie::SKEW_MS);
-            if let Err(e) = gw.credentials().run(move |c| c.prune(cutoff)).await {
+            if let Err(e) = gw.store().run(move |c| c.prune(cutoff)).await {
                 tracing::warn!(error = %e, "cannot prune old revocations");
             }
         }

@@ -21,7 +21,7 @@ use crate::email::Email;
 use crate::http::redirect;
 use crate::mailer::OutgoingMail;
 use crate::policy::LoginMethod;
-use crate::session::{self, KeyRing, Kind, SessionError};
+use crate::session::{self, KeyRing, SessionError, TokenKind};
 use crate::store::{Revocation, RevocationKind};
 
 /// How long the restricted session of a temporary password lasts.
@@ -44,7 +44,7 @@ impl Flow<'_> {
         request_id: &str,
     ) -> Result<Response<Body>, LoginError> {
         let (claims, value) = self.svc.sessions.issue(
-            Kind::Restricted,
+            TokenKind::Restricted,
             self.name(),
             email.clone(),
             LoginMethod::OneTimeToken,
@@ -73,7 +73,7 @@ impl Flow<'_> {
     fn restricted_session(&self, headers: &HeaderMap) -> Result<session::Claims, SessionError> {
         self.svc.sessions.of_kind(
             headers,
-            Kind::Restricted,
+            TokenKind::Restricted,
             restricted_cookie(self.site.origin.https),
             self.name(),
             self.now_ms(),

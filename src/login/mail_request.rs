@@ -24,7 +24,7 @@ use crate::pages::Pages;
 use crate::policy::LoginMethod;
 use crate::random::Random;
 use crate::session::KeyRing;
-use crate::store::Credentials;
+use crate::store::Store;
 
 /// At most this many link or temporary-password mails are being prepared at once in the
 /// background; past it new ones are dropped (logged and counted), like a full mail queue.
@@ -110,7 +110,7 @@ impl Flow<'_> {
             pages: self.site.pages.clone(),
             audit: self.site.audit.clone(),
             keys: Arc::clone(&*self.svc.sessions.keys()),
-            credentials: self.svc.store.clone(),
+            store: self.svc.store.clone(),
             random: self.svc.random.clone(),
             mailer: self.svc.mailer.clone(),
             clock: self.svc.clock.clone(),
@@ -155,7 +155,7 @@ struct Background {
     pages: Arc<Pages>,
     audit: Audit,
     keys: Arc<KeyRing>,
-    credentials: Credentials,
+    store: Store,
     random: Arc<dyn Random>,
     mailer: Mailer,
     clock: Arc<dyn Clock>,
@@ -177,7 +177,7 @@ impl Background {
         let issuer = Issuer {
             pages: &self.pages,
             keys: &self.keys,
-            credentials: &self.credentials,
+            store: &self.store,
             random: self.random.as_ref(),
             providers: &self.config.identity_providers,
         };

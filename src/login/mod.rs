@@ -60,7 +60,7 @@ use crate::policy::{self, LoginMethod};
 use crate::random::Random;
 use crate::session::{self, Sessions};
 use crate::state::State;
-use crate::store::Credentials;
+use crate::store::Store;
 use crate::users::Users;
 
 /// The login page (stable path).
@@ -94,7 +94,7 @@ pub(crate) struct Services<'a> {
     /// Codes, login transactions and rate limits.
     pub(crate) state: &'a State,
     /// Passwords, links, failure counts, revocations.
-    pub(crate) store: &'a Credentials,
+    pub(crate) store: &'a Store,
     /// The outgoing-mail queue.
     pub(crate) mailer: &'a Mailer,
     /// Whether mail goes to the development outbox (suppressed codes are then logged at info).

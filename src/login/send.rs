@@ -17,7 +17,7 @@ use crate::pages::{Pages, PagesError};
 use crate::policy::LoginMethod;
 use crate::random::Random;
 use crate::session::KeyRing;
-use crate::store::{Credentials, Link, StoreError, TempPassword};
+use crate::store::{Link, Store, StoreError, TempPassword};
 
 /// Why a "Send Authentication Email" names no app or method that can be mailed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,7 +125,7 @@ pub struct Issuer<'a> {
     /// The keys the digests are made with.
     pub keys: &'a KeyRing,
     /// Where the digests are recorded.
-    pub credentials: &'a Credentials,
+    pub store: &'a Store,
     /// Randomness.
     pub random: &'a dyn Random,
     /// Lifetimes and the reissue rule.
@@ -167,7 +167,7 @@ impl Issuer<'_> {
             issued_ms: o.now_ms,
             expires_ms: o.now_ms.saturating_add(ms(idp.ttl)),
         };
-        self.credentials.run(move |s| s.put_link(&record)).await?;
+        self.store.run(move |s| s.put_link(&record)).await?;
         let link = format!("{}{LINK_PATH}?t={param}", o.origin);
         let hours = idp.ttl.as_secs().div_ceil(3600);
         let ctx = context! { app => o.app, link, hours, email => o.identity.as_str() };
@@ -193,7 +193,7 @@ impl Issuer<'_> {
         };
         let (reissue, force) = (ms(idp.reissue_after), o.force);
         let recorded = self
-            .credentials
+            .store
             .run(move |s| s.issue_temp_password(&record, reissue, force))
             .await?;
         if !recorded {

@@ -15,7 +15,7 @@ use crate::http::redirect;
 use crate::metrics::LOGINS;
 use crate::policy::LoginMethod;
 use crate::return_to;
-use crate::session::{self, Kind};
+use crate::session::{self, TokenKind};
 
 impl Flow<'_> {
     /// Logs `email` in with `method` and sends the browser on to `rd`.
@@ -28,7 +28,7 @@ impl Flow<'_> {
     ) -> Result<Response<Body>, LoginError> {
         let now = self.now_ms();
         let (claims, value) = self.svc.sessions.issue(
-            Kind::Session,
+            TokenKind::Session,
             self.name(),
             email.clone(),
             method,

@@ -13,7 +13,7 @@ use http::HeaderMap;
 use subtle::ConstantTimeEq as _;
 
 use crate::random::{Random, RandomError};
-use crate::session::cookie::{Kind, SealError, open_bytes, seal_bytes};
+use crate::session::cookie::{SealError, TokenKind, open_bytes, seal_bytes};
 use crate::session::{KeyRing, cookie_values};
 
 /// How long a login transaction lasts (covers a 10-minute code with room to read the mail).
@@ -71,7 +71,7 @@ impl LoginTx {
         body.extend_from_slice(&self.started_ms.to_be_bytes());
         body.extend_from_slice(&rd_len.to_be_bytes());
         body.extend_from_slice(rd);
-        seal_bytes(Kind::Login, app, &body, keys, random)
+        seal_bytes(TokenKind::Login, app, &body, keys, random)
     }
 
     /// The transaction in a request's cookie, if it opens for `app` and has not expired.
@@ -83,7 +83,7 @@ impl LoginTx {
         now_ms: u64,
     ) -> Option<Self> {
         cookie_values(headers, name).take(4).find_map(|v| {
-            let b = open_bytes(v, Kind::Login, app, keys).ok()?;
+            let b = open_bytes(v, TokenKind::Login, app, keys).ok()?;
             let id: [u8; 16] = b.get(..16)?.try_into().ok()?;
             let started_ms = u64::from_be_bytes(b.get(16..24)?.try_into().ok()?);
             let len = usize::from(u16::from_be_bytes(b.get(24..26)?.try_into().ok()?));

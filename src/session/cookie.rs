@@ -25,7 +25,7 @@ pub const SKEW_MS: u64 = 30_000;
 
 /// What a sealed value is for. Part of the associated data: one kind never opens as another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum TokenKind {
     /// A full session.
     Session = 1,
     /// A session that may only set a new password (temporary-password logins).
@@ -34,7 +34,7 @@ pub enum Kind {
     Login = 3,
 }
 
-impl Kind {
+impl TokenKind {
     fn label(self) -> &'static str {
         match self {
             Self::Session => "session",
@@ -65,7 +65,7 @@ impl SessionId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
     /// The token type.
-    pub(crate) kind: Kind,
+    pub(crate) kind: TokenKind,
     /// The session id (fresh at every login).
     pub(crate) id: SessionId,
     /// The app it is valid for (audience).
@@ -128,7 +128,7 @@ pub enum OpenError {
     NotYetValid,
 }
 
-fn aad(kind: Kind, kid: &str, app: &str) -> Vec<u8> {
+fn aad(kind: TokenKind, kid: &str, app: &str) -> Vec<u8> {
     let mut a = Vec::with_capacity(32 + kid.len() + app.len());
     a.extend_from_slice(b"otpgate/");
     a.extend_from_slice(kind.label().as_bytes());
@@ -170,7 +170,7 @@ pub enum SealError {
 /// Seals `body` as a token of `kind` for `app` with the ring's current key:
 /// `v1.<kid>.<base64url(nonce ‖ ciphertext ‖ tag)>`.
 pub fn seal_bytes(
-    kind: Kind,
+    kind: TokenKind,
     app: &str,
     body: &[u8],
     keys: &KeyRing,
@@ -201,7 +201,7 @@ pub fn seal_bytes(
 /// Opens a token of `kind` for `app`; the bytes come back only if the tag verifies.
 pub fn open_bytes(
     value: &str,
-    kind: Kind,
+    kind: TokenKind,
     app: &str,
     keys: &KeyRing,
 ) -> Result<Vec<u8>, OpenError> {
@@ -251,7 +251,7 @@ pub fn seal(claims: &Claims, keys: &KeyRing, random: &dyn Random) -> Result<Stri
 /// `now_ms` (and, when `idle_ms` is set, inactivity).
 pub fn open(
     value: &str,
-    kind: Kind,
+    kind: TokenKind,
     app: &str,
     keys: &KeyRing,
     now_ms: u64,
@@ -284,8 +284,8 @@ pub fn open(
 fn parse(p: &[u8]) -> Option<Claims> {
     let mut r = Reader(p);
     let kind = match r.byte()? {
-        1 => Kind::Session,
-        2 => Kind::Restricted,
+        1 => TokenKind::Session,
+        2 => TokenKind::Restricted,
         _ => return None,
     };
     let id = SessionId(r.take(16)?.try_into().ok()?);
@@ -347,7 +347,7 @@ mod tests {
 
     fn claims() -> Claims {
         Claims {
-            kind: Kind::Session,
+            kind: TokenKind::Session,
             id: SessionId([7; 16]),
             app: "wiki".into(),
             email: Email::parse("alice@corp.example").unwrap(),
@@ -368,7 +368,7 @@ mod tests {
         let v = sealed(&keys);
         assert!(v.starts_with("v1.k1."));
         assert_eq!(
-            open(&v, Kind::Session, "wiki", &keys, NOW + HOUR, None),
+            open(&v, TokenKind::Session, "wiki", &keys, NOW + HOUR, None),
             Ok(claims())
         );
     }
@@ -395,7 +395,7 @@ mod tests {
             b[i] = if b[i] == b'A' { b'B' } else { b'A' };
             let t = String::from_utf8(b).unwrap();
             assert!(
-                open(&t, Kind::Session, "wiki", &keys, NOW, None).is_err(),
+                open(&t, TokenKind::Session, "wiki", &keys, NOW, None).is_err(),
                 "flip at {i} accepted"
             );
         }
@@ -407,7 +407,7 @@ mod tests {
         let v = sealed(&keys);
         for n in 0..v.len() {
             assert!(
-                open(&v[..n], Kind::Session, "wiki", &keys, NOW, None).is_err(),
+                open(&v[..n], TokenKind::Session, "wiki", &keys, NOW, None).is_err(),
                 "prefix {n} accepted"
             );
         }
@@ -422,7 +422,7 @@ mod tests {
             "v1.k1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ] {
             assert!(
-                open(bad, Kind::Session, "wiki", &keys, NOW, None).is_err(),
+                open(bad, TokenKind::Session, "wiki", &keys, NOW, None).is_err(),
                 "{bad}"
             );
         }
@@ -433,13 +433,13 @@ mod tests {
         let keys = ring("k1", 1);
         let huge = format!("v1.k1.{}", "A".repeat(MAX_VALUE_LEN));
         assert_eq!(
-            open(&huge, Kind::Session, "wiki", &keys, NOW, None),
+            open(&huge, TokenKind::Session, "wiki", &keys, NOW, None),
             Err(OpenError::TooLong)
         );
         // Not even valid base64 past the limit: the length check comes first.
         let junk = format!("v1.k1.{}", "!".repeat(MAX_VALUE_LEN));
         assert_eq!(
-            open(&junk, Kind::Session, "wiki", &keys, NOW, None),
+            open(&junk, TokenKind::Session, "wiki", &keys, NOW, None),
             Err(OpenError::TooLong)
         );
     }
@@ -449,19 +449,19 @@ mod tests {
         let keys = ring("k1", 1);
         let v = sealed(&keys);
         assert_eq!(
-            open(&v, Kind::Session, "wiki", &ring("k2", 1), NOW, None),
+            open(&v, TokenKind::Session, "wiki", &ring("k2", 1), NOW, None),
             Err(OpenError::UnknownKey)
         );
         // Same id, different secret.
         assert_eq!(
-            open(&v, Kind::Session, "wiki", &ring("k1", 2), NOW, None),
+            open(&v, TokenKind::Session, "wiki", &ring("k1", 2), NOW, None),
             Err(OpenError::Forged)
         );
         // A value relabelled with another id of the ring.
         let both = KeyRing::from_secrets(&[("k1", [1; 32]), ("k2", [2; 32])]).unwrap();
         let relabelled = v.replacen("v1.k1.", "v1.k2.", 1);
         assert_eq!(
-            open(&relabelled, Kind::Session, "wiki", &both, NOW, None),
+            open(&relabelled, TokenKind::Session, "wiki", &both, NOW, None),
             Err(OpenError::Forged)
         );
     }
@@ -471,7 +471,7 @@ mod tests {
         let old = ring("k1", 1);
         let v = sealed(&old);
         let rotated = KeyRing::from_secrets(&[("k2", [2; 32]), ("k1", [1; 32])]).unwrap();
-        assert!(open(&v, Kind::Session, "wiki", &rotated, NOW, None).is_ok());
+        assert!(open(&v, TokenKind::Session, "wiki", &rotated, NOW, None).is_ok());
         assert!(sealed(&rotated).starts_with("v1.k2."));
     }
 
@@ -480,7 +480,7 @@ mod tests {
         let keys = ring("k1", 1);
         let v = sealed(&keys);
         assert_eq!(
-            open(&v, Kind::Session, "app", &keys, NOW, None),
+            open(&v, TokenKind::Session, "app", &keys, NOW, None),
             Err(OpenError::Forged)
         );
     }
@@ -489,13 +489,13 @@ mod tests {
     fn sec_29_other_token_types_are_not_sessions() {
         let keys = ring("k1", 1);
         let mut c = claims();
-        c.kind = Kind::Restricted;
+        c.kind = TokenKind::Restricted;
         let v = seal(&c, &keys, &SystemRandom::default()).unwrap();
         assert_eq!(
-            open(&v, Kind::Session, "wiki", &keys, NOW, None),
+            open(&v, TokenKind::Session, "wiki", &keys, NOW, None),
             Err(OpenError::Forged)
         );
-        assert!(open(&v, Kind::Restricted, "wiki", &keys, NOW, None).is_ok());
+        assert!(open(&v, TokenKind::Restricted, "wiki", &keys, NOW, None).is_ok());
     }
 
     #[test]
@@ -503,18 +503,35 @@ mod tests {
         let keys = ring("k1", 1);
         let v = sealed(&keys);
         let exp = NOW + 24 * HOUR;
-        assert!(open(&v, Kind::Session, "wiki", &keys, exp, None).is_ok());
-        assert!(open(&v, Kind::Session, "wiki", &keys, exp + SKEW_MS, None).is_ok());
-        assert_eq!(
-            open(&v, Kind::Session, "wiki", &keys, exp + SKEW_MS + 1, None),
-            Err(OpenError::Expired)
-        );
-        // Idle: refreshed at NOW, idle limit 1 h.
-        assert!(open(&v, Kind::Session, "wiki", &keys, NOW + HOUR, Some(HOUR)).is_ok());
+        assert!(open(&v, TokenKind::Session, "wiki", &keys, exp, None).is_ok());
+        assert!(open(&v, TokenKind::Session, "wiki", &keys, exp + SKEW_MS, None).is_ok());
         assert_eq!(
             open(
                 &v,
-                Kind::Session,
+                TokenKind::Session,
+                "wiki",
+                &keys,
+                exp + SKEW_MS + 1,
+                None
+            ),
+            Err(OpenError::Expired)
+        );
+        // Idle: refreshed at NOW, idle limit 1 h.
+        assert!(
+            open(
+                &v,
+                TokenKind::Session,
+                "wiki",
+                &keys,
+                NOW + HOUR,
+                Some(HOUR)
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            open(
+                &v,
+                TokenKind::Session,
                 "wiki",
                 &keys,
                 NOW + HOUR + SKEW_MS + 1,
@@ -524,7 +541,14 @@ mod tests {
         );
         // A clock far behind the issuer's: refused beyond the tolerated skew.
         assert_eq!(
-            open(&v, Kind::Session, "wiki", &keys, NOW - SKEW_MS - 1, None),
+            open(
+                &v,
+                TokenKind::Session,
+                "wiki",
+                &keys,
+                NOW - SKEW_MS - 1,
+                None
+            ),
             Err(OpenError::NotYetValid)
         );
         const { assert!(SKEW_MS <= 60_000) };

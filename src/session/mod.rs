@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use http::HeaderMap;
 use http::header::{COOKIE, HeaderValue};
 
-pub use cookie::{Claims, Kind, OpenError, SealError, SessionId};
+pub use cookie::{Claims, OpenError, SealError, SessionId, TokenKind};
 pub use keys::KeyRing;
 pub use revocation::Revocations;
 
@@ -142,7 +142,7 @@ impl Sessions {
     /// Issues a new session with a fresh random id (SECURITY.md 32) for `app`.
     pub fn issue(
         &self,
-        kind: Kind,
+        kind: TokenKind,
         app: &str,
         email: Email,
         method: LoginMethod,
@@ -182,14 +182,14 @@ impl Sessions {
         now_ms: u64,
         idle: Option<Duration>,
     ) -> Result<Claims, SessionError> {
-        self.of_kind(headers, Kind::Session, name, app, now_ms, idle)
+        self.of_kind(headers, TokenKind::Session, name, app, now_ms, idle)
     }
 
     /// Like [`Sessions::from_headers`] for a token of another kind (the restricted session).
     pub fn of_kind(
         &self,
         headers: &HeaderMap,
-        kind: Kind,
+        kind: TokenKind,
         name: &str,
         app: &str,
         now_ms: u64,
@@ -323,7 +323,7 @@ mod tests {
         for _ in 0..100 {
             let (c, v) = s
                 .issue(
-                    Kind::Session,
+                    TokenKind::Session,
                     "app",
                     email.clone(),
                     LoginMethod::OneTimePin,

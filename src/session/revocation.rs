@@ -94,11 +94,11 @@ mod tests {
     use super::*;
     use crate::email::Email;
     use crate::policy::LoginMethod;
-    use crate::session::cookie::Kind;
+    use crate::session::cookie::TokenKind;
 
     fn claims(id: u8, email: &str, issued_ms: u64) -> Claims {
         Claims {
-            kind: Kind::Session,
+            kind: TokenKind::Session,
             id: SessionId([id; 16]),
             app: "a".into(),
             email: Email::parse(email).unwrap(),

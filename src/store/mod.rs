@@ -119,20 +119,21 @@ pub struct Link {
     pub expires_ms: u64,
 }
 
-/// The credentials store.
+/// The durable store: password hashes, temporary passwords, link tokens, revocations, failure
+/// counts and the directory snapshot. Named for what it is, not for one kind of record.
 #[derive(Debug, Clone)]
-pub enum Credentials {
+pub enum Store {
     /// SQLite in `data_dir`.
     Embedded(Arc<SqliteStore>),
 }
 
-impl Credentials {
+impl Store {
     /// Opens the embedded store in `data_dir`.
     pub fn open_embedded(data_dir: &std::path::Path) -> Result<Self, StoreError> {
         Ok(Self::Embedded(Arc::new(SqliteStore::open(data_dir)?)))
     }
 
-    /// Records a revocation (blocking; see [`Credentials::run`] for async callers).
+    /// Records a revocation (blocking; see [`Store::run`] for async callers).
     pub fn revoke(
         &self,
         kind: RevocationKind,
@@ -312,7 +313,7 @@ mod tests {
     #[test]
     fn revocations_persist_across_reopen_and_prune() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Credentials::open_embedded(dir.path()).unwrap();
+        let s = Store::open_embedded(dir.path()).unwrap();
         let a = s
             .revoke(RevocationKind::Session, "00ff", 0, 5_000, 1_000)
             .unwrap();
@@ -327,7 +328,7 @@ mod tests {
             .unwrap();
         assert!(b > a);
         drop(s);
-        let s = Credentials::open_embedded(dir.path()).unwrap();
+        let s = Store::open_embedded(dir.path()).unwrap();
         let all = s.revocations_since(0).unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].kind, RevocationKind::User);
@@ -341,7 +342,7 @@ mod tests {
     #[test]
     fn failures_count_lock_at_the_cap_and_reset() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Credentials::open_embedded(dir.path()).unwrap();
+        let s = Store::open_embedded(dir.path()).unwrap();
         assert_eq!(s.failures("a@b.example").unwrap(), Failures::default());
         for i in 1..=3 {
             let f = s.record_failure("a@b.example", 1_000, 3).unwrap();
@@ -354,7 +355,7 @@ mod tests {
             );
         }
         drop(s);
-        let s = Credentials::open_embedded(dir.path()).unwrap();
+        let s = Store::open_embedded(dir.path()).unwrap();
         assert!(
             s.failures("a@b.example").unwrap().locked,
             "the lock survives a restart"
@@ -367,7 +368,7 @@ mod tests {
     #[test]
     fn temporary_passwords_follow_the_reissue_rule_and_work_once() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Credentials::open_embedded(dir.path()).unwrap();
+        let s = Store::open_embedded(dir.path()).unwrap();
         let day = 86_400_000;
         let t = |digest: u8, at: u64| TempPassword {
             email: "a@b.example".into(),
@@ -409,7 +410,7 @@ mod tests {
     #[test]
     fn links_work_once_and_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Credentials::open_embedded(dir.path()).unwrap();
+        let s = Store::open_embedded(dir.path()).unwrap();
         let l = Link {
             digest: [9; 32],
             email: "a@b.example".into(),
@@ -444,7 +445,7 @@ mod tests {
     #[test]
     fn passwords_are_stored_and_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Credentials::open_embedded(dir.path()).unwrap();
+        let s = Store::open_embedded(dir.path()).unwrap();
         assert_eq!(s.password_hash("a@b.example").unwrap(), None);
         assert!(!s.has_password("a@b.example").unwrap());
         s.set_password("a@b.example", "$argon2id$one", 1).unwrap();
@@ -461,7 +462,7 @@ mod tests {
         use crate::email::Email;
         use crate::users::DirectoryUser;
         let dir = tempfile::tempdir().unwrap();
-        let s = Credentials::open_embedded(dir.path()).unwrap();
+        let s = Store::open_embedded(dir.path()).unwrap();
         assert_eq!(s.directory_snapshot().unwrap(), None);
         let user = |id: &str, temp: Option<&str>, groups: &[&str]| DirectoryUser {
             id: id.into(),
@@ -491,19 +492,19 @@ mod tests {
         };
         s.save_directory_snapshot(&second).unwrap();
         drop(s);
-        let s = Credentials::open_embedded(dir.path()).unwrap();
+        let s = Store::open_embedded(dir.path()).unwrap();
         assert_eq!(s.directory_snapshot().unwrap(), Some(second));
     }
 
     #[test]
     fn refuses_a_database_from_a_newer_build() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Credentials::open_embedded(dir.path()).unwrap());
+        drop(Store::open_embedded(dir.path()).unwrap());
         let c = rusqlite::Connection::open(dir.path().join("otpgate.db")).unwrap();
         c.pragma_update(None, "user_version", 99).unwrap();
         drop(c);
         assert!(matches!(
-            Credentials::open_embedded(dir.path()),
+            Store::open_embedded(dir.path()),
             Err(StoreError::Newer { found: 99, .. })
         ));
     }

@@ -1448,7 +1448,7 @@ async fn sigkill_during_a_password_change_loses_no_committed_password() {
     let p = restart(&cfg).await;
     let port = p.https.unwrap().port();
     // What the store holds decides which consistent state this is; the gateway must agree.
-    let committed = otpgate::store::Credentials::open_embedded(&data)
+    let committed = otpgate::store::Store::open_embedded(&data)
         .unwrap()
         .password_hash(bob)
         .unwrap()

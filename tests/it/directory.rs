@@ -794,7 +794,7 @@ apps:
             [],
         )
         .unwrap();
-    let store = otpgate::store::Credentials::open_embedded(&data).unwrap();
+    let store = otpgate::store::Store::open_embedded(&data).unwrap();
     assert!(
         store
             .record_failure("bob@example.org", 1, 1)

@@ -384,7 +384,7 @@ async fn sec_9_no_header_or_query_is_built_from_unvalidated_input() {
         p.error().as_deref(),
         Some("That account does not have access.")
     );
-    let store = otpgate::store::Credentials::open_embedded(&gw.config().data_dir).unwrap();
+    let store = otpgate::store::Store::open_embedded(&gw.config().data_dir).unwrap();
     assert_eq!(store.failures(odd).unwrap().consecutive, 1);
 }
 

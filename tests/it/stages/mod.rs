@@ -24,7 +24,7 @@ use otpgate::clock::{Clock, ManualClock};
 use otpgate::config::BoundAddrs;
 use otpgate::gateway::{ConnInfo, Gateway, Parts, Runtime};
 use otpgate::policy::LoginMethod;
-use otpgate::session::{Claims, KeyRing, Kind, Sessions};
+use otpgate::session::{Claims, KeyRing, Sessions, TokenKind};
 
 /// Where the manual clock starts (2030-03-17): far from the epoch, so expiry arithmetic is
 /// realistic.
@@ -55,7 +55,7 @@ impl Stage {
         // Fixed keys: nothing on disk to create, and every stage seals alike.
         let keys = KeyRing::from_secrets(&[("k1", [7; 32])]).unwrap();
         std::fs::create_dir_all(&config.data_dir).unwrap();
-        let credentials = otpgate::store::Credentials::open_embedded(&config.data_dir).unwrap();
+        let store = otpgate::store::Store::open_embedded(&config.data_dir).unwrap();
         let mailer = otpgate::mailer::Mailer::start(&config.mail).unwrap();
         let bound = BoundAddrs::default();
         let runtime = Runtime::build(config, &bound, None).unwrap();
@@ -64,7 +64,7 @@ impl Stage {
             clock: clock_dyn.clone(),
             random: random.clone(),
             sessions: Sessions::new(keys, random),
-            credentials,
+            store,
             state: otpgate::state::State::memory(clock_dyn),
             mailer,
             shutdown: tokio_util::sync::CancellationToken::new(),
@@ -108,7 +108,7 @@ impl Stage {
             .gateway
             .sessions()
             .issue(
-                Kind::Session,
+                TokenKind::Session,
                 app,
                 otpgate::email::Email::parse(email).unwrap(),
                 LoginMethod::OneTimePin,
