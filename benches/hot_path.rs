@@ -123,7 +123,7 @@ fn bench(c: &mut Criterion) {
 }
 
 /// The authenticated hot path without I/O: find the cookie, open it (AES-256-GCM), check
-/// revocation, decide with the identity. SPEC.md §8 target: under 2 µs.
+/// revocation, decide with the identity. docs/product.md#s8 target: under 2 µs.
 fn session(c: &mut Criterion) {
     use otpgate::session::{KeyRing, Sessions, TokenKind, cookie_name};
     let keys = KeyRing::from_secrets(&[("k1", [9; 32])]).unwrap_or_else(|| unreachable!());

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Login-path throughput: "Send me a code" requests per second otpgate answers, with the rate
-# limits raised (SPEC.md §8 target: at least 5000/s without blocking on SMTP).
+# limits raised (docs/product.md#s8 target: at least 5000/s without blocking on SMTP).
 #
 # One browser's login transaction (cookie + CSRF token from GET /.otpgate/login) posts a new,
 # allowed address with every request, so every request does the full work: limits, policy, PIN,

@@ -1,8 +1,8 @@
-//! The audit log: one JSON object per line (SPEC.md §7), to a file (appended) or stdout.
+//! The audit log: one JSON object per line (docs/product.md#s7), to a file (appended) or stdout.
 //!
 //! Every event carries time, event name, app, normalised address, client address and a
 //! request id; secrets (PINs, tokens, passwords, cookie values) are never written
-//! (SECURITY.md 38). Lines are written with a single `write` on a file opened for append, so
+//! (docs/security.md#38). Lines are written with a single `write` on a file opened for append, so
 //! several processes (the gateway and the command line) can share one log.
 
 use std::io::Write as _;

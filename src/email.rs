@@ -1,4 +1,4 @@
-//! E-mail address syntax and normalisation (SECURITY.md 6–8), decided from the text alone.
+//! E-mail address syntax and normalisation (docs/security.md#6–#8), decided from the text alone.
 //!
 //! The accepted language is deliberately narrower than RFC 5322: a dot-atom local part and a DNS
 //! domain of LDH labels, ASCII only. The one normalised string produced here is the identity,

@@ -1,7 +1,7 @@
 //! The gateway's own pages and mail texts: minijinja templates built into the binary, each of
 //! which an operator can replace by putting a file of the same name into `templates_dir`
 //! (branding). HTML templates are auto-escaped. Every page carries the security headers of
-//! SPEC.md §4; the CSP admits exactly the one stylesheet, by hash, and no script at all.
+//! docs/product.md#s4; the CSP admits exactly the one stylesheet, by hash, and no script at all.
 
 use std::path::Path;
 

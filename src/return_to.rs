@@ -1,4 +1,4 @@
-//! Where to send a person after a login (`rd`), SECURITY.md 1–5.
+//! Where to send a person after a login (`rd`), docs/security.md#1–#5.
 //!
 //! The value is decoded once (as a query parameter, by the caller), parsed once with the
 //! WHATWG parser browsers use (the `url` crate), and accepted only as a path on the current app
@@ -64,7 +64,7 @@ fn origin_of(url: &Url) -> Option<Origin> {
     })
 }
 
-/// The first `rd` parameter of a query string, decoded once. SECURITY.md 5: when several are
+/// The first `rd` parameter of a query string, decoded once. docs/security.md#5: when several are
 /// present the first one is used, always.
 pub fn rd_param(query: Option<&str>) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())

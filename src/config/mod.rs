@@ -1,4 +1,4 @@
-//! Configuration: the YAML file of SPEC.md §3 turned into a validated runtime [`Config`].
+//! Configuration: the YAML file of docs/product.md#s3 turned into a validated runtime [`Config`].
 //!
 //! Loading has stages, each reporting problems with the key path they concern:
 //! 1. the file is read and parsed as YAML into a value tree (serde-saphyr: pure Rust, with
@@ -196,7 +196,7 @@ pub enum SmtpTls {
     None,
 }
 
-/// Login rate limits (SECURITY.md 16–17, 26).
+/// Login rate limits (docs/security.md#16–#17, #26).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimits {
     /// PINs, links and temporary passwords mailed to one address.

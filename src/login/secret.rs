@@ -2,9 +2,10 @@
 //! passwords users choose afterwards.
 //!
 //! Link tokens and temporary passwords are random secrets: they are stored as keyed digests
-//! (HMAC) only (SECURITY.md 18, 22). Chosen passwords are stored with Argon2id (salted, PHC
+//! (HMAC) only (docs/security.md#18, #22). Chosen passwords are stored with Argon2id (salted, PHC
 //! strings); hashing runs on blocking threads, a few at a time, and an unknown user costs the
-//! same as a known one (a dummy hash is checked), so answer times reveal nothing (SECURITY.md 26).
+//! same as a known one (a dummy hash is checked), so answer times reveal nothing
+//! (docs/security.md#26).
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -18,9 +19,9 @@ use tokio::sync::Semaphore;
 use crate::random::{Random, RandomError};
 use crate::session::keys::Key;
 
-/// Random bytes in a link token (SECURITY.md 19: at least 128 bits).
+/// Random bytes in a link token (docs/security.md#19: at least 128 bits).
 pub const LINK_TOKEN_BYTES: usize = 32;
-/// Characters of a temporary password (SECURITY.md 22: 12 or more).
+/// Characters of a temporary password (docs/security.md#22: 12 or more).
 pub const TEMP_PASSWORD_LEN: usize = 16;
 /// The temporary-password alphabet: 32 symbols without look-alikes (no 0/o, 1/l).
 const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
@@ -191,7 +192,7 @@ fn walk(s: &str) -> bool {
     true
 }
 
-/// SECURITY.md 25: at least `min_chars` characters (any printable Unicode, at most 256, never
+/// docs/security.md#25: at least `min_chars` characters (any printable Unicode, at most 256, never
 /// truncated), no composition rules, not on the common/breached list, not the address.
 pub fn check_new_password(
     password: &str,

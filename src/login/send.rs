@@ -91,7 +91,7 @@ pub enum SendError {
 pub struct Order<'a> {
     /// The app named in the mail and logged in to.
     pub app: &'a str,
-    /// Its public origin: the link and the login address are built from it (SECURITY.md 21).
+    /// Its public origin: the link and the login address are built from it (docs/security.md#21).
     pub origin: &'a Origin,
     /// Who logs in.
     pub identity: &'a Email,
@@ -113,7 +113,7 @@ pub enum Prepared {
     /// Recorded; this mail carries the secret.
     Mail(OutgoingMail),
     /// A temporary password was sent within `reissue_after`: nothing recorded, nothing to
-    /// send, the earlier password stays valid (SECURITY.md 24).
+    /// send, the earlier password stays valid (docs/security.md#24).
     Skipped,
 }
 

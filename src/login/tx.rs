@@ -2,9 +2,9 @@
 //! started, and the validated return target), and CSRF tokens derived from it.
 //!
 //! A code is stored under the transaction id, so it completes only the login of the browser
-//! that asked for it (SECURITY.md 15); the return target travels only inside this sealed value
-//! (SECURITY.md 3); every form carries a token that only this transaction's cookie can produce
-//! (SECURITY.md 37, with `SameSite=Lax` and an `Origin` check).
+//! that asked for it (docs/security.md#15); the return target travels only inside this sealed value
+//! (docs/security.md#3); every form carries a token that only this transaction's cookie can produce
+//! (docs/security.md#37, with `SameSite=Lax` and an `Origin` check).
 
 use std::time::Duration;
 
@@ -123,11 +123,11 @@ pub fn csrf_ok(keys: &KeyRing, purpose: &str, app: &str, subject: &[u8], token: 
     given.len() == want.len() && bool::from(want.ct_eq(&given))
 }
 
-/// SECURITY.md 37: a state-changing request must come from the app's own pages. A foreign
+/// docs/security.md#37: a state-changing request must come from the app's own pages. A foreign
 /// `Origin` is refused. `Origin: null` counts as absent: gateway pages send
-/// `Referrer-Policy: no-referrer` (SPEC.md §4), and under that policy browsers send `null` even
-/// for same-origin form posts (Fetch, "append a request Origin header"). The CSRF token and the
-/// `SameSite=Lax` transaction cookie protect those posts.
+/// `Referrer-Policy: no-referrer` (docs/product.md#s4), and under that policy browsers send `null`
+/// even for same-origin form posts (Fetch, "append a request Origin header"). The CSRF token and
+/// the `SameSite=Lax` transaction cookie protect those posts.
 pub fn origin_ok(headers: &HeaderMap, app_origin: &str) -> bool {
     match headers.get(http::header::ORIGIN) {
         None => true,

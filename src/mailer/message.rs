@@ -1,6 +1,6 @@
 //! Turning an [`OutgoingMail`] into an RFC 5322 message with lettre's builder.
 //!
-//! Every header comes from validated input (SECURITY.md 9): `From` from the checked
+//! Every header comes from validated input (docs/security.md#9): `From` from the checked
 //! `mail.from`, `To` from an [`crate::email::Email`], `Date` from the clock, `Message-ID` from
 //! the CSPRNG and the sender's domain. The subject is rendered by the caller; control
 //! characters in it are replaced by spaces so it can never end the header, and lettre encodes

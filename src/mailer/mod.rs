@@ -1,11 +1,11 @@
-//! Outgoing mail (SPEC.md §5): a bounded queue in front of the relay, so that a slow, failing
-//! or unreachable SMTP server never blocks, fails or changes an HTTP response.
+//! Outgoing mail (docs/product.md#s5): a bounded queue in front of the relay, so that a slow,
+//! failing or unreachable SMTP server never blocks, fails or changes an HTTP response.
 //!
 //! [`Mailer::enqueue`] only does a `try_send` on a bounded channel. One worker task takes mails
 //! off the queue and delivers a few at a time, each with retries and exponential backoff; a
 //! permanent refusal (SMTP 5xx) is not retried. No mail disappears silently: a full queue, a
 //! mail given up and a mail abandoned at shutdown each leave an error log line (recipient, app
-//! and kind; never the subject or body, which carry the PIN, link or password, SECURITY.md 18
+//! and kind; never the subject or body, which carry the PIN, link or password, docs/security.md#18
 //! and 38) and a metric.
 
 mod message;

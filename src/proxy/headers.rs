@@ -4,7 +4,7 @@
 //! `Connection`), client-supplied identity headers go in every spelling (`X-Otpgate-Email`,
 //! `x_otpgate_email`, ...), as do URL-override headers some frameworks route on
 //! (`X-Original-URL`, `X-Rewrite-URL`), and forwarding headers from untrusted clients; then the
-//! gateway's own `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are set (SECURITY.md 34).
+//! gateway's own `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are set (docs/security.md#34).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;

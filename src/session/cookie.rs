@@ -1,8 +1,8 @@
 //! The gateway cookie's value: `v1.<key id>.<base64url(nonce ‖ AES-256-GCM(claims) ‖ tag)>`.
 //!
 //! Nothing is readable outside (the e-mail is encrypted), and nothing is parsed before the AEAD
-//! tag has been verified over the raw bytes (SECURITY.md 28–29). The associated data binds the
-//! token type, the key id and the app, so a session for one app is worthless on another and a
+//! tag has been verified over the raw bytes (docs/security.md#28–#29). The associated data binds
+//! the token type, the key id and the app, so a session for one app is worthless on another and a
 //! token of another type (restricted session, ...) never opens as a session.
 
 use std::fmt;
@@ -20,7 +20,8 @@ const PREFIX: &str = "v1.";
 /// Longest value accepted; longer ones are refused before any decoding.
 pub const MAX_VALUE_LEN: usize = 1024;
 const TAG_LEN: usize = 16;
-/// Tolerated clock difference between replicas, in milliseconds (SECURITY.md 30: at most 60 s).
+/// Tolerated clock difference between replicas, in milliseconds (docs/security.md#30: at most 60
+/// s).
 pub const SKEW_MS: u64 = 30_000;
 
 /// What a sealed value is for. Part of the associated data: one kind never opens as another.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::random::{Random, RandomError};
 
-/// Length of every secret, in bytes (SECURITY.md 29: at least 256 bits).
+/// Length of every secret, in bytes (docs/security.md#29: at least 256 bits).
 pub const SECRET_LEN: usize = 32;
 
 /// Problems with the keys file.

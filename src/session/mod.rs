@@ -139,7 +139,7 @@ impl Sessions {
         self.revocations.clone()
     }
 
-    /// Issues a new session with a fresh random id (SECURITY.md 32) for `app`.
+    /// Issues a new session with a fresh random id (docs/security.md#32) for `app`.
     pub fn issue(
         &self,
         kind: TokenKind,
@@ -226,7 +226,7 @@ pub fn cookie_values<'a>(
 }
 
 /// Removes the gateway's cookies (both names) from the `Cookie` headers, keeping the others,
-/// so the upstream never sees a session (SECURITY.md 34).
+/// so the upstream never sees a session (docs/security.md#34).
 pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
     let mentions = headers
         .get_all(COOKIE)
@@ -255,8 +255,8 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// `Set-Cookie` for a session (SPEC.md §4, SECURITY.md 28): `HttpOnly`, `SameSite=Lax`,
-/// `Path=/`, `Max-Age`, and `Secure` when the app's public origin is https.
+/// `Set-Cookie` for a session (docs/product.md#s4, docs/security.md#28): `HttpOnly`,
+/// `SameSite=Lax`, `Path=/`, `Max-Age`, and `Secure` when the app's public origin is https.
 pub fn set_cookie(name: &str, value: &str, max_age: Duration, secure: bool) -> Option<HeaderValue> {
     let secs = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
     let c = ::cookie::Cookie::build((name, value))

@@ -66,7 +66,7 @@ pub struct User {
 
 impl User {
     /// The address one-time links and temporary passwords are mailed to: `temp_auth_email`,
-    /// else the id when it is an address (SPEC.md §5), else none.
+    /// else the id when it is an address (docs/product.md#s5), else none.
     pub fn mail_to(&self) -> Option<Email> {
         self.temp_auth_email
             .clone()

@@ -603,7 +603,7 @@ apps:
     assert_eq!(out.status.code(), Some(1));
 }
 
-/// SPEC.md §2, the newcomer's path: the binary on the committed config, a browser at
+/// docs/product.md#s2, the newcomer's path: the binary on the committed config, a browser at
 /// https://localhost/, the PIN read from the development outbox, the echo app at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newcomer_path_in_a_browser_with_the_committed_config() {
@@ -1467,7 +1467,7 @@ async fn sigkill_during_a_password_change_loses_no_committed_password() {
             assert!(page.body.contains("That account does not have access."));
             assert!(!w.jar.contains_key("__Host-otpgate"));
         }
-        // ... and the login page sends no second one within 24 hours (SECURITY.md 24)...
+        // ... and the login page sends no second one within 24 hours (docs/security.md#24)...
         let before = audit_events(&data, "token.suppressed").len();
         w.ask_temp_password(bob).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -1,6 +1,6 @@
 //! The one-time PIN login against a real SMTP server (aiosmtpd): the flow, anti-enumeration,
-//! limits, single use, binding, expiry, CSRF, audit, logout. One test per SECURITY.md item
-//! 6–18, 37 and 38, named after it.
+//! limits, single use, binding, expiry, CSRF, audit, logout. One test per requirement
+//! docs/security.md#6–#18, #37 and #38, named after it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -248,7 +248,7 @@ async fn pin_login_end_to_end_over_real_smtp() {
         "a login transaction cookie"
     );
 
-    // SECURITY.md 7: the typed address is normalised (ASCII lower case) everywhere.
+    // docs/security.md#7: the typed address is normalised (ASCII lower case) everywhere.
     let p = v
         .post("/.otpgate/login", &[("email", "  Alice@Corp.Example ")])
         .await;
@@ -364,7 +364,7 @@ async fn sec_8_non_ascii_addresses_are_refused() {
     assert_eq!(p.status, 200);
 }
 
-/// SECURITY.md 9: addresses reach SMTP only validated; mail headers are built from validated
+/// docs/security.md#9: addresses reach SMTP only validated; mail headers are built from validated
 /// values; lookups use parameterised queries (a hostile address is just data).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sec_9_no_header_or_query_is_built_from_unvalidated_input() {

@@ -1,7 +1,7 @@
 //! Zscaler's flows against a real SMTP server: the one-time link, the temporary password with
 //! its forced password change, later password logins, and the operator's "Send Authentication
-//! Email" through the admin API. One test per SECURITY.md item 19–27, named after it, plus the
-//! enumeration (10) and generic-failure (11) checks of these flows.
+//! Email" through the admin API. One test per requirement docs/security.md#19–#27, named after it,
+//! plus the enumeration (10) and generic-failure (11) checks of these flows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -246,7 +246,7 @@ async fn sec_19_links_are_random_single_use_bound_and_expire_after_24_hours() {
         p.body
     );
 
-    // SPEC.md §5: links go to the user's temp_auth_email.
+    // docs/product.md#s5: links go to the user's temp_auth_email.
     let mail = first_mail(&smtp, "alice.home@mail.example").await;
     assert!(mail.subject.contains("app"), "{}", mail.subject);
     let link = link_of(&mail);

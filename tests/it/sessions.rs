@@ -399,7 +399,7 @@ async fn sec_3_logged_in_visitors_of_the_login_page_go_to_the_validated_target()
         assert_eq!(r.status(), 302, "{query}");
         let location = r.headers()["location"].to_str().unwrap().to_owned();
         assert_eq!(location, want, "{query}");
-        // SECURITY.md 4: no credential in a URL we redirect to.
+        // docs/security.md#4: no credential in a URL we redirect to.
         assert!(!location.contains(&value) && !location.contains("otpgate="));
     }
     assert_eq!(up.hits(), 0);

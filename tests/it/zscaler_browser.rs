@@ -326,7 +326,7 @@ async fn browser_walks_through_the_link_and_temporary_password_logins() {
         "{}",
         changed.text
     );
-    // SECURITY.md 27: the session from the link ended with the change.
+    // docs/security.md#27: the session from the link ended with the change.
     let r = gw
         .client()
         .get(&start)

@@ -39,7 +39,7 @@ pub(super) fn apps(
         {
             c.err(
                 format!("{at}.session_duration"),
-                "must be above 0s and at most 30d (SECURITY.md 30)",
+                "must be above 0s and at most 30d (docs/security.md#30)",
             );
         }
         let max_request_body = match a.max_request_body {
@@ -132,7 +132,7 @@ fn public_url(
             "required when the first host is a wildcard",
         );
     }
-    // SECURITY.md 28: plain http is for local development only.
+    // docs/security.md#28: plain http is for local development only.
     let effective_https = public_url
         .as_ref()
         .map_or(listen.https.is_some(), |o| o.https);
@@ -146,7 +146,7 @@ fn public_url(
     if !effective_https && first_host.as_deref().is_some_and(|h| !is_local(h)) {
         c.warn(
             format!("{at}.public_url"),
-            "plain http outside localhost: the gateway cookie cannot be Secure (SECURITY.md 28)",
+            "plain http outside localhost: the gateway cookie cannot be Secure (docs/security.md#28)",
         );
     }
     public_url

@@ -14,9 +14,12 @@ use crate::policy::LoginMethod;
 pub(super) fn session(c: &mut Ctx<'_>, s: &file::SessionFile, data_dir: &Path) -> SessionConfig {
     let session_duration = c.positive("session.duration", s.duration, DAY);
     if session_duration > MAX_SESSION {
-        c.err("session.duration", "must be at most 30d (SECURITY.md 30)");
+        c.err(
+            "session.duration",
+            "must be at most 30d (docs/security.md#30)",
+        );
     }
-    // SECURITY.md 30: sessions also end after inactivity; on by default.
+    // docs/security.md#30: sessions also end after inactivity; on by default.
     let idle_timeout = s
         .idle_timeout
         .unwrap_or_else(|| session_duration.min(8 * 3600 * Duration::from_secs(1)));
@@ -41,7 +44,7 @@ pub(super) fn rate_limits(c: &mut Ctx<'_>, r: &file::RateLimitsFile) -> RateLimi
     if !(1..=100).contains(&failed) {
         c.err(
             "rate_limits.failed_logins_per_account",
-            "must be between 1 and 100 (SECURITY.md 16, 26)",
+            "must be between 1 and 100 (docs/security.md#16, #26)",
         );
     }
     RateLimits {
@@ -116,21 +119,21 @@ fn pin(
     if !(6..=10).contains(&length) {
         c.err(
             format!("{at}.config.length"),
-            "must be between 6 and 10 digits (SECURITY.md 12)",
+            "must be between 6 and 10 digits (docs/security.md#12)",
         );
     }
     let ttl = c.positive(&format!("{at}.config.ttl"), config.ttl, 10 * MINUTE);
     if ttl > 10 * MINUTE {
         c.err(
             format!("{at}.config.ttl"),
-            "must be at most 10m (SECURITY.md 13)",
+            "must be at most 10m (docs/security.md#13)",
         );
     }
     let max_attempts = config.max_attempts.unwrap_or(5);
     if !(1..=10).contains(&max_attempts) {
         c.err(
             format!("{at}.config.max_attempts"),
-            "must be between 1 and 10 (SECURITY.md 16)",
+            "must be between 1 and 10 (docs/security.md#16)",
         );
     }
     PinProvider {
@@ -151,7 +154,7 @@ fn link(
     if ttl > DAY {
         c.err(
             format!("{at}.config.ttl"),
-            "must be at most 24h (SECURITY.md 19)",
+            "must be at most 24h (docs/security.md#19)",
         );
     }
     LinkProvider {
@@ -170,21 +173,21 @@ fn token(
     if ttl > DAY {
         c.err(
             format!("{at}.config.ttl"),
-            "must be at most 24h (SECURITY.md 22)",
+            "must be at most 24h (docs/security.md#22)",
         );
     }
     let reissue_after = config.reissue_after.unwrap_or(DAY);
     if reissue_after < DAY {
         c.err(
             format!("{at}.config.reissue_after"),
-            "must be at least 24h (SECURITY.md 24)",
+            "must be at least 24h (docs/security.md#24)",
         );
     }
     let min_password_length = config.min_password_length.unwrap_or(12);
     if !(8..=64).contains(&min_password_length) {
         c.err(
             format!("{at}.config.min_password_length"),
-            "must be between 8 and 64 (SECURITY.md 25)",
+            "must be between 8 and 64 (docs/security.md#25)",
         );
     }
     TokenProvider {

@@ -1,6 +1,6 @@
 //! Stage 4: file structs → runtime [`Config`]. Collects every problem instead of stopping at the
 //! first, reads secret and certificate files (so `check-config` finds a missing one), and
-//! applies the bounds SECURITY.md puts on logins.
+//! applies the bounds docs/security.md puts on logins.
 //!
 //! One file per section of the config file; this one holds the shared [`Ctx`], the entry point
 //! and the small top-level keys.
