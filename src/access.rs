@@ -68,7 +68,7 @@ impl Permitted {
 
 /// Why the policy stage said no.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No usable session; `clear_cookie` when a cookie was sent that did not open (it is
     /// deleted so the browser stops sending it).
     LoginRequired {
@@ -81,7 +81,7 @@ pub enum Refusal {
 
 /// What the policy stage needs to know about the app.
 #[derive(Debug, Clone, Copy)]
-pub struct AppAccess<'a> {
+pub(crate) struct AppAccess<'a> {
     /// The app's name (the session audience).
     pub name: &'a str,
     /// Its policies, in order.
@@ -96,7 +96,7 @@ pub struct AppAccess<'a> {
 
 /// The long-lived parts the policy stage reads.
 #[derive(Debug, Clone, Copy)]
-pub struct Deps<'a> {
+pub(crate) struct Deps<'a> {
     /// Cookie keys and revocations.
     pub sessions: &'a Sessions,
     /// The user table (groups).
@@ -108,7 +108,7 @@ pub struct Deps<'a> {
 }
 
 /// Decides whether the request described by `facts` (with these `headers`) may reach `app`.
-pub fn authorize(
+pub(crate) fn authorize(
     deps: Deps<'_>,
     app: AppAccess<'_>,
     facts: &policy::Request<'_>,

@@ -187,7 +187,7 @@ async fn send(gw: &Gateway, rt: &Runtime, job: &Job<'_>) -> Vec<(String, Outcome
 }
 
 /// Answers one admin request.
-pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     if req.uri().path() == "/admin/send-auth-email" {
         return if *req.method() == Method::POST {

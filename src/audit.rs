@@ -161,7 +161,7 @@ impl Audit {
 }
 
 /// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(now: Duration) -> String {
+pub(crate) fn rfc3339(now: Duration) -> String {
     let nanos = i128::try_from(now.as_nanos()).unwrap_or(0);
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos - nanos % 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 /// Why a DN could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DnError {
+pub(crate) enum DnError {
     /// Empty, or an empty RDN (`a=b,,c=d`).
     #[error("empty DN or RDN")]
     Empty,
@@ -32,7 +32,7 @@ pub enum DnError {
 
 /// One attribute type and value, the type lower-cased, the value unescaped and trimmed.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Ava {
+pub(crate) struct Ava {
     /// Attribute type (`cn`), lower-cased.
     pub attr: String,
     /// Value as written, escapes decoded, leading and trailing spaces removed.
@@ -100,7 +100,7 @@ fn valid_type(t: &str) -> bool {
 
 /// Parses a DN into its RDNs, each a list of attribute-value pairs (outermost RDN last, as
 /// written). `,` and `;` separate RDNs, `+` the values of one RDN.
-pub fn parse(dn: &str) -> Result<Vec<Vec<Ava>>, DnError> {
+pub(crate) fn parse(dn: &str) -> Result<Vec<Vec<Ava>>, DnError> {
     if dn.trim().is_empty() {
         return Err(DnError::Empty);
     }
@@ -140,7 +140,7 @@ pub fn parse(dn: &str) -> Result<Vec<Vec<Ava>>, DnError> {
 }
 
 /// The normal form of a DN, for comparisons.
-pub fn normalise(dn: &str) -> Result<String, DnError> {
+pub(crate) fn normalise(dn: &str) -> Result<String, DnError> {
     let rdns = parse(dn)?;
     let mut out = String::with_capacity(dn.len());
     for (i, rdn) in rdns.into_iter().enumerate() {
@@ -176,7 +176,7 @@ pub fn normalise(dn: &str) -> Result<String, DnError> {
 
 /// The value of the first attribute of the first RDN, as written (`Engineering` for
 /// `CN=Engineering,OU=Groups,DC=corp,DC=example`).
-pub fn first_value(dn: &str) -> Option<String> {
+pub(crate) fn first_value(dn: &str) -> Option<String> {
     parse(dn)
         .ok()?
         .into_iter()

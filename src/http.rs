@@ -7,7 +7,7 @@ use http::{HeaderMap, Response, StatusCode};
 use crate::body::Body;
 
 /// A redirect to an already validated absolute URL.
-pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+pub(crate) fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     let mut r = Response::new(Body::Empty);
     *r.status_mut() = status;
     if let Ok(v) = HeaderValue::from_str(location) {
@@ -19,7 +19,7 @@ pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
 
 /// Whether a request is an API call rather than a page navigation (docs/product.md#s4): API
 /// calls get JSON errors instead of a login page they could not show.
-pub fn wants_json(h: &HeaderMap) -> bool {
+pub(crate) fn wants_json(h: &HeaderMap) -> bool {
     let accept = h.get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let fetch_mode = h.get("sec-fetch-mode").and_then(|v| v.to_str().ok());
     let xhr = h

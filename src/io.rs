@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 /// Last I/O time and requests in flight of a connection.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     base: Instant,
     last_ms: AtomicU64,
     busy: AtomicU32,
@@ -27,7 +27,7 @@ impl Default for Activity {
 
 impl Activity {
     /// Active now.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -36,26 +36,26 @@ impl Activity {
     }
 
     /// Records activity now.
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Marks a request in flight until the guard drops.
-    pub fn busy(&self) -> Busy<'_> {
+    pub(crate) fn busy(&self) -> Busy<'_> {
         self.busy.fetch_add(1, Ordering::Relaxed);
         Busy(self)
     }
 
     /// Time since the last I/O.
-    pub fn idle(&self) -> Duration {
+    pub(crate) fn idle(&self) -> Duration {
         self.base
             .elapsed()
             .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
     }
 
     /// Completes once there has been no I/O and no request in flight for `idle`.
-    pub async fn idle_for(&self, idle: Duration) {
+    pub(crate) async fn idle_for(&self, idle: Duration) {
         loop {
             let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             tokio::time::sleep_until(self.base + last + idle).await;
@@ -74,7 +74,7 @@ impl Activity {
 
 /// A request in flight (see [`Activity::busy`]).
 #[derive(Debug)]
-pub struct Busy<'a>(&'a Activity);
+pub(crate) struct Busy<'a>(&'a Activity);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
@@ -85,14 +85,14 @@ impl Drop for Busy<'_> {
 
 /// A stream that records activity.
 #[derive(Debug)]
-pub struct Tracked<I> {
+pub(crate) struct Tracked<I> {
     inner: I,
     activity: Arc<Activity>,
 }
 
 impl<I> Tracked<I> {
     /// Wraps `inner`.
-    pub fn new(inner: I, activity: Arc<Activity>) -> Self {
+    pub(crate) fn new(inner: I, activity: Arc<Activity>) -> Self {
         Self { inner, activity }
     }
 }

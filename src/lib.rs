@@ -16,34 +16,34 @@
 //!                                 trust
 //! ```
 
-pub mod access;
-pub mod admin;
-pub mod audit;
+pub(crate) mod access;
+pub(crate) mod admin;
+pub(crate) mod audit;
 pub mod body;
 pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod directory;
-pub mod dn;
+pub(crate) mod dn;
 pub mod email;
 pub mod gateway;
-pub mod http;
-pub mod io;
-pub mod lifecycle;
-pub mod login;
+pub(crate) mod http;
+pub(crate) mod io;
+pub(crate) mod lifecycle;
+pub(crate) mod login;
 pub mod mailer;
 pub mod metrics;
-pub mod pages;
+pub(crate) mod pages;
 pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod random;
-pub mod return_to;
-pub mod server;
+pub(crate) mod return_to;
+pub(crate) mod server;
 pub mod session;
 pub mod state;
 pub mod store;
-pub mod trust;
+pub(crate) mod trust;
 pub mod users;
 
 pub use lifecycle::{Options, ReloadError, Running, StartError, start};

@@ -16,7 +16,7 @@ use minijinja::{Environment, Value, context};
 use crate::body::Body;
 
 /// The built-in templates, by name.
-pub const BUILT_IN: &[(&str, &str)] = &[
+pub(crate) const BUILT_IN: &[(&str, &str)] = &[
     ("style.css", include_str!("templates/style.css")),
     ("base.html", include_str!("templates/base.html")),
     ("error.html", include_str!("templates/error.html")),
@@ -201,7 +201,7 @@ fn render_with(env: &Environment<'static>, name: &str, ctx: Value) -> Result<Str
 }
 
 /// Headers every gateway response carries besides the CSP.
-pub fn static_headers(h: &mut HeaderMap) {
+pub(crate) fn static_headers(h: &mut HeaderMap) {
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -209,7 +209,7 @@ pub fn static_headers(h: &mut HeaderMap) {
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         match ch {
@@ -226,7 +226,7 @@ pub fn escape(s: &str) -> String {
 
 /// A page without templates (the built-in echo app, and the last resort when an operator's
 /// template fails): no stylesheet, `default-src 'none'`.
-pub fn fallback_html(status: StatusCode, title: &str, body_html: &str) -> Response<Body> {
+pub(crate) fn fallback_html(status: StatusCode, title: &str, body_html: &str) -> Response<Body> {
     let doc = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{}</title></head>\

@@ -11,11 +11,11 @@ use url::Url;
 use crate::config::Origin;
 
 /// Longest return target considered.
-pub const MAX_LEN: usize = 2048;
+pub(crate) const MAX_LEN: usize = 2048;
 
 /// Validates `rd` for a request on the app at `current`; `allowed` are the origins of every
 /// configured app. Returns the absolute URL to redirect to, or `None` (use the app's root).
-pub fn validate(rd: &str, current: &Origin, allowed: &[Origin]) -> Option<Url> {
+pub(crate) fn validate(rd: &str, current: &Origin, allowed: &[Origin]) -> Option<Url> {
     if rd.is_empty() || rd.len() > MAX_LEN || rd.bytes().any(|b| b.is_ascii_control()) {
         return None;
     }
@@ -47,7 +47,7 @@ pub fn validate(rd: &str, current: &Origin, allowed: &[Origin]) -> Option<Url> {
 }
 
 /// The app root, where refused targets send people.
-pub fn root(current: &Origin) -> String {
+pub(crate) fn root(current: &Origin) -> String {
     format!("{current}/")
 }
 
@@ -66,14 +66,14 @@ fn origin_of(url: &Url) -> Option<Origin> {
 
 /// The first `rd` parameter of a query string, decoded once. docs/security.md#5: when several are
 /// present the first one is used, always.
-pub fn rd_param(query: Option<&str>) -> Option<String> {
+pub(crate) fn rd_param(query: Option<&str>) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == "rd")
         .map(|(_, v)| v.into_owned())
 }
 
 /// `login_path?rd=<target>` with the target encoded as a query parameter.
-pub fn with_rd(base: &str, target: &str) -> String {
+pub(crate) fn with_rd(base: &str, target: &str) -> String {
     let mut s = String::with_capacity(base.len() + target.len() + 8);
     s.push_str(base);
     s.push_str("?rd=");

@@ -10,7 +10,7 @@ use rustls::pki_types::CertificateDer;
 
 /// The system trust store, read once per process: reading it walks files, and every client
 /// built on a reload would otherwise repeat that.
-pub fn system_roots() -> &'static [CertificateDer<'static>] {
+pub(crate) fn system_roots() -> &'static [CertificateDer<'static>] {
     static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let found = rustls_native_certs::load_native_certs();
@@ -24,7 +24,9 @@ pub fn system_roots() -> &'static [CertificateDer<'static>] {
 /// The Mozilla roots, the parsable system roots and `extra` (a configured CA file). System
 /// roots that do not parse are skipped, as the system store may hold such certificates; an
 /// `extra` anchor that does not parse is an error, since the config asked for it.
-pub fn root_store(extra: &[CertificateDer<'static>]) -> Result<RootCertStore, rustls::Error> {
+pub(crate) fn root_store(
+    extra: &[CertificateDer<'static>],
+) -> Result<RootCertStore, rustls::Error> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let (_, _) = roots.add_parsable_certificates(system_roots().iter().cloned());

@@ -34,11 +34,11 @@ mod logout;
 mod mail_request;
 mod page;
 mod password;
-pub mod pin;
-pub mod secret;
-pub mod send;
+pub(crate) mod pin;
+pub(crate) mod secret;
+pub(crate) mod send;
 mod session_start;
-pub mod tx;
+pub(crate) mod tx;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 
-pub use error::LoginError;
+pub(crate) use error::LoginError;
 
 use crate::audit::{Audit, Event};
 use crate::body::{Body, RequestBody};
@@ -64,15 +64,15 @@ use crate::store::Store;
 use crate::users::Users;
 
 /// The login page (stable path).
-pub const LOGIN_PATH: &str = "/.otpgate/login";
+pub(crate) const LOGIN_PATH: &str = "/.otpgate/login";
 /// Where codes are posted.
-pub const CODE_PATH: &str = "/.otpgate/code";
+pub(crate) const CODE_PATH: &str = "/.otpgate/code";
 /// The logout page (stable path).
-pub const LOGOUT_PATH: &str = "/.otpgate/logout";
+pub(crate) const LOGOUT_PATH: &str = "/.otpgate/logout";
 /// The one-time link landing page (stable path: links sit in inboxes for a day).
-pub const LINK_PATH: &str = "/.otpgate/link";
+pub(crate) const LINK_PATH: &str = "/.otpgate/link";
 /// The "choose a new password" page of a temporary-password login.
-pub const PASSWORD_PATH: &str = "/.otpgate/password";
+pub(crate) const PASSWORD_PATH: &str = "/.otpgate/password";
 
 /// The answer to "send me a code" (or a link, or a temporary password) is never faster than
 /// this, so the time it takes says nothing about the address (the work behind it takes
@@ -80,9 +80,9 @@ pub const PASSWORD_PATH: &str = "/.otpgate/password";
 const RESPONSE_FLOOR: Duration = Duration::from_millis(10);
 
 /// The message for every failed code (docs/security.md#11).
-pub const NO_ACCESS: &str = "That account does not have access.";
+pub(crate) const NO_ACCESS: &str = "That account does not have access.";
 /// The message for a malformed address.
-pub const INVALID_EMAIL: &str = "Enter a valid email address.";
+pub(crate) const INVALID_EMAIL: &str = "Enter a valid email address.";
 const EXPIRED_FORM: &str = "Your sign-in form expired. Please try again.";
 
 /// The long-lived parts the login pages use: handed in by the gateway, so this module depends on

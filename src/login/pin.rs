@@ -292,7 +292,7 @@ impl Flow<'_> {
 }
 
 /// A PIN of `digits` decimal digits (6 to 10), uniformly distributed.
-pub fn generate(random: &dyn Random, digits: u32) -> Result<String, RandomError> {
+pub(crate) fn generate(random: &dyn Random, digits: u32) -> Result<String, RandomError> {
     let space = 10u64.pow(digits.clamp(1, 19));
     // Rejection sampling: values above the largest multiple of `space` would bias low digits.
     let limit = u64::MAX - (u64::MAX % space);
@@ -305,13 +305,13 @@ pub fn generate(random: &dyn Random, digits: u32) -> Result<String, RandomError>
 }
 
 /// The digest stored for a PIN: HMAC under the key, over the transaction, address and PIN.
-pub fn digest(key: &Key, tx: &[u8; 16], email: &str, pin: &str) -> [u8; 32] {
+pub(crate) fn digest(key: &Key, tx: &[u8; 16], email: &str, pin: &str) -> [u8; 32] {
     key.mac("pin", &[tx, email.as_bytes(), pin.as_bytes()])
 }
 
 /// What is filed with a PIN's digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payload {
+pub(crate) struct Payload {
     /// The address the PIN went to (the identity it proves).
     pub email: String,
     /// The key that made the digest.
@@ -322,18 +322,18 @@ pub struct Payload {
 
 impl Payload {
     /// As stored.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// From storage.
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+    pub(crate) fn from_bytes(b: &[u8]) -> Option<Self> {
         serde_json::from_slice(b).ok()
     }
 }
 
 /// A typed code, cleaned of the spaces people paste; `None` if it cannot be a PIN.
-pub fn clean(input: &str, digits: u32) -> Option<String> {
+pub(crate) fn clean(input: &str, digits: u32) -> Option<String> {
     let c: String = input
         .chars()
         .filter(|ch| !ch.is_whitespace() && *ch != '-')
@@ -342,7 +342,7 @@ pub fn clean(input: &str, digits: u32) -> Option<String> {
 }
 
 /// The key a digest was made with (still in the ring), or the current one for a new digest.
-pub fn key_for<'k>(keys: &'k KeyRing, kid: Option<&str>) -> Option<&'k Key> {
+pub(crate) fn key_for<'k>(keys: &'k KeyRing, kid: Option<&str>) -> Option<&'k Key> {
     match kid {
         Some(id) => keys.get(id),
         None => Some(keys.current()),

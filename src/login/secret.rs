@@ -20,16 +20,16 @@ use crate::random::{Random, RandomError};
 use crate::session::keys::Key;
 
 /// Random bytes in a link token (docs/security.md#19: at least 128 bits).
-pub const LINK_TOKEN_BYTES: usize = 32;
+pub(crate) const LINK_TOKEN_BYTES: usize = 32;
 /// Characters of a temporary password (docs/security.md#22: 12 or more).
-pub const TEMP_PASSWORD_LEN: usize = 16;
+pub(crate) const TEMP_PASSWORD_LEN: usize = 16;
 /// The temporary-password alphabet: 32 symbols without look-alikes (no 0/o, 1/l).
 const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
 /// Longest password accepted (characters); longer input is refused, never truncated.
-pub const MAX_PASSWORD_CHARS: usize = 256;
+pub(crate) const MAX_PASSWORD_CHARS: usize = 256;
 
 /// A new link token: the value for `?t=` (`<key id>.<token>`) and its digest for storage.
-pub fn new_link(key: &Key, random: &dyn Random) -> Result<(String, [u8; 32]), RandomError> {
+pub(crate) fn new_link(key: &Key, random: &dyn Random) -> Result<(String, [u8; 32]), RandomError> {
     let raw: [u8; LINK_TOKEN_BYTES] = crate::random::bytes(random)?;
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
     let digest = link_digest(key, &token);
@@ -37,12 +37,12 @@ pub fn new_link(key: &Key, random: &dyn Random) -> Result<(String, [u8; 32]), Ra
 }
 
 /// The digest a link token is stored under.
-pub fn link_digest(key: &Key, token: &str) -> [u8; 32] {
+pub(crate) fn link_digest(key: &Key, token: &str) -> [u8; 32] {
     key.mac("link", &[token.as_bytes()])
 }
 
 /// Splits a `?t=` value into key id and token; `None` for anything malformed.
-pub fn parse_link(value: &str) -> Option<(&str, &str)> {
+pub(crate) fn parse_link(value: &str) -> Option<(&str, &str)> {
     let (kid, token) = value.split_once('.')?;
     let ok = token.len() == 43
         && token
@@ -52,7 +52,7 @@ pub fn parse_link(value: &str) -> Option<(&str, &str)> {
 }
 
 /// A new temporary password, grouped for reading: `abcd-efgh-jkmn-pqrs` (80 bits).
-pub fn new_temp_password(random: &dyn Random) -> Result<String, RandomError> {
+pub(crate) fn new_temp_password(random: &dyn Random) -> Result<String, RandomError> {
     let raw: [u8; TEMP_PASSWORD_LEN] = crate::random::bytes(random)?;
     let mut out = String::with_capacity(TEMP_PASSWORD_LEN + 3);
     for (i, b) in raw.iter().enumerate() {
@@ -67,7 +67,7 @@ pub fn new_temp_password(random: &dyn Random) -> Result<String, RandomError> {
 
 /// A typed temporary password as compared: lower case, without the dashes and spaces people
 /// add or drop.
-pub fn normalise_temp(input: &str) -> String {
+pub(crate) fn normalise_temp(input: &str) -> String {
     input
         .chars()
         .filter(|c| !c.is_whitespace() && *c != '-')
@@ -76,7 +76,7 @@ pub fn normalise_temp(input: &str) -> String {
 }
 
 /// The digest a temporary password is stored under, bound to the address.
-pub fn temp_digest(key: &Key, email: &str, typed: &str) -> [u8; 32] {
+pub(crate) fn temp_digest(key: &Key, email: &str, typed: &str) -> [u8; 32] {
     key.mac(
         "temp-password",
         &[email.as_bytes(), normalise_temp(typed).as_bytes()],
@@ -85,7 +85,7 @@ pub fn temp_digest(key: &Key, email: &str, typed: &str) -> [u8; 32] {
 
 /// Why a new password was refused (shown to the user, who may try another).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PasswordProblem {
+pub(crate) enum PasswordProblem {
     /// Too short.
     #[error("Choose a password of at least {0} characters.")]
     TooShort(usize),
@@ -194,7 +194,7 @@ fn walk(s: &str) -> bool {
 
 /// docs/security.md#25: at least `min_chars` characters (any printable Unicode, at most 256, never
 /// truncated), no composition rules, not on the common/breached list, not the address.
-pub fn check_new_password(
+pub(crate) fn check_new_password(
     password: &str,
     confirm: &str,
     email: &str,
@@ -239,7 +239,7 @@ fn argon2_slots() -> &'static Semaphore {
 pub struct HashError(String);
 
 /// Hashes a chosen password with Argon2id (OWASP parameters, random salt) into a PHC string.
-pub async fn hash(password: String) -> Result<String, HashError> {
+pub(crate) async fn hash(password: String) -> Result<String, HashError> {
     let _slot = argon2_slots()
         .acquire()
         .await
@@ -267,7 +267,7 @@ fn dummy_hash() -> &'static str {
 
 /// Checks `password` against a stored PHC string, or against a dummy when there is none (the
 /// answer is then always false, after the same work).
-pub async fn verify(password: String, stored: Option<String>) -> bool {
+pub(crate) async fn verify(password: String, stored: Option<String>) -> bool {
     let Ok(_slot) = argon2_slots().acquire().await else {
         return false;
     };

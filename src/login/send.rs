@@ -22,12 +22,12 @@ use crate::store::{Link, Store, StoreError, TempPassword};
 /// Why a "Send Authentication Email" names no app or method that can be mailed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct TargetError(String);
+pub(crate) struct TargetError(String);
 
 /// The app and method of a "Send Authentication Email" (the command line and the admin API
 /// alike): `method` defaults to the config's `temporary_authentication`, `app` to the first app
 /// offering it.
-pub fn target<'a>(
+pub(crate) fn target<'a>(
     config: &'a Config,
     app_name: Option<&str>,
     method: Option<LoginMethod>,
@@ -70,7 +70,7 @@ pub fn target<'a>(
 
 /// Why a mail could not be made.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// The method is not among the identity providers (or is the PIN, which is not mailed
     /// this way).
     #[error("{0} is not an enabled identity provider for authentication emails")]
@@ -88,7 +88,7 @@ pub enum SendError {
 
 /// What the operator asked for, or what the visitor's request comes to.
 #[derive(Debug, Clone)]
-pub struct Order<'a> {
+pub(crate) struct Order<'a> {
     /// The app named in the mail and logged in to.
     pub app: &'a str,
     /// Its public origin: the link and the login address are built from it (docs/security.md#21).
@@ -109,7 +109,7 @@ pub struct Order<'a> {
 
 /// The outcome.
 #[derive(Debug)]
-pub enum Prepared {
+pub(crate) enum Prepared {
     /// Recorded; this mail carries the secret.
     Mail(OutgoingMail),
     /// A temporary password was sent within `reissue_after`: nothing recorded, nothing to
@@ -119,7 +119,7 @@ pub enum Prepared {
 
 /// Everything a mail is made from.
 #[derive(Clone, Copy)]
-pub struct Issuer<'a> {
+pub(crate) struct Issuer<'a> {
     /// The templates.
     pub pages: &'a Pages,
     /// The keys the digests are made with.
@@ -144,7 +144,7 @@ fn ms(d: Duration) -> u64 {
 
 impl Issuer<'_> {
     /// Records a new link or temporary password and renders its mail.
-    pub async fn prepare(&self, o: &Order<'_>) -> Result<Prepared, SendError> {
+    pub(crate) async fn prepare(&self, o: &Order<'_>) -> Result<Prepared, SendError> {
         match o.method {
             LoginMethod::OneTimeLink => self.link(o).await,
             LoginMethod::OneTimeToken => self.token(o).await,
@@ -232,7 +232,7 @@ impl Issuer<'_> {
 
 /// What became of one user of an operator's send.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The mail left (handed to the relay or written to the outbox).
     Sent,
     /// A temporary password went out within `reissue_after`; the earlier one stays valid.
@@ -247,7 +247,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The word printed after the user id.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Self::Sent => "sent",
             Self::Skipped => "skipped (sent within 24h)",
@@ -258,7 +258,7 @@ impl Outcome {
     }
 
     /// Whether the user got what was asked for (or has it from earlier).
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         matches!(self, Self::Sent | Self::Skipped)
     }
 }
@@ -267,7 +267,7 @@ impl Outcome {
 /// API: users by id and the members of groups, each mailed a link or a temporary password at
 /// once, with one outcome per user, audited as `auth_email.sent`.
 #[derive(Debug)]
-pub struct Operator<'a> {
+pub(crate) struct Operator<'a> {
     /// Records and renders.
     pub issuer: Issuer<'a>,
     /// Who the ids and groups name.
@@ -284,7 +284,7 @@ pub struct Operator<'a> {
 
 /// One operator's request.
 #[derive(Debug, Clone)]
-pub struct Job<'a> {
+pub(crate) struct Job<'a> {
     /// The app named in the mails; links log in to it.
     pub app: &'a str,
     /// Its public origin.
@@ -359,7 +359,7 @@ impl Operator<'_> {
 
     /// Sends to every user the job names, in order (users first, then group members, each
     /// once), and reports per user.
-    pub async fn send(&self, job: &Job<'_>) -> Vec<(String, Outcome)> {
+    pub(crate) async fn send(&self, job: &Job<'_>) -> Vec<(String, Outcome)> {
         let mut lines = Vec::new();
         let rd = crate::return_to::root(job.origin);
         for t in self.recipients(job) {

@@ -17,21 +17,21 @@ use crate::session::cookie::{SealError, TokenKind, open_bytes, seal_bytes};
 use crate::session::{KeyRing, cookie_values};
 
 /// How long a login transaction lasts (covers a 10-minute code with room to read the mail).
-pub const LIFETIME: Duration = Duration::from_secs(30 * 60);
+pub(crate) const LIFETIME: Duration = Duration::from_secs(30 * 60);
 
 /// Cookie name on https apps (`__Host-`: `Secure`, `Path=/`, no `Domain`).
-pub const COOKIE_HOST: &str = crate::session::LOGIN_COOKIE_HOST;
+pub(crate) const COOKIE_HOST: &str = crate::session::LOGIN_COOKIE_HOST;
 /// Cookie name on plain-http apps.
-pub const COOKIE_PLAIN: &str = crate::session::LOGIN_COOKIE_PLAIN;
+pub(crate) const COOKIE_PLAIN: &str = crate::session::LOGIN_COOKIE_PLAIN;
 
 /// The cookie name for an app.
-pub fn cookie_name(https: bool) -> &'static str {
+pub(crate) fn cookie_name(https: bool) -> &'static str {
     if https { COOKIE_HOST } else { COOKIE_PLAIN }
 }
 
 /// One login transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoginTx {
+pub(crate) struct LoginTx {
     /// Random id; codes are filed under it.
     pub id: [u8; 16],
     /// Start, Unix milliseconds.
@@ -42,7 +42,7 @@ pub struct LoginTx {
 
 impl LoginTx {
     /// A new transaction.
-    pub fn new(random: &dyn Random, now_ms: u64, rd: String) -> Result<Self, RandomError> {
+    pub(crate) fn new(random: &dyn Random, now_ms: u64, rd: String) -> Result<Self, RandomError> {
         Ok(Self {
             id: crate::random::bytes(random)?,
             started_ms: now_ms,
@@ -51,12 +51,12 @@ impl LoginTx {
     }
 
     /// The id as hex (state keys).
-    pub fn hex(&self) -> String {
+    pub(crate) fn hex(&self) -> String {
         crate::random::hex(&self.id)
     }
 
     /// The sealed cookie value.
-    pub fn seal(
+    pub(crate) fn seal(
         &self,
         app: &str,
         keys: &KeyRing,
@@ -75,7 +75,7 @@ impl LoginTx {
     }
 
     /// The transaction in a request's cookie, if it opens for `app` and has not expired.
-    pub fn from_headers(
+    pub(crate) fn from_headers(
         headers: &HeaderMap,
         name: &str,
         app: &str,
@@ -98,7 +98,7 @@ impl LoginTx {
 
 /// A CSRF token for `purpose` bound to `subject` (a transaction or session id) on `app`:
 /// `<key id>.<base64url(HMAC)>`.
-pub fn csrf_token(keys: &KeyRing, purpose: &str, app: &str, subject: &[u8]) -> String {
+pub(crate) fn csrf_token(keys: &KeyRing, purpose: &str, app: &str, subject: &[u8]) -> String {
     let key = keys.current();
     let mac = key.mac("csrf", &[purpose.as_bytes(), app.as_bytes(), subject]);
     format!(
@@ -109,7 +109,13 @@ pub fn csrf_token(keys: &KeyRing, purpose: &str, app: &str, subject: &[u8]) -> S
 }
 
 /// Checks a CSRF token in constant time.
-pub fn csrf_ok(keys: &KeyRing, purpose: &str, app: &str, subject: &[u8], token: &str) -> bool {
+pub(crate) fn csrf_ok(
+    keys: &KeyRing,
+    purpose: &str,
+    app: &str,
+    subject: &[u8],
+    token: &str,
+) -> bool {
     let Some((kid, mac)) = token.split_once('.') else {
         return false;
     };
@@ -128,7 +134,7 @@ pub fn csrf_ok(keys: &KeyRing, purpose: &str, app: &str, subject: &[u8], token: 
 /// `Referrer-Policy: no-referrer` (docs/product.md#s4), and under that policy browsers send `null`
 /// even for same-origin form posts (Fetch, "append a request Origin header"). The CSRF token and
 /// the `SameSite=Lax` transaction cookie protect those posts.
-pub fn origin_ok(headers: &HeaderMap, app_origin: &str) -> bool {
+pub(crate) fn origin_ok(headers: &HeaderMap, app_origin: &str) -> bool {
     match headers.get(http::header::ORIGIN) {
         None => true,
         Some(o) => o.to_str().is_ok_and(|o| o == app_origin || o == "null"),

@@ -2,7 +2,7 @@
 //! with a deadline, hyper's HTTP/1.1 + HTTP/2 server with header-read and idle timeouts, and a
 //! graceful drain on shutdown.
 
-pub mod tls;
+pub(crate) mod tls;
 
 use std::convert::Infallible;
 use std::io;
@@ -41,7 +41,7 @@ pub enum ServerError {
 
 /// Which listener a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerKind {
+pub(crate) enum ListenerKind {
     /// Plain HTTP for apps.
     Http,
     /// HTTPS for apps.
@@ -62,7 +62,7 @@ impl ListenerKind {
 
 /// Bound, not yet serving, listeners.
 #[derive(Debug)]
-pub struct Listeners {
+pub(crate) struct Listeners {
     /// Plain HTTP.
     pub http: Option<TcpListener>,
     /// HTTPS.
@@ -73,7 +73,7 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds every configured address.
-    pub async fn bind(listen: &Listen) -> Result<Self, ServerError> {
+    pub(crate) async fn bind(listen: &Listen) -> Result<Self, ServerError> {
         async fn one(
             addr: Option<SocketAddr>,
             kind: &'static str,
@@ -94,7 +94,7 @@ impl Listeners {
     }
 
     /// The bound addresses.
-    pub fn addrs(&self) -> BoundAddrs {
+    pub(crate) fn addrs(&self) -> BoundAddrs {
         let a = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         BoundAddrs {
             http: a(&self.http),
@@ -106,7 +106,7 @@ impl Listeners {
 
 /// Starts the accept loop of one listener. It stops accepting when `cancel` fires, then gives
 /// open connections `limits.shutdown_grace` to finish their requests.
-pub fn spawn(
+pub(crate) fn spawn(
     kind: ListenerKind,
     listener: TcpListener,
     gateway: Arc<Gateway>,

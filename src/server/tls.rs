@@ -42,20 +42,20 @@ pub enum TlsError {
 
 /// The crypto provider of every TLS configuration in the gateway (ring only; see ecosystem
 /// notes: two compiled-in providers make rustls' implicit choice panic).
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The certificates in use, in order of preference.
 #[derive(Debug)]
-pub struct CertStore {
+pub(crate) struct CertStore {
     certs: Vec<Arc<CertifiedKey>>,
 }
 
 impl CertStore {
     /// Loads the configured certificates, then the self-signed one (generated if absent or if it
     /// does not cover every configured name).
-    pub fn load(tls: &TlsConfig) -> Result<Self, TlsError> {
+    pub(crate) fn load(tls: &TlsConfig) -> Result<Self, TlsError> {
         let mut certs = Vec::new();
         for pair in &tls.certificates {
             certs.push(Arc::new(certified(
@@ -77,7 +77,7 @@ impl CertStore {
     }
 
     /// The certificate for an SNI name: the first whose names cover it, else the default (first).
-    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    pub(crate) fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = sni.and_then(|s| ServerName::try_from(s).ok())
             && let Some(c) = self.certs.iter().find(|c| covers(c, &name))
         {
@@ -113,9 +113,9 @@ fn certified(
 }
 
 /// File names of the development certificate inside `self_signed_dir`.
-pub const SELF_SIGNED_CERT: &str = "self-signed.pem";
+pub(crate) const SELF_SIGNED_CERT: &str = "self-signed.pem";
 /// File name of the development certificate's key.
-pub const SELF_SIGNED_KEY: &str = "self-signed-key.pem";
+pub(crate) const SELF_SIGNED_KEY: &str = "self-signed-key.pem";
 
 /// Loads the development certificate, or makes one covering `names` when it is missing or does
 /// not cover them all.
@@ -176,20 +176,20 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// Picks certificates by SNI from a store that config reloads can replace.
 #[derive(Debug)]
-pub struct SniResolver {
+pub(crate) struct SniResolver {
     store: ArcSwap<CertStore>,
 }
 
 impl SniResolver {
     /// A resolver serving `store`.
-    pub fn new(store: CertStore) -> Arc<Self> {
+    pub(crate) fn new(store: CertStore) -> Arc<Self> {
         Arc::new(Self {
             store: ArcSwap::from_pointee(store),
         })
     }
 
     /// Replaces the certificates; new handshakes use them at once.
-    pub fn replace(&self, store: CertStore) {
+    pub(crate) fn replace(&self, store: CertStore) {
         self.store.store(Arc::new(store));
     }
 }
@@ -202,7 +202,9 @@ impl ResolvesServerCert for SniResolver {
 
 /// The rustls server configuration: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`, session
 /// tickets for cheap resumption.
-pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub(crate) fn server_config(
+    resolver: Arc<SniResolver>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
