@@ -213,8 +213,8 @@ impl Gateway {
         users: &'a Users,
         client: &Downstream,
     ) -> Flow<'a> {
-        Flow {
-            svc: Services {
+        Flow::new(
+            Services {
                 sessions: &self.sessions,
                 state: &self.state,
                 store: &self.store,
@@ -227,7 +227,7 @@ impl Gateway {
                 clock: &self.clock,
                 random: &self.random,
             },
-            site: Site {
+            Site {
                 config: &rt.config,
                 pages: &rt.pages,
                 audit: &rt.audit,
@@ -237,8 +237,8 @@ impl Gateway {
                 cookie_name: app.cookie_name,
                 session_lifetime: app.session_lifetime,
             },
-            ip: client.ip,
-        }
+            client.ip,
+        )
     }
 }
 

@@ -385,7 +385,7 @@ async fn sec_9_no_header_or_query_is_built_from_unvalidated_input() {
         Some("That account does not have access.")
     );
     let store = otpgate::store::Store::open_embedded(&gw.config().data_dir).unwrap();
-    assert_eq!(store.failures(odd).unwrap().consecutive, 1);
+    assert_eq!(store.failures(odd, 0).unwrap().consecutive, 1);
 }
 
 /// Requests for four classes of address, compared byte for byte (after the typed address).
