@@ -53,6 +53,8 @@ pub(crate) struct Visitor {
     pub(crate) base: String,
     pub(crate) jar: HashMap<String, String>,
     pub(crate) csrf: String,
+    /// The client address a trusted proxy in front reports (`X-Forwarded-For`), if any.
+    pub(crate) from: Option<String>,
 }
 
 pub(crate) struct Page {
@@ -81,6 +83,15 @@ impl Visitor {
             base: format!("https://app.test:{}", gw.https().port()),
             jar: HashMap::new(),
             csrf: String::new(),
+            from: None,
+        }
+    }
+
+    /// A browser at `ip`, behind a proxy the gateway trusts (configure `trusted_proxies`).
+    pub(crate) fn at(gw: &Gw, ip: &str) -> Self {
+        Self {
+            from: Some(ip.to_owned()),
+            ..Self::new(gw)
         }
     }
 
@@ -93,6 +104,10 @@ impl Visitor {
     }
 
     pub(crate) async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
+        let req = match &self.from {
+            Some(ip) => req.header("x-forwarded-for", ip.as_str()),
+            None => req,
+        };
         let req = if self.jar.is_empty() {
             req
         } else {

@@ -11,6 +11,7 @@ mod ldap;
 mod smtp;
 mod timing;
 
+mod abuse;
 mod cli;
 mod directory;
 mod lifecycle;
