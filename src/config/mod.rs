@@ -205,7 +205,9 @@ pub struct RateLimits {
     pub code_resend_cooldown: Duration,
     /// Email submissions and code or password attempts from one client address.
     pub login_requests_per_ip: Rate,
-    /// Consecutive failures after which an account is locked until `users unlock`.
+    /// Consecutive failures (from clients without the account's device cookie) after which an
+    /// account is locked, for five minutes, doubling with each further lock up to an hour; at
+    /// 100 until `users unlock`.
     pub failed_logins_per_account: u32,
 }
 
