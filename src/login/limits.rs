@@ -255,7 +255,7 @@ impl Flow<'_> {
 /// When a lock ends, for the audit log.
 fn lock_end(until_ms: Option<u64>) -> String {
     match until_ms {
-        Some(u) if u < u64::MAX / 2 => crate::audit::rfc3339(Duration::from_millis(u)),
+        Some(u) if u < LockPolicy::FOREVER => crate::audit::rfc3339(Duration::from_millis(u)),
         _ => "until unlocked".to_owned(),
     }
 }

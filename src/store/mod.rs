@@ -83,7 +83,8 @@ pub struct Failures {
     pub consecutive: u32,
     /// Locked now (for clients without the account's device cookie).
     pub locked: bool,
-    /// When the latest lock ends (Unix ms; `u64::MAX` at the hard cap, until `users unlock`).
+    /// When the latest lock ends (Unix ms; [`LockPolicy::FOREVER`] at the hard cap, until
+    /// `users unlock`).
     pub lock_until_ms: Option<u64>,
     /// How many locks since the last success: each lasts twice as long as the one before.
     pub locks: u32,
@@ -105,13 +106,16 @@ pub struct LockPolicy {
 }
 
 impl LockPolicy {
+    /// The end of a lock that waits for an operator (the largest instant the store keeps).
+    pub const FOREVER: u64 = i64::MAX.unsigned_abs();
+
     /// The account's state after a failure at `now_ms` (`counted`: it was not during a lock).
     /// A failure after a lock ended locks again at once, for twice as long.
     pub fn after_failure(self, f: Failures, now_ms: u64, counted: bool) -> Failures {
         if f.consecutive >= self.hard_cap {
             return Failures {
                 locked: true,
-                lock_until_ms: Some(u64::MAX),
+                lock_until_ms: Some(Self::FOREVER),
                 ..f
             };
         }
@@ -441,7 +445,7 @@ mod tests {
             now += 10_000_000;
             s.record_failure(a, now, POLICY, true).unwrap();
         }
-        let f = s.failures(a, u64::MAX - 1).unwrap();
+        let f = s.failures(a, now + 100 * 86_400_000).unwrap();
         assert_eq!((f.consecutive, f.locked), (6, true));
         assert!(s.reset_failures(a).unwrap());
         assert!(!s.failures(a, now).unwrap().locked);
