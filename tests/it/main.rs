@@ -19,6 +19,7 @@ mod login;
 mod mail;
 mod onetime;
 mod proxy;
+mod restart;
 mod routing;
 mod sessions;
 mod stages;
