@@ -5,6 +5,8 @@
 //! `x_otpgate_email`, ...), as do URL-override headers some frameworks route on
 //! (`X-Original-URL`, `X-Rewrite-URL`), and forwarding headers from untrusted clients; then the
 //! gateway's own `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are set (docs/security.md#34).
+//! The service-token headers (`Otpgate-Client-Id`, `Otpgate-Client-Secret`) go in every spelling
+//! too: a credential for the gateway is nothing the upstream should see.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -71,6 +73,10 @@ fn remove_from_request(name: &[u8], peer_trusted: bool, upgrade: bool) -> bool {
         }
         Some(b'u') => name == b"upgrade" && !upgrade,
         Some(b'e') => name == b"expect",
+        Some(b'o') => {
+            folded_eq(name, crate::config::CLIENT_ID_HEADER)
+                || folded_eq(name, crate::config::CLIENT_SECRET_HEADER)
+        }
         Some(b'f') => untrusted_forwarding(name),
         _ => false,
     }
