@@ -9,7 +9,7 @@ mod service_token;
 use std::net::IpAddr;
 use std::time::Duration;
 
-pub use service_token::{policy_explain_service, service_token_create};
+pub use service_token::{policy_explain_service, service_token_create, service_token_rotate};
 
 use crate::audit::{Audit, AuditError, Event};
 use crate::clock::Clock;

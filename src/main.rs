@@ -107,6 +107,12 @@ enum ServiceTokenCommand {
         #[arg(long, value_parser = duration)]
         expires: Option<Duration>,
     },
+    /// Print a new secret (once) for an existing token's client id, and the entry listing the
+    /// new and the old secret's hashes, both valid until the old one is removed.
+    Rotate {
+        /// The token's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,7 +123,11 @@ enum PolicyCommand {
         #[arg(long)]
         app: String,
         /// Who is asking.
-        #[arg(long, required_unless_present = "service_token", conflicts_with = "service_token")]
+        #[arg(
+            long,
+            required_unless_present = "service_token",
+            conflicts_with = "service_token"
+        )]
         email: Option<String>,
         /// Ask as the (valid) service token of this name instead of a person.
         #[arg(long, value_name = "NAME")]
@@ -273,15 +283,7 @@ fn admin(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
         Command::Sessions { command } => sessions(c, command),
         Command::Users { command } => users(c, command),
         Command::Keys { command } => keys(c, command),
-        Command::ServiceToken {
-            command: ServiceTokenCommand::Create { name, expires },
-        } => commands::service_token_create(
-            c,
-            &name,
-            expires,
-            &SystemClock,
-            random::system().as_ref(),
-        ),
+        Command::ServiceToken { command } => service_token(c, command),
         Command::SendAuthEmail {
             users,
             groups,
@@ -323,6 +325,18 @@ fn policy(c: &config::Config, command: PolicyCommand) -> CommandResult {
                 "give --email or --service-token".into(),
             )),
         },
+    }
+}
+
+fn service_token(c: &config::Config, command: ServiceTokenCommand) -> CommandResult {
+    let random = random::system();
+    match command {
+        ServiceTokenCommand::Create { name, expires } => {
+            commands::service_token_create(c, &name, expires, &SystemClock, random.as_ref())
+        }
+        ServiceTokenCommand::Rotate { name } => {
+            commands::service_token_rotate(c, &name, &SystemClock, random.as_ref())
+        }
     }
 }
 

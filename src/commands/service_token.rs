@@ -1,4 +1,4 @@
-//! `otpgate service-token create` and `otpgate policy explain --service-token`.
+//! `otpgate service-token create` / `rotate` and `otpgate policy explain --service-token`.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{CommandError, app, steps_text, verdict};
 use crate::audit::{Audit, Event};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, ServiceTokenSettings};
 use crate::policy;
 use crate::random::Random;
 use crate::session::service_token;
@@ -52,13 +52,7 @@ pub fn service_token_create(
     }
     audit.record(clock.now(), event);
 
-    let mut out = format!(
-        "{}: {}\n{}: {}\n\n",
-        display_name(settings.client_id_header.as_str()),
-        created.client_id,
-        display_name(settings.client_secret_header.as_str()),
-        created.secret.expose(),
-    );
+    let mut out = credentials(settings, &created);
     out.push_str(&format!(
         "# The secret is shown only now; the gateway keeps its keyed hash, made with the key in\n\
          # {} (copy that file to every replica). Paste under service_tokens: and reload.\n",
@@ -72,6 +66,61 @@ pub fn service_token_create(
         out.push_str(&format!("    expires: \"{e}\"\n"));
     }
     Ok(out)
+}
+
+/// `otpgate service-token rotate NAME`: a new secret for the token's client id, printed once,
+/// then the entry with both the new and the old secret's hashes, valid together until the
+/// old one is removed.
+pub fn service_token_rotate(
+    config: &Config,
+    name: &str,
+    clock: &dyn Clock,
+    random: &dyn Random,
+) -> Result<String, CommandError> {
+    let settings = &config.service_tokens;
+    let Some(token) = settings.tokens.iter().find(|t| t.name == name) else {
+        return Err(CommandError::Refused(format!(
+            "no service token named {name:?}"
+        )));
+    };
+    let [old] = token.secrets.as_slice() else {
+        return Err(CommandError::Refused(format!(
+            "{name:?} has two valid secrets already: finish that rotation first (remove the old hash and reload)"
+        )));
+    };
+    let (created, old_hash) =
+        service_token::rotate(&settings.key_file, &token.client_id, old, random)?;
+    Audit::open(&config.audit)?.record(
+        clock.now(),
+        Event::new("service_token.rotated")
+            .with("token", name)
+            .with("client_id", created.client_id.as_str())
+            .with("via", "command line"),
+    );
+    let mut out = credentials(settings, &created);
+    out.push_str(
+        "# Replace the entry with this one and reload: both secrets work until you remove\n\
+         # previous_secret_hash (and reload) once every client uses the new secret.\n",
+    );
+    out.push_str(&format!(
+        "  - name: {name}\n    client_id: {}\n    secret_hash: {}\n    previous_secret_hash: {old_hash}\n",
+        created.client_id, created.secret_hash
+    ));
+    if let Some(e) = token.expires {
+        out.push_str(&format!("    expires: \"{}\"\n", crate::audit::rfc3339(e)));
+    }
+    Ok(out)
+}
+
+/// The two header lines, shown once.
+fn credentials(settings: &ServiceTokenSettings, created: &service_token::Created) -> String {
+    format!(
+        "{}: {}\n{}: {}\n\n",
+        display_name(settings.client_id_header.as_str()),
+        created.client_id,
+        display_name(settings.client_secret_header.as_str()),
+        created.secret.expose(),
+    )
 }
 
 /// `Otpgate-Client-Id` from `otpgate-client-id`: how people write header names.

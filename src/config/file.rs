@@ -50,8 +50,8 @@ pub(crate) struct FileConfig {
     pub(crate) limits: LimitsFile,
     #[serde(default)]
     pub(crate) log: LogFile,
-    #[serde(default)]
-    pub(crate) service_tokens: Vec<ServiceTokenFile>,
+    /// `service_tokens:` with nothing under it is no tokens.
+    pub(crate) service_tokens: Option<Vec<ServiceTokenFile>>,
     pub(crate) service_token_key_file: Option<String>,
     #[serde(default)]
     pub(crate) service_token_headers: ServiceTokenHeadersFile,

@@ -21,6 +21,10 @@ use ipnet::IpNet;
 use crate::email::Email;
 use crate::path::prefix_covers;
 
+mod service;
+
+pub use service::{decide_service, explain_service};
+
 /// What a matching policy does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -141,14 +145,14 @@ impl Selector {
 
     fn eval(&self, req: &Request<'_>, who: Subject<'_>) -> Tri {
         match (self, who) {
-            (Self::Everyone, _) => Tri::Yes,
+            (Self::Everyone, _) | (Self::AnyServiceToken, Subject::Service(_)) => Tri::Yes,
             (Self::Ip(net), _) => Tri::from(net.contains(&req.ip)),
-            // Whether a token was presented is known before any login: a person never has one.
             (Self::ServiceToken(n), Subject::Service(s)) => Tri::from(n == s),
-            (Self::AnyServiceToken, Subject::Service(_)) => Tri::Yes,
-            (Self::ServiceToken(_) | Self::AnyServiceToken, _) => Tri::No,
-            // A service is not a person: selectors about people never match it.
-            (_, Subject::Service(_)) => Tri::No,
+            // Whether a token was presented is known before any login (a person never has one),
+            // and a service is not a person: selectors about people never match it.
+            (Self::ServiceToken(_) | Self::AnyServiceToken, _) | (_, Subject::Service(_)) => {
+                Tri::No
+            }
             (_, Subject::Unknown) => Tri::Unknown,
             (Self::Email(e), Subject::Person(id)) => Tri::from(id.email == e),
             (Self::EmailDomain(d), Subject::Person(id)) => Tri::from(id.email.domain() == d),
@@ -274,7 +278,10 @@ pub enum Decision<'p> {
 impl Decision<'_> {
     /// Whether the request may be forwarded.
     pub fn permits(&self) -> bool {
-        matches!(self, Self::Bypass(_) | Self::Allow(_) | Self::ServiceAuth(_))
+        matches!(
+            self,
+            Self::Bypass(_) | Self::Allow(_) | Self::ServiceAuth(_)
+        )
     }
 
     /// The deciding policy, if any.
@@ -331,12 +338,6 @@ pub fn decide<'p>(
     decide_as(policies, req, Subject::of(who))
 }
 
-/// Decides a request that presented the valid service token `service` (its name). Only
-/// `service_auth`, `bypass` and `block` policies apply; `allow` policies are for people.
-pub fn decide_service<'p>(policies: &'p [Policy], req: &Request<'_>, service: &str) -> Decision<'p> {
-    decide_as(policies, req, Subject::Service(service))
-}
-
 /// Whether a policy with this action can decide for this subject at all: `service_auth` is
 /// for services only and `allow` for people only.
 fn applies(action: Action, who: Subject<'_>) -> bool {
@@ -388,15 +389,6 @@ pub fn explain<'p>(
     who: Option<&Identity<'_>>,
 ) -> (Decision<'p>, Vec<Step>) {
     explain_as(policies, req, Subject::of(who))
-}
-
-/// Like [`explain`], for a request presenting the valid service token `service`.
-pub fn explain_service<'p>(
-    policies: &'p [Policy],
-    req: &Request<'_>,
-    service: &str,
-) -> (Decision<'p>, Vec<Step>) {
-    explain_as(policies, req, Subject::Service(service))
 }
 
 fn explain_as<'p>(
@@ -471,8 +463,10 @@ fn explain_as<'p>(
 /// "block everyone" policy silently stops every login).
 pub fn can_allow_anyone(policies: &[Policy]) -> bool {
     for (i, p) in policies.iter().enumerate() {
-        if !matches!(p.action, Action::Allow | Action::Bypass | Action::ServiceAuth)
-            || !satisfiable(p)
+        if !matches!(
+            p.action,
+            Action::Allow | Action::Bypass | Action::ServiceAuth
+        ) || !satisfiable(p)
         {
             continue;
         }

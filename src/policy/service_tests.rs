@@ -37,7 +37,11 @@ fn service_auth_lets_the_named_token_in_and_no_other() {
 
 #[test]
 fn any_service_token_matches_every_valid_token() {
-    let ps = [pol("svc", Action::ServiceAuth, vec![Selector::AnyServiceToken])];
+    let ps = [pol(
+        "svc",
+        Action::ServiceAuth,
+        vec![Selector::AnyServiceToken],
+    )];
     assert!(decide_service(&ps, &req("/"), "a").permits());
     assert!(decide_service(&ps, &req("/"), "b").permits());
 }
@@ -67,7 +71,10 @@ fn allow_policies_are_for_people_and_never_admit_a_service() {
         Decision::ServiceAuth(&ps[1])
     );
     let only_allow = [pol("people", Action::Allow, vec![Selector::Everyone])];
-    assert_eq!(decide_service(&only_allow, &req("/"), "ci"), Decision::NoMatch);
+    assert_eq!(
+        decide_service(&only_allow, &req("/"), "ci"),
+        Decision::NoMatch
+    );
 }
 
 #[test]
@@ -83,20 +90,34 @@ fn person_selectors_never_match_a_service() {
 #[test]
 fn block_and_bypass_apply_to_services_as_written() {
     let ps = [
-        pol("no-ci", Action::Block, vec![Selector::ServiceToken("ci".into())]),
+        pol(
+            "no-ci",
+            Action::Block,
+            vec![Selector::ServiceToken("ci".into())],
+        ),
         pol("svc", Action::ServiceAuth, vec![Selector::AnyServiceToken]),
     ];
-    assert_eq!(decide_service(&ps, &req("/"), "ci"), Decision::Block(&ps[0]));
+    assert_eq!(
+        decide_service(&ps, &req("/"), "ci"),
+        Decision::Block(&ps[0])
+    );
     assert!(decide_service(&ps, &req("/"), "other").permits());
     let open = [pol("open", Action::Bypass, vec![])];
-    assert_eq!(decide_service(&open, &req("/"), "ci"), Decision::Bypass(&open[0]));
+    assert_eq!(
+        decide_service(&open, &req("/"), "ci"),
+        Decision::Bypass(&open[0])
+    );
 }
 
 #[test]
 fn token_selectors_are_known_false_for_people_before_a_login() {
     // A block on a token does not make anonymous people log in.
     let ps = [
-        pol("no-ci", Action::Block, vec![Selector::ServiceToken("ci".into())]),
+        pol(
+            "no-ci",
+            Action::Block,
+            vec![Selector::ServiceToken("ci".into())],
+        ),
         pol("open", Action::Bypass, vec![]),
     ];
     assert_eq!(decide(&ps, &req("/"), None), Decision::Bypass(&ps[1]));
@@ -106,12 +127,24 @@ fn token_selectors_are_known_false_for_people_before_a_login() {
 fn explain_names_the_service_auth_policy_and_skips_allow() {
     let ps = [
         pol("people", Action::Allow, vec![Selector::Everyone]),
-        pol("svc", Action::ServiceAuth, vec![Selector::ServiceToken("ci".into())]),
+        pol(
+            "svc",
+            Action::ServiceAuth,
+            vec![Selector::ServiceToken("ci".into())],
+        ),
     ];
     let (d, steps) = explain_service(&ps, &req("/"), "ci");
     assert_eq!(d, Decision::ServiceAuth(&ps[1]));
-    assert!(steps[0].verdict.contains("people only"), "{}", steps[0].verdict);
-    assert!(steps[1].verdict.contains("service_token ci: yes"), "{}", steps[1].verdict);
+    assert!(
+        steps[0].verdict.contains("people only"),
+        "{}",
+        steps[0].verdict
+    );
+    assert!(
+        steps[1].verdict.contains("service_token ci: yes"),
+        "{}",
+        steps[1].verdict
+    );
     assert_eq!(Action::parse("service_auth"), Some(Action::ServiceAuth));
     assert!(can_allow_anyone(&ps[1..]));
 }

@@ -334,6 +334,26 @@ mod tests {
     }
 
     #[test]
+    fn sec_34_service_token_headers_are_stripped_in_every_spelling() {
+        let mut h = map(&[
+            ("otpgate-client-id", "id"),
+            ("otpgate-client-secret", "secret"),
+            ("Otpgate_Client_Secret", "secret"),
+            ("otpgate-client_id", "id"),
+            ("otpgate-other", "kept"),
+        ]);
+        prepare_request(&mut h, &info(false), false);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("otpgate") && *n != "otpgate-other"),
+            "{names:?}"
+        );
+        assert_eq!(h.get("otpgate-other").unwrap(), "kept");
+    }
+
+    #[test]
     fn removes_hop_by_hop_and_connection_named_headers() {
         let mut h = map(&[
             ("connection", "keep-alive, X-Foo, x-bar"),

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
-use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
 use ring::hmac;
 use subtle::ConstantTimeEq as _;
 
@@ -292,13 +292,43 @@ pub struct Created {
 pub fn create(key_file: &Path, random: &dyn Random) -> Result<Created, ServiceTokenError> {
     let key = load_or_create_key(key_file, random)?;
     let client_id = random::hex(&random::bytes::<16>(random)?);
+    new_secret(&key, client_id, random)
+}
+
+/// A new secret for an existing client id (a rotation), and the config text of `old`, the
+/// secret it replaces, so both can be listed while clients move over.
+pub fn rotate(
+    key_file: &Path,
+    client_id: &str,
+    old: &TokenSecret,
+    random: &dyn Random,
+) -> Result<(Created, String), ServiceTokenError> {
+    let key = load_or_create_key(key_file, random)?;
+    let old = match old {
+        TokenSecret::Hash(h) => *h,
+        TokenSecret::Plain(p) => hash(&key, client_id, p.expose().as_bytes()),
+    };
+    let created = new_secret(&key, client_id.to_owned(), random)?;
+    Ok((created, hash_text(&old)))
+}
+
+fn new_secret(
+    key: &hmac::Key,
+    client_id: String,
+    random: &dyn Random,
+) -> Result<Created, ServiceTokenError> {
     let secret = random::hex(&random::bytes::<32>(random)?);
-    let digest = hash(&key, &client_id, secret.as_bytes());
+    let digest = hash(key, &client_id, secret.as_bytes());
     Ok(Created {
-        secret_hash: format!("{HASH_PREFIX}{}", random::hex(&digest)),
+        secret_hash: hash_text(&digest),
         client_id,
         secret: crate::config::Secret::new(secret),
     })
+}
+
+/// `hmac-sha256:<64 hex digits>`, as `secret_hash` takes it.
+fn hash_text(digest: &[u8; 32]) -> String {
+    format!("{HASH_PREFIX}{}", random::hex(digest))
 }
 
 /// Reads the key file, or writes a new random key (mode 0600) when there is none.
@@ -313,8 +343,8 @@ pub fn load_or_create_key(
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let text = base64::engine::general_purpose::STANDARD
-                .encode(random::bytes::<32>(random)?);
+            let text =
+                base64::engine::general_purpose::STANDARD.encode(random::bytes::<32>(random)?);
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }

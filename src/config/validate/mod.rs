@@ -196,12 +196,16 @@ pub(super) fn validate(
 
     let service_tokens = service_tokens::service_tokens(
         &mut c,
-        f.service_tokens,
+        f.service_tokens.unwrap_or_default(),
         f.service_token_key_file.as_deref(),
         &f.service_token_headers,
         &data_dir,
     );
-    c.token_names = service_tokens.tokens.iter().map(|t| t.name.clone()).collect();
+    c.token_names = service_tokens
+        .tokens
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
     let limits = limits::limits(&mut c, &f.limits);
     let apps = apps::apps(&mut c, f.apps, &listen, &identity_providers, &limits);
     let log = log(&mut c, f.log);

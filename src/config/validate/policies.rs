@@ -129,9 +129,9 @@ fn selector(c: &mut Ctx<'_>, s: &SelectorFile, at: &str) -> Option<Selector> {
         SelectorFile::ServiceToken(n) if c.token_names.contains(n) => {
             Ok(Selector::ServiceToken(n.clone()))
         }
-        SelectorFile::ServiceToken(n) => Err(format!(
-            "no service token named {n:?} under service_tokens"
-        )),
+        SelectorFile::ServiceToken(n) => {
+            Err(format!("no service token named {n:?} under service_tokens"))
+        }
         SelectorFile::AnyServiceToken(true) => Ok(Selector::AnyServiceToken),
         SelectorFile::AnyServiceToken(false) => {
             Err("any_service_token: false matches nothing; remove the selector".to_owned())

@@ -23,7 +23,12 @@ pub(super) fn service_tokens(
     data_dir: &std::path::Path,
 ) -> ServiceTokenSettings {
     let key_file = key_file.map_or_else(|| data_dir.join("service-token.key"), |f| c.resolve(f));
-    let client_id_header = header(c, "client_id", headers.client_id.as_deref(), CLIENT_ID_HEADER);
+    let client_id_header = header(
+        c,
+        "client_id",
+        headers.client_id.as_deref(),
+        CLIENT_ID_HEADER,
+    );
     let client_secret_header = header(
         c,
         "client_secret",
@@ -172,7 +177,11 @@ pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
     if hex.len() != 64 {
         return None;
     }
-    let digit = |b: u8| char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let digit = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
     let mut out = [0u8; 32];
     for (i, pair) in hex.chunks_exact(2).enumerate() {
         out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
@@ -208,7 +217,10 @@ fn read_key(c: &mut Ctx<'_>, path: &std::path::Path) -> Option<super::Secret> {
             match base64::engine::general_purpose::STANDARD.decode(text) {
                 Ok(b) if b.len() == 32 => Some(super::Secret::new(text)),
                 _ => {
-                    c.err(at, format!("{} must hold 32 bytes in base64", path.display()));
+                    c.err(
+                        at,
+                        format!("{} must hold 32 bytes in base64", path.display()),
+                    );
                     None
                 }
             }
@@ -245,7 +257,11 @@ mod tests {
             "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n",
         )
         .unwrap();
-        std::fs::write(dir.path().join("secret.txt"), format!("{}\n", "a".repeat(64))).unwrap();
+        std::fs::write(
+            dir.path().join("secret.txt"),
+            format!("{}\n", "a".repeat(64)),
+        )
+        .unwrap();
         let text = format!(
             "version: 1\nlisten: {{ http: 127.0.0.1:8080 }}\nservice_tokens:\n{tokens}\napps:\n  - name: app\n    hosts: [app.localhost]\n    upstream: builtin:echo\n    policies:\n{policies}\n"
         );
@@ -255,12 +271,15 @@ mod tests {
         (r, dir)
     }
 
-    const SVC: &str = "      - { name: svc, action: service_auth, include: [ { service_token: ci } ] }";
+    const SVC: &str =
+        "      - { name: svc, action: service_auth, include: [ { service_token: ci } ] }";
 
     #[test]
     fn a_token_with_two_hashes_a_file_and_an_expiry_loads() {
         let (c, _d) = load(
-            &format!("  - {{ name: ci, client_id: 0123456789abcdef, secret_hash: {H1}, previous_secret_hash: {H2}, expires: \"2030-01-01T00:00:00Z\" }}\n  - {{ name: job, client_id: fedcba9876543210, secret_file: secret.txt }}"),
+            &format!(
+                "  - {{ name: ci, client_id: 0123456789abcdef, secret_hash: {H1}, previous_secret_hash: {H2}, expires: \"2030-01-01T00:00:00Z\" }}\n  - {{ name: job, client_id: fedcba9876543210, secret_file: secret.txt }}"
+            ),
             SVC,
         );
         let c = c.unwrap();
@@ -276,7 +295,9 @@ mod tests {
     #[test]
     fn token_problems_are_reported_with_their_key_paths() {
         let (c, _d) = load(
-            &format!("  - {{ name: ci, client_id: short, secret_hash: [{H1}, {H2}], previous_secret_hash: {H1}, expires: tomorrow }}\n  - {{ name: bad, client_id: 0123456789abcdef, secret_hash: sha256:00 }}"),
+            &format!(
+                "  - {{ name: ci, client_id: short, secret_hash: [{H1}, {H2}], previous_secret_hash: {H1}, expires: tomorrow }}\n  - {{ name: bad, client_id: 0123456789abcdef, secret_hash: sha256:00 }}"
+            ),
             "      - { name: all, action: bypass }",
         );
         let errs = c.unwrap_err().join("\n");
@@ -324,6 +345,10 @@ mod tests {
                 && e.message.contains("otpgate service-token create")),
             "{errs:?}"
         );
-        assert!(Path::new(&dir.path().join("missing.key")).exists().eq(&false));
+        assert!(
+            Path::new(&dir.path().join("missing.key"))
+                .exists()
+                .eq(&false)
+        );
     }
 }

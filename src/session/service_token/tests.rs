@@ -52,12 +52,15 @@ fn the_right_secret_is_accepted_and_names_the_service() {
 }
 
 #[test]
-fn a_wrong_secret_or_unknown_id_or_lone_header_is_refused() {
+fn sec_29_a_wrong_secret_or_unknown_id_or_lone_header_is_refused() {
     let t = ServiceTokens::build(&settings(vec![hashed(NEW)], None));
     let fail = |h: &HeaderMap| t.check(h, NOW_MS).unwrap_err().failure;
     assert_eq!(fail(&presenting(ID, OLD)), Failure::WrongSecret);
     // One character off, and the same secret under another client id.
-    assert_eq!(fail(&presenting(ID, &format!("{}0", &NEW[..63]))), Failure::WrongSecret);
+    assert_eq!(
+        fail(&presenting(ID, &format!("{}0", &NEW[..63]))),
+        Failure::WrongSecret
+    );
     assert_eq!(fail(&presenting("ffffffffffffffff", NEW)), Failure::Unknown);
     let mut lone = HeaderMap::new();
     lone.insert(CLIENT_ID_HEADER, HeaderValue::from_static(ID));
@@ -70,7 +73,7 @@ fn a_wrong_secret_or_unknown_id_or_lone_header_is_refused() {
 }
 
 #[test]
-fn a_hash_copied_to_another_client_id_does_not_work_there() {
+fn sec_29_a_hash_copied_to_another_client_id_does_not_work_there() {
     // The client id is part of the hashed message.
     assert_ne!(
         hash(&key(), ID, NEW.as_bytes()),
@@ -79,7 +82,7 @@ fn a_hash_copied_to_another_client_id_does_not_work_there() {
 }
 
 #[test]
-fn both_secrets_work_during_a_rotation_and_only_those() {
+fn sec_29_both_secrets_work_during_a_rotation_and_only_those() {
     let t = ServiceTokens::build(&settings(vec![hashed(NEW), hashed(OLD)], None));
     assert!(t.check(&presenting(ID, NEW), NOW_MS).is_ok());
     assert!(t.check(&presenting(ID, OLD), NOW_MS).is_ok());
@@ -98,7 +101,7 @@ fn a_secret_file_is_hashed_once_at_build_and_checked_alike() {
 }
 
 #[test]
-fn an_expired_token_is_refused_from_its_expiry_on() {
+fn sec_29_an_expired_token_is_refused_from_its_expiry_on() {
     let at = Duration::from_millis(NOW_MS + 1_000);
     let t = ServiceTokens::build(&settings(vec![hashed(NEW)], Some(at)));
     assert!(t.check(&presenting(ID, NEW), NOW_MS + 999).is_ok());
@@ -107,7 +110,9 @@ fn an_expired_token_is_refused_from_its_expiry_on() {
     assert_eq!(r.name(), Some("loadtest"));
     // A wrong secret on an expired token says wrong secret: expiry is not revealed.
     assert_eq!(
-        t.check(&presenting(ID, OLD), NOW_MS + 5_000).unwrap_err().failure,
+        t.check(&presenting(ID, OLD), NOW_MS + 5_000)
+            .unwrap_err()
+            .failure,
         Failure::WrongSecret
     );
 }
@@ -121,7 +126,7 @@ fn without_a_key_every_token_is_refused() {
 }
 
 #[test]
-fn the_check_compares_both_slots_in_constant_time() {
+fn sec_29_the_check_compares_both_slots_in_constant_time() {
     // One secret fills both slots, so the work is the same with one secret or two.
     let t = ServiceTokens::build(&settings(vec![hashed(NEW)], None));
     let token = t.by_id.get(ID).unwrap();
@@ -141,7 +146,9 @@ fn use_is_audited_at_most_once_a_minute_per_token() {
     let r = t.check(&presenting(ID, OLD), NOW_MS).unwrap_err();
     assert!(r.audit_due(NOW_MS), "refusals have their own slot");
     assert!(!r.audit_due(NOW_MS + 10));
-    let stranger = t.check(&presenting("ffffffffffffffff", NEW), NOW_MS).unwrap_err();
+    let stranger = t
+        .check(&presenting("ffffffffffffffff", NEW), NOW_MS)
+        .unwrap_err();
     assert!(stranger.audit_due(NOW_MS));
     assert!(!stranger.audit_due(NOW_MS + 10));
 }
@@ -165,7 +172,10 @@ fn create_prints_credentials_that_the_check_accepts() {
     s.key = Some(Secret::new(text.trim()));
     s.tokens[0].client_id = c.client_id.clone();
     let t = ServiceTokens::build(&s);
-    assert!(t.check(&presenting(&c.client_id, c.secret.expose()), NOW_MS).is_ok());
+    assert!(
+        t.check(&presenting(&c.client_id, c.secret.expose()), NOW_MS)
+            .is_ok()
+    );
     // A second token reuses the key file.
     let again = create(&path, &random).unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
@@ -176,4 +186,32 @@ fn create_prints_credentials_that_the_check_accepts() {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "the key file is private");
     }
+}
+
+#[test]
+fn sec_29_rotate_keeps_the_client_id_and_lists_the_old_secret_beside_the_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("service-token.key");
+    let random = crate::random::SystemRandom::default();
+    let first = create(&path, &random).unwrap();
+    let old = TokenSecret::Plain(Secret::new(first.secret.expose()));
+    let (next, old_hash) = rotate(&path, &first.client_id, &old, &random).unwrap();
+    assert_eq!(next.client_id, first.client_id);
+    assert_eq!(
+        old_hash, first.secret_hash,
+        "a secret file's old secret becomes its hash"
+    );
+    let parse = |h: &str| TokenSecret::Hash(crate::config::parse_service_token_hash(h).unwrap());
+    let mut s = settings(vec![parse(&next.secret_hash), parse(&old_hash)], None);
+    s.key = Some(Secret::new(std::fs::read_to_string(&path).unwrap().trim()));
+    s.tokens[0].client_id = first.client_id.clone();
+    let t = ServiceTokens::build(&s);
+    assert!(
+        t.check(&presenting(&first.client_id, next.secret.expose()), NOW_MS)
+            .is_ok()
+    );
+    assert!(
+        t.check(&presenting(&first.client_id, first.secret.expose()), NOW_MS)
+            .is_ok()
+    );
 }
