@@ -89,6 +89,30 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Service tokens for scripts and load testers.
+    ServiceToken {
+        #[command(subcommand)]
+        command: ServiceTokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceTokenCommand {
+    /// Print a new client id and secret (once) and the list item to paste under
+    /// `service_tokens:` (holding only the secret's keyed hash).
+    Create {
+        /// The token's name (what policies' `service_token:` and the upstream see).
+        name: String,
+        /// Lifetime, like 90d (default: no expiry).
+        #[arg(long, value_parser = duration)]
+        expires: Option<Duration>,
+    },
+    /// Print a new secret (once) for an existing token's client id, and the entry listing the
+    /// new and the old secret's hashes, both valid until the old one is removed.
+    Rotate {
+        /// The token's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,8 +123,15 @@ enum PolicyCommand {
         #[arg(long)]
         app: String,
         /// Who is asking.
-        #[arg(long)]
-        email: String,
+        #[arg(
+            long,
+            required_unless_present = "service_token",
+            conflicts_with = "service_token"
+        )]
+        email: Option<String>,
+        /// Ask as the (valid) service token of this name instead of a person.
+        #[arg(long, value_name = "NAME")]
+        service_token: Option<String>,
         /// The request path.
         #[arg(long, default_value = "/")]
         path: String,
@@ -252,6 +283,7 @@ fn admin(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
         Command::Sessions { command } => sessions(c, command),
         Command::Users { command } => users(c, command),
         Command::Keys { command } => keys(c, command),
+        Command::ServiceToken { command } => service_token(c, command),
         Command::SendAuthEmail {
             users,
             groups,
@@ -282,10 +314,29 @@ fn policy(c: &config::Config, command: PolicyCommand) -> CommandResult {
         PolicyCommand::Explain {
             app,
             email,
+            service_token,
             path,
             ip,
             method,
-        } => commands::policy_explain(c, &app, &email, &path, ip, method),
+        } => match (email, service_token) {
+            (_, Some(token)) => commands::policy_explain_service(c, &app, &token, &path, ip),
+            (Some(email), None) => commands::policy_explain(c, &app, &email, &path, ip, method),
+            (None, None) => Err(CommandError::Refused(
+                "give --email or --service-token".into(),
+            )),
+        },
+    }
+}
+
+fn service_token(c: &config::Config, command: ServiceTokenCommand) -> CommandResult {
+    let random = random::system();
+    match command {
+        ServiceTokenCommand::Create { name, expires } => {
+            commands::service_token_create(c, &name, expires, &SystemClock, random.as_ref())
+        }
+        ServiceTokenCommand::Rotate { name } => {
+            commands::service_token_rotate(c, &name, &SystemClock, random.as_ref())
+        }
     }
 }
 

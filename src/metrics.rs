@@ -20,6 +20,8 @@ pub const UPSTREAM_ERRORS: &str = "otpgate_upstream_errors_total";
 pub const DECISIONS: &str = "otpgate_policy_decisions_total";
 /// Session cookies refused, by app and reason (invalid, expired, revoked).
 pub const SESSIONS_REJECTED: &str = "otpgate_sessions_rejected_total";
+/// Service tokens refused, by app and reason (malformed, unknown, wrong_secret, expired).
+pub const SERVICE_TOKEN_FAILURES: &str = "otpgate_service_token_failures_total";
 
 // The process: configuration and listeners.
 
@@ -126,6 +128,10 @@ const DESCRIPTIONS: &[Description] = &[
     counter(
         SESSIONS_REJECTED,
         "Session cookies refused, by app and reason.",
+    ),
+    counter(
+        SERVICE_TOKEN_FAILURES,
+        "Service tokens refused (answered 401), by app and reason: malformed, unknown, wrong_secret, expired.",
     ),
     counter(CONFIG_RELOADS, "Configuration reloads, by result."),
     gauge(CONNECTIONS, None, "Open client connections, by listener."),
@@ -259,16 +265,25 @@ pub enum DecisionLabel {
     LoginRequired,
     /// No policy matched.
     NoMatch,
+    /// A service_auth policy let a service token in.
+    ServiceAuth,
 }
 
-const DECISION_NAMES: [&str; 5] = ["bypass", "allow", "block", "login_required", "no_match"];
+const DECISION_NAMES: [&str; 6] = [
+    "bypass",
+    "allow",
+    "block",
+    "login_required",
+    "no_match",
+    "service_auth",
+];
 
 /// Metric handles of one app.
 #[derive(Debug)]
 pub struct AppMetrics {
     app: SharedString,
     by_status: Box<[OnceLock<Counter>]>,
-    decisions: [Counter; 5],
+    decisions: [Counter; 6],
     /// Time to the upstream's response head.
     pub upstream_seconds: Histogram,
     /// Upstream connection failures.

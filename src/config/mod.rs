@@ -14,6 +14,7 @@ mod env;
 mod file;
 mod origin;
 mod secret;
+mod service_token;
 pub mod units;
 mod validate;
 
@@ -32,8 +33,13 @@ pub use app::{AppConfig, HeaderPattern, HostPattern, IdentityHeaders, Origin, Up
 pub use file::LogFormat;
 pub use origin::BoundAddrs;
 pub use secret::Secret;
+pub use service_token::{
+    CLIENT_ID_HEADER, CLIENT_SECRET_HEADER, HASH_PREFIX, ServiceTokenConfig, ServiceTokenSettings,
+    TokenSecret,
+};
 pub use units::Rate;
 pub(crate) use validate::group_name as validate_group_name;
+pub use validate::parse_service_token_hash;
 
 use crate::email::Email;
 use crate::policy::LoginMethod;
@@ -90,6 +96,8 @@ pub struct Config {
     pub limits: Limits,
     /// Logging.
     pub log: LogConfig,
+    /// Service tokens and their headers.
+    pub service_tokens: ServiceTokenSettings,
 }
 
 /// Listener addresses; a missing one is not started.

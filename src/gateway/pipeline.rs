@@ -140,6 +140,8 @@ impl Gateway {
             users: &users,
             now_ms: self.clock.now_ms(),
             idle: rt.config.session.idle_timeout,
+            service_tokens: &rt.service_tokens,
+            audit: &rt.audit,
         };
         let facts = policy::Request {
             path,
@@ -148,6 +150,13 @@ impl Gateway {
         let permit = match access::authorize(deps, app.access(), &facts, req.headers()) {
             Ok(p) => p,
             Err(Refusal::Forbidden) => return Err(GateError::Forbidden),
+            // docs/product.md#s4: a script gets JSON it can read, never a login page.
+            Err(Refusal::InvalidServiceToken) => {
+                return Ok(rt.pages.json(
+                    StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({ "error": "invalid_service_token" }),
+                ));
+            }
             Err(Refusal::LoginRequired { clear_cookie }) => {
                 let query = req.uri().query();
                 return Ok(login_required(
@@ -174,6 +183,7 @@ impl Gateway {
             identity: &app.config.identity_headers,
             metrics: &app.metrics,
             tunnel,
+            credential_headers: rt.service_tokens.headers(),
         };
         let changed = normalised.is_some();
         let path = normalised.unwrap_or_default();

@@ -101,6 +101,8 @@ pub struct Route<'a> {
     /// Limits for the tunnel, when the request asks for WebSocket (without them no upgrade is
     /// passed through).
     pub(crate) tunnel: Option<TunnelLimits>,
+    /// The service-token headers as configured: never forwarded (docs/security.md#34).
+    pub(crate) credential_headers: [&'a http::HeaderName; 2],
 }
 
 /// What keeps an upgraded (WebSocket) connection in check once it is a plain byte tunnel:
@@ -175,6 +177,10 @@ async fn send(
     let tunnel = if upgrade { t.tunnel } else { None };
     let (mut parts, body) = req.into_parts();
     let orig_host = rewrite_headers(&mut parts, permit, t.strip, t.identity, client, upgrade);
+    // The default spellings went in `prepare_request`; these are the configured names.
+    for name in t.credential_headers {
+        parts.headers.remove(name);
+    }
     let path_and_query = path_and_query(&parts.uri, path, changed)?;
     let body = Limited::new(
         body,
@@ -269,6 +275,9 @@ fn rewrite_headers(
         parts
             .headers
             .insert(names.groups.clone(), id.groups.clone());
+    } else if let Some(user) = permit.service_user() {
+        // A service has no address or groups: only the user header, `service:<name>`.
+        parts.headers.insert(names.user.clone(), user.clone());
     }
     orig_host
 }

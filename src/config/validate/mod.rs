@@ -12,6 +12,7 @@ mod limits;
 mod listen;
 mod mail;
 pub(super) mod policies;
+mod service_tokens;
 mod users;
 
 use std::net::IpAddr;
@@ -26,6 +27,7 @@ use super::file::{self, FileConfig};
 use super::{AdminConfig, AuditSink, Config, LogConfig, Problem, Secret, VERSION};
 
 pub(crate) use policies::group_name;
+pub use service_tokens::parse_hash as parse_service_token_hash;
 
 const DAY: Duration = Duration::from_secs(86_400);
 const MINUTE: Duration = Duration::from_secs(60);
@@ -34,6 +36,8 @@ struct Ctx<'a> {
     base: &'a Path,
     errors: Vec<Problem>,
     warnings: Vec<Problem>,
+    /// Names of the valid service tokens, for the `service_token` selector.
+    token_names: std::collections::HashSet<String>,
 }
 
 impl Ctx<'_> {
@@ -147,6 +151,7 @@ pub(super) fn validate(
         base,
         errors: vec![],
         warnings: vec![],
+        token_names: std::collections::HashSet::new(),
     };
 
     if f.version != VERSION {
@@ -191,6 +196,18 @@ pub(super) fn validate(
     let users = users::users(&mut c, f.users);
     let directory = f.directory.and_then(|d| directory::directory(&mut c, d));
 
+    let service_tokens = service_tokens::service_tokens(
+        &mut c,
+        f.service_tokens.unwrap_or_default(),
+        f.service_token_key_file.as_deref(),
+        &f.service_token_headers,
+        &data_dir,
+    );
+    c.token_names = service_tokens
+        .tokens
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
     let limits = limits::limits(&mut c, &f.limits);
     let apps = apps::apps(&mut c, f.apps, &listen, &identity_providers, &limits);
     let log = log(&mut c, f.log);
@@ -215,6 +232,7 @@ pub(super) fn validate(
         apps,
         limits,
         log,
+        service_tokens,
     });
     (config, c.warnings, c.errors)
 }

@@ -9,6 +9,7 @@ mod login_dispatch;
 mod path;
 mod policy;
 mod routing;
+mod service_tokens;
 mod session;
 
 use std::net::SocketAddr;
