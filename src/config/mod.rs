@@ -14,6 +14,7 @@ mod env;
 mod file;
 mod origin;
 mod secret;
+mod state;
 pub mod units;
 mod validate;
 
@@ -32,6 +33,7 @@ pub use app::{AppConfig, HostPattern, Origin, Upstream};
 pub use file::LogFormat;
 pub use origin::BoundAddrs;
 pub use secret::Secret;
+pub use state::{RedisConfig, RedisTarget, StateConfig};
 pub use units::Rate;
 pub(crate) use validate::group_name as validate_group_name;
 
@@ -62,6 +64,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Folder of the embedded store, generated keys and the dev outbox.
     pub data_dir: PathBuf,
+    /// Where codes, limits and cooldowns live (`state`).
+    pub state: StateConfig,
     /// Gateway session (cookie) settings.
     pub session: SessionConfig,
     /// Outgoing mail.

@@ -22,7 +22,7 @@ use crate::server::tls::{CertStore, SniResolver, TlsError};
 use crate::server::{self, ListenerKind, Listeners, ServerError};
 use crate::session::keys::KeyError;
 use crate::session::{KeyRing, Sessions};
-use crate::state::State;
+use crate::state::{State, StateError};
 use crate::store::{Store, StoreError};
 use tasks::{DirectoryTask, DirectoryTasks, stored_snapshot};
 
@@ -68,6 +68,9 @@ pub enum StartError {
     /// The credentials store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The shared state's settings are unusable (an unreachable Redis is not an error here).
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// A running gateway.
@@ -110,9 +113,9 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         None => None,
     };
     let directory_config = config.directory.clone();
+    let state = State::open(&config.state, options.clock.clone())?;
     let runtime = Runtime::build(config, &bound, None)?;
     let cancel = CancellationToken::new();
-    let state = State::memory(options.clock.clone());
     let parts = Parts {
         clock: options.clock,
         random: options.random,

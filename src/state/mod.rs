@@ -1,24 +1,28 @@
-//! Ephemeral shared state (`state`): login codes, rate-limit counters, cooldowns. Memory now;
-//! every operation maps onto one Redis primitive or script so several replicas can later share
-//! it exactly (SET NX PX, GETDEL, INCR + PEXPIRE, an atomic compare-and-consume).
+//! Ephemeral shared state (`state`): login codes, rate-limit counters, cooldowns. In memory for
+//! one replica, or in Redis ([`redis`]) for several: every operation maps onto one Redis
+//! primitive or script so replicas share it exactly (SET NX PX, SET GET, INCR + PEXPIRE, an
+//! atomic compare-and-consume).
 //!
 //! Values are opaque bytes with a time to live; expiry is decided by the injected clock.
 
 mod memory;
+mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use self::redis::RedisState;
 pub use memory::MemoryState;
 
 use crate::clock::Clock;
+use crate::config::StateConfig;
 
 /// State failures. Callers fail closed (a login is refused, never waved through).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StateError {
-    /// The backend is unreachable.
-    #[error("shared state unavailable: {0}")]
-    Unavailable(String),
+    /// The backend is unreachable, answered an error, or did not answer in time.
+    #[error("shared state unavailable")]
+    Unavailable(#[source] Arc<dyn std::error::Error + Send + Sync>),
 }
 
 /// The outcome of presenting a code digest.
@@ -51,12 +55,23 @@ pub struct CodeRecord {
 pub enum State {
     /// In this process.
     Memory(Arc<MemoryState>),
+    /// In Redis, shared by every replica.
+    Redis(Arc<RedisState>),
 }
 
 impl State {
     /// An in-memory store reading time from `clock`.
     pub fn memory(clock: Arc<dyn Clock>) -> Self {
         Self::Memory(Arc::new(MemoryState::new(clock)))
+    }
+
+    /// The configured backend. Redis is connected lazily: one that is down at start does not
+    /// stop the gateway; logins fail closed until it answers.
+    pub fn open(config: &StateConfig, clock: Arc<dyn Clock>) -> Result<Self, StateError> {
+        match config {
+            StateConfig::Memory => Ok(Self::memory(clock)),
+            StateConfig::Redis(r) => Ok(Self::Redis(Arc::new(RedisState::new(r, clock)?))),
+        }
     }
 
     /// Stores `value` under `key` unless the key exists (SET NX PX). Returns whether it was set.
@@ -68,6 +83,7 @@ impl State {
     ) -> Result<bool, StateError> {
         match self {
             Self::Memory(m) => Ok(m.put_new(key, value, ttl)),
+            Self::Redis(r) => r.put_new(key, value, ttl).await,
         }
     }
 
@@ -80,6 +96,7 @@ impl State {
     ) -> Result<Option<Vec<u8>>, StateError> {
         match self {
             Self::Memory(m) => Ok(m.swap(key, value, ttl)),
+            Self::Redis(r) => r.swap(key, value, ttl).await,
         }
     }
 
@@ -87,6 +104,7 @@ impl State {
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         match self {
             Self::Memory(m) => Ok(m.get(key)),
+            Self::Redis(r) => r.get(key).await,
         }
     }
 
@@ -97,6 +115,7 @@ impl State {
                 m.delete(key);
                 Ok(())
             }
+            Self::Redis(r) => r.delete(key).await,
         }
     }
 
@@ -105,6 +124,7 @@ impl State {
     pub async fn hit(&self, key: &str, window: Duration) -> Result<u64, StateError> {
         match self {
             Self::Memory(m) => Ok(m.hit(key, window)),
+            Self::Redis(r) => r.hit(key, window).await,
         }
     }
 
@@ -112,6 +132,7 @@ impl State {
     pub async fn count(&self, key: &str) -> Result<u64, StateError> {
         match self {
             Self::Memory(m) => Ok(m.count(key)),
+            Self::Redis(r) => r.count(key).await,
         }
     }
 
@@ -126,6 +147,7 @@ impl State {
     ) -> Result<bool, StateError> {
         match self {
             Self::Memory(m) => Ok(m.put_code(key, record, ttl, replace)),
+            Self::Redis(r) => r.put_code(key, record, ttl, replace).await,
         }
     }
 
@@ -133,6 +155,7 @@ impl State {
     pub async fn peek_code(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         match self {
             Self::Memory(m) => Ok(m.peek_code(key)),
+            Self::Redis(r) => r.peek_code(key).await,
         }
     }
 
@@ -142,6 +165,7 @@ impl State {
     pub async fn consume_code(&self, key: &str, digest: &[u8; 32]) -> Result<Consume, StateError> {
         match self {
             Self::Memory(m) => Ok(m.consume_code(key, digest)),
+            Self::Redis(r) => r.consume_code(key, digest).await,
         }
     }
 
@@ -149,13 +173,24 @@ impl State {
     pub fn sweep(&self) {
         match self {
             Self::Memory(m) => m.sweep(),
+            Self::Redis(_) => {}
         }
     }
 
-    /// Whether the backend answers (readiness).
+    /// Whether the backend answers (one round trip, under the call deadline).
     pub async fn ping(&self) -> Result<(), StateError> {
         match self {
             Self::Memory(_) => Ok(()),
+            Self::Redis(r) => r.ping().await,
+        }
+    }
+
+    /// [`State::ping`] for readiness probes: a result is reused for a second so frequent
+    /// probes cost Redis at most one PING a second per replica.
+    pub async fn ready(&self) -> Result<(), StateError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(r) => r.ready().await,
         }
     }
 }
