@@ -136,6 +136,43 @@ impl State {
         }
     }
 
+    /// Reads window counters ([`State::count`]) and whether keys are set, in one round trip
+    /// (MGET): the send limits of one request.
+    pub async fn read_many(
+        &self,
+        counters: &[&str],
+        flags: &[&str],
+    ) -> Result<(Vec<u64>, Vec<bool>), StateError> {
+        match self {
+            Self::Memory(m) => Ok((
+                counters.iter().map(|k| m.count(k)).collect(),
+                flags.iter().map(|k| m.get(k).is_some()).collect(),
+            )),
+            Self::Redis(r) => r.read_many(counters, flags).await,
+        }
+    }
+
+    /// Counts one event in each of `counters` ([`State::hit`], same window) and sets `flag`
+    /// unless it is set ([`State::put_new`]), in one round trip.
+    pub async fn hit_many(
+        &self,
+        counters: &[&str],
+        window: Duration,
+        flag: &str,
+        ttl: Duration,
+    ) -> Result<(), StateError> {
+        match self {
+            Self::Memory(m) => {
+                for k in counters {
+                    m.hit(k, window);
+                }
+                m.put_new(flag, b"1", ttl);
+                Ok(())
+            }
+            Self::Redis(r) => r.hit_many(counters, window, flag, ttl).await,
+        }
+    }
+
     /// Stores a code record; with `replace` false only when the key holds none (NX).
     /// Returns whether it was stored.
     pub async fn put_code(

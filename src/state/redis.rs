@@ -47,6 +47,20 @@ end
 return n
 ";
 
+/// [`HIT`] for every key but the last, then sets the last unless it is set: the budgets a
+/// request spends, in one round trip.
+const HIT_MANY: &str = r"
+local n = #KEYS - 1
+for i = 1, n do
+  local c = redis.call('INCR', KEYS[i])
+  if c == 1 or redis.call('PTTL', KEYS[i]) < 0 then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  end
+end
+redis.call('SET', KEYS[#KEYS], '1', 'NX', 'PX', ARGV[2])
+return 1
+";
+
 /// Stores a code record (a hash: payload, digest, attempts left) unless `replace` is 0 and a
 /// record is pending (a decoy must never replace a real code, docs/security.md#39).
 const PUT_CODE: &str = r"
@@ -189,6 +203,7 @@ pub struct RedisState {
     /// The last readiness answer and when (ms) it was taken.
     checked: Mutex<Option<(u64, Result<(), StateError>)>>,
     hit: Script,
+    hit_many: Script,
     put_code: Script,
     consume_code: Script,
 }
@@ -281,6 +296,7 @@ impl RedisState {
             down: AtomicBool::new(false),
             checked: Mutex::new(None),
             hit: Script::new(HIT),
+            hit_many: Script::new(HIT_MANY),
             put_code: Script::new(PUT_CODE),
             consume_code: Script::new(CONSUME_CODE),
         })
@@ -433,6 +449,51 @@ impl RedisState {
         c.arg(key);
         let v: Option<String> = self.cmd("count", c).await?;
         Ok(v.and_then(|s| s.parse().ok()).unwrap_or_default())
+    }
+
+    pub(super) async fn read_many(
+        &self,
+        counters: &[&str],
+        flags: &[&str],
+    ) -> Result<(Vec<u64>, Vec<bool>), StateError> {
+        let mut c = redis::cmd("MGET");
+        c.arg(counters).arg(flags);
+        let mut values: Vec<Option<Vec<u8>>> = self.cmd("read_many", c).await?;
+        if values.len() != counters.len() + flags.len() {
+            return Err(unavailable(Failure::Shape("read_many")));
+        }
+        let flags = values.split_off(counters.len());
+        let counts = values
+            .into_iter()
+            .map(|v| {
+                v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+                    .unwrap_or_default()
+            })
+            .collect();
+        Ok((counts, flags.iter().map(Option::is_some).collect()))
+    }
+
+    pub(super) async fn hit_many(
+        &self,
+        counters: &[&str],
+        window: Duration,
+        flag: &str,
+        ttl: Duration,
+    ) -> Result<(), StateError> {
+        let (window, ttl) = (ms(window).to_string(), ms(ttl).to_string());
+        let mut inv = self.hit_many.prepare_invoke();
+        for k in counters {
+            inv.key(*k);
+        }
+        inv.key(flag).arg(window).arg(ttl);
+        let inv = &inv;
+        self.run("hit_many", move |mut c| async move {
+            inv.invoke_async::<i64>(&mut c)
+                .await
+                .map_err(Failure::Redis)
+        })
+        .await
+        .map(drop)
     }
 
     pub(super) async fn put_code(

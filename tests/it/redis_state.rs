@@ -41,7 +41,12 @@ async fn redis_state_operations_match_the_memory_contract() {
     let Some(redis) = RedisServer::start().await else {
         return;
     };
-    let s = open(redis.port);
+    contract(&State::memory(otpgate::clock::system())).await;
+    contract(&open(redis.port)).await;
+}
+
+/// What both backends promise, operation by operation.
+async fn contract(s: &State) {
     assert!(s.put_new("otpgate:k", b"a", MIN).await.unwrap());
     assert!(!s.put_new("otpgate:k", b"b", MIN).await.unwrap());
     assert_eq!(
@@ -99,6 +104,20 @@ async fn redis_state_operations_match_the_memory_contract() {
         "burnt"
     );
     assert_eq!(s.peek_code("otpgate:b").await.unwrap(), None);
+    // The batched forms: several counters and a flag in one round trip each.
+    for _ in 0..2 {
+        s.hit_many(&["otpgate:h1", "otpgate:h2"], MIN, "otpgate:f", MIN)
+            .await
+            .unwrap();
+    }
+    let (counts, flags) = s
+        .read_many(
+            &["otpgate:h1", "otpgate:h2", "otpgate:none"],
+            &["otpgate:f", "otpgate:nf"],
+        )
+        .await
+        .unwrap();
+    assert_eq!((counts, flags), (vec![2, 2, 0], vec![true, false]));
     s.ping().await.unwrap();
     s.ready().await.unwrap();
 }

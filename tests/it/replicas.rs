@@ -331,3 +331,59 @@ async fn replicas_logins_keep_working_after_a_sentinel_failover() {
         "used once, across the switch"
     );
 }
+
+/// The commands one client sends (`MONITOR` marks those a script runs with `lua]`).
+fn client_commands(monitor_log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(monitor_log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" [") && !l.contains("lua]"))
+        .map(ToOwned::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_send_me_a_code_costs_five_round_trips() {
+    let Some(smtp) = SmtpServer::start().await else {
+        return;
+    };
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    if !crate::redis::usable(&["redis-cli"]) {
+        return;
+    }
+    let up = Upstream::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let limits = "rate_limits: { login_requests_per_ip: 1000/15m }";
+    let (a, _b) = pair(&smtp, &up, shared.path(), &redis.url(), limits).await;
+    // Warm up: the scripts are loaded on first use (one extra round trip each, once).
+    let mut v = Visitor::new(&a);
+    v.request_code("warm@corp.example").await;
+    let log = shared.path().join("monitor.log");
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "monitor"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("OK")
+    {
+        assert!(Instant::now() < deadline, "MONITOR did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut v = Visitor::new(&a);
+    let _ = v.get("/.otpgate/login?rd=%2Fdocs").await;
+    let before = client_commands(&log).len();
+    let p = v.post("/.otpgate/login", &[("email", ALICE)]).await;
+    assert_eq!(p.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let commands = client_commands(&log);
+    // The per-IP count, the three limit reads (MGET), the budgets spent (one script), the
+    // code filed (one script) and this browser's index of codes (SET GET).
+    assert_eq!(commands.len() - before, 5, "{commands:#?}");
+}
