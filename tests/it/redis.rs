@@ -103,7 +103,8 @@ fn complete(reply: &[u8]) -> bool {
 async fn wait_ping(port: u16, what: &str, child: &mut Child, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if command(port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+        // A server with a password answers, too, if only to ask for it.
+        if command(port, "PING").is_some_and(|r| r.starts_with("+PONG") || r.contains("NOAUTH")) {
             return;
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -133,11 +134,16 @@ impl RedisServer {
 
     /// A server with extra arguments (`--replicaof`, `--requirepass` ...).
     pub async fn start_with(extra: &[&str]) -> Option<Self> {
+        Self::start_on(free_port(), extra).await
+    }
+
+    /// A server on `port` (one a gateway was already told about).
+    pub async fn start_on(port: u16, extra: &[&str]) -> Option<Self> {
         if !usable(&["redis-server"]) {
             return None;
         }
         let mut s = Self {
-            port: free_port(),
+            port,
             dir: tempfile::tempdir().unwrap(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             child: None,

@@ -11,6 +11,10 @@ use crate::harness::init;
 use crate::redis::RedisServer;
 
 fn open(port: u16) -> State {
+    open_as(port, None)
+}
+
+fn open_as(port: u16, password: Option<&str>) -> State {
     init();
     let config = StateConfig::Redis(RedisConfig {
         url: format!("redis://127.0.0.1:{port}/0"),
@@ -19,7 +23,7 @@ fn open(port: u16) -> State {
             port,
         },
         username: None,
-        password: None,
+        password: password.map(|p| otpgate::config::Secret::new(p.to_owned())),
         db: 0,
         tls: false,
     });
@@ -252,4 +256,18 @@ async fn redis_down_fails_closed_within_the_deadline_and_recovers() {
     // A state that was never reachable does not stop anyone from building it (lazy).
     let nowhere = open(crate::redis::free_port());
     assert!(nowhere.ping().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_auth_uses_the_password_and_fails_closed_without_it() {
+    let Some(redis) = RedisServer::start_with(&["--requirepass", "redis-test-pw"]).await else {
+        return;
+    };
+    let good = open_as(redis.port, Some("redis-test-pw"));
+    assert!(good.put_new("otpgate:k", b"1", MIN).await.unwrap());
+    let none = open(redis.port);
+    assert!(none.get("otpgate:k").await.is_err());
+    let wrong = open_as(redis.port, Some("not-it"));
+    let e = wrong.ping().await.unwrap_err();
+    assert!(!format!("{e:?}").contains("not-it"), "{e:?}");
 }

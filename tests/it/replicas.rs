@@ -387,3 +387,43 @@ async fn replicas_send_me_a_code_costs_five_round_trips() {
     // code filed (one script) and this browser's index of codes (SET GET).
     assert_eq!(commands.len() - before, 5, "{commands:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_a_redis_down_at_start_does_not_stop_the_gateway() {
+    let Some(smtp) = SmtpServer::start().await else {
+        return;
+    };
+    if !crate::redis::usable(&["redis-server"]) {
+        return;
+    }
+    let up = Upstream::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let port = crate::redis::free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let limits = "rate_limits: { login_requests_per_ip: 1000/15m }";
+    let (a, _b) = pair(&smtp, &up, shared.path(), &url, limits).await;
+    let (status, body) = readyz(&a).await;
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = ask(&a).await;
+    assert_eq!(status, 503);
+    assert!(body.contains(UNAVAILABLE), "{body}");
+    // A minted session is proxied all along.
+    let cookie = a.mint("app", ALICE);
+    let r = a
+        .client()
+        .get(a.https_url("app.test", "/docs"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let _redis = crate::redis::RedisServer::start_on(port, &[])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ask(&a).await.0 != 200 {
+        assert!(Instant::now() < deadline, "logins did not start working");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    smtp.wait_for_mail(ALICE, Duration::from_secs(10)).await;
+}
