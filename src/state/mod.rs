@@ -4,15 +4,21 @@
 //! atomic compare-and-consume).
 //!
 //! Values are opaque bytes with a time to live; expiry is decided by the injected clock.
+//!
+//! On the embedded default the memory backend is saved to `data_dir` ([`StateFile`]) and
+//! restored at start, so limits and pending codes outlive a restart (docs/security.md#42).
 
 mod memory;
+mod persist;
 mod redis;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::redis::RedisState;
 pub use memory::MemoryState;
+pub use persist::{FILE_NAME, Restored, SAVE_INTERVAL, Saved, StateFile};
 
 use crate::clock::Clock;
 use crate::config::StateConfig;
@@ -23,6 +29,42 @@ pub enum StateError {
     /// The backend is unreachable, answered an error, or did not answer in time.
     #[error("shared state unavailable")]
     Unavailable(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// The state file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The state file is not valid JSON of the expected shape.
+    #[error("{path}: not a state file: {source}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    /// The state file was written by another version of the format.
+    #[error("{path}: state file version {found}; this build reads version {known}")]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Version in the file.
+        found: u32,
+        /// The version this build reads and writes.
+        known: u32,
+    },
+    /// A code record in the state file has a digest of the wrong length.
+    #[error("{path}: the code record {key:?} has no valid digest")]
+    Digest {
+        /// The file.
+        path: PathBuf,
+        /// The record's key.
+        key: String,
+    },
 }
 
 /// The outcome of presenting a code digest.
@@ -71,6 +113,15 @@ impl State {
         match config {
             StateConfig::Memory => Ok(Self::memory(clock)),
             StateConfig::Redis(r) => Ok(Self::Redis(Arc::new(RedisState::new(r, clock)?))),
+        }
+    }
+
+    /// The file this state is saved to and restored from, at `path`; `None` for a backend that
+    /// keeps its data itself.
+    pub fn file(&self, path: PathBuf) -> Option<StateFile> {
+        match self {
+            Self::Memory(m) => Some(StateFile::new(path, m.clone())),
+            Self::Redis(_) => None,
         }
     }
 

@@ -22,6 +22,7 @@ mod onetime;
 mod proxy;
 mod redis_state;
 mod replicas;
+mod restart;
 mod routing;
 mod sessions;
 mod stages;
