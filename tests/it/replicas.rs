@@ -376,6 +376,8 @@ async fn replicas_send_me_a_code_costs_five_round_trips() {
     }
     let mut v = Visitor::new(&a);
     let _ = v.get("/.otpgate/login?rd=%2Fdocs").await;
+    // MONITOR's output reaches the file a moment after the commands.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = client_commands(&log).len();
     let p = v.post("/.otpgate/login", &[("email", ALICE)]).await;
     assert_eq!(p.status, 200);
