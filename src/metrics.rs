@@ -77,6 +77,12 @@ pub const DIRECTORY_DURATION: &str = "otpgate_directory_sync_duration_seconds";
 /// Failed audit writes (the gateway keeps serving; the failure is logged and counted).
 pub const AUDIT_WRITE_FAILURES: &str = "otpgate_audit_write_failures_total";
 
+// Shared state.
+
+/// Calls to the shared state (Redis) that failed or timed out, by operation; logins fail
+/// closed while they fail.
+pub const STATE_ERRORS: &str = "otpgate_state_errors_total";
+
 #[derive(Debug, Clone, Copy)]
 enum TokenKind {
     Counter,
@@ -196,6 +202,10 @@ const DESCRIPTIONS: &[Description] = &[
     counter(
         AUDIT_WRITE_FAILURES,
         "Audit events that could not be written (the gateway kept serving).",
+    ),
+    counter(
+        STATE_ERRORS,
+        "Shared-state (Redis) calls that failed or timed out, by operation (logins fail closed).",
     ),
 ];
 

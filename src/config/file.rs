@@ -25,7 +25,7 @@ pub(crate) struct FileConfig {
     pub(crate) tls: TlsFile,
     pub(crate) portal_host: Option<String>,
     pub(crate) data_dir: Option<String>,
-    pub(crate) state: Option<String>,
+    pub(crate) state: Option<super::state::StateFile>,
     pub(crate) credentials: Option<String>,
     #[serde(default)]
     pub(crate) session: SessionFile,

@@ -15,6 +15,7 @@ mod file;
 mod origin;
 mod secret;
 mod service_token;
+mod state;
 pub mod units;
 mod validate;
 
@@ -37,6 +38,7 @@ pub use service_token::{
     CLIENT_ID_HEADER, CLIENT_SECRET_HEADER, HASH_PREFIX, ServiceTokenConfig, ServiceTokenSettings,
     TokenSecret,
 };
+pub use state::{RedisConfig, RedisTarget, StateConfig};
 pub use units::Rate;
 pub(crate) use validate::group_name as validate_group_name;
 pub use validate::parse_service_token_hash;
@@ -68,6 +70,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Folder of the embedded store, generated keys and the dev outbox.
     pub data_dir: PathBuf,
+    /// Where codes, limits and cooldowns live (`state`).
+    pub state: StateConfig,
     /// Gateway session (cookie) settings.
     pub session: SessionConfig,
     /// Outgoing mail.

@@ -46,6 +46,8 @@ pub enum Blame {
     Upstream,
     /// The gateway or one of its stores failed.
     Internal,
+    /// A shared service (the Redis state) is unreachable; logged where the outage is seen.
+    Outage,
 }
 
 /// A `Display` of an error followed by its causes: `a: b: c`.
@@ -72,9 +74,11 @@ impl GateError {
             Self::Proxy(ProxyError::Connect(_) | ProxyError::Timeout | ProxyError::Upstream(_)) => {
                 Blame::Upstream
             }
+            // The state room logs an outage once when it starts and once when it ends; a line
+            // per refused login would flood the log while it lasts.
+            Self::Login(LoginError::State(_)) => Blame::Outage,
             Self::Login(
-                LoginError::State(_)
-                | LoginError::Store(_)
+                LoginError::Store(_)
                 | LoginError::Random(_)
                 | LoginError::Seal(_)
                 | LoginError::Hash(_),
@@ -190,5 +194,15 @@ mod tests {
         assert_eq!(e.blame(), Blame::Internal);
         assert_eq!(GateError::Busy.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(GateError::Forbidden.blame(), Blame::Client);
+        let down = crate::state::StateError::Unavailable(std::sync::Arc::new(
+            std::io::Error::other("connection refused"),
+        ));
+        let e = GateError::from(LoginError::from(down));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            e.blame(),
+            Blame::Outage,
+            "logged once per outage, not per login"
+        );
     }
 }

@@ -60,6 +60,9 @@ impl Gateway {
                     Blame::Client => {
                         tracing::debug!(app = app_name, error = %chain(&e), "request refused");
                     }
+                    Blame::Outage => {
+                        tracing::debug!(app = app_name, error = %chain(&e), "login refused: shared state down");
+                    }
                 }
                 e.into_response(&rt.pages)
             }

@@ -8,6 +8,7 @@
 mod browser;
 mod harness;
 mod ldap;
+mod redis;
 mod smtp;
 mod timing;
 
@@ -19,6 +20,8 @@ mod login;
 mod mail;
 mod onetime;
 mod proxy;
+mod redis_state;
+mod replicas;
 mod restart;
 mod routing;
 mod sessions;

@@ -13,6 +13,7 @@ mod listen;
 mod mail;
 pub(super) mod policies;
 mod service_tokens;
+mod state;
 mod users;
 
 use std::net::IpAddr;
@@ -172,7 +173,8 @@ pub(super) fn validate(
         );
     }
     let data_dir = c.resolve(f.data_dir.as_deref().unwrap_or("data"));
-    backends(&mut c, f.state.as_deref(), f.credentials.as_deref());
+    let state = state::state(&mut c, f.state);
+    backends(&mut c, f.credentials.as_deref());
 
     let session = limits::session(&mut c, &f.session, &data_dir);
     let mail = mail::mail(&mut c, f.mail, &data_dir);
@@ -218,6 +220,7 @@ pub(super) fn validate(
         admin,
         tls,
         data_dir,
+        state,
         session,
         mail,
         rate_limits,
@@ -256,19 +259,8 @@ fn admin(c: &mut Ctx<'_>, a: &file::AdminFile) -> AdminConfig {
     admin
 }
 
-/// `state` and `credentials`: only the in-process backends exist in this version.
-fn backends(c: &mut Ctx<'_>, state: Option<&str>, credentials: Option<&str>) {
-    match state {
-        None | Some("memory") => {}
-        Some(s) if s.starts_with("redis://") || s.starts_with("rediss://") => c.err(
-            "state",
-            "shared state in Redis is not available in this version yet; use memory",
-        ),
-        Some(s) => c.err(
-            "state",
-            format!("expected memory or redis://host:port/db, found {s:?}"),
-        ),
-    }
+/// `credentials`: only the embedded store exists in this version.
+fn backends(c: &mut Ctx<'_>, credentials: Option<&str>) {
     match credentials {
         None | Some("embedded") => {}
         Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => c.err(
