@@ -12,6 +12,7 @@
 mod app;
 mod env;
 mod file;
+mod mode;
 mod origin;
 mod secret;
 pub mod units;
@@ -30,6 +31,7 @@ use serde_json::Value;
 
 pub use app::{AppConfig, HostPattern, Origin, Upstream};
 pub use file::LogFormat;
+pub use mode::AppMode;
 pub use origin::BoundAddrs;
 pub use secret::Secret;
 pub use units::Rate;
