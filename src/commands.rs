@@ -270,8 +270,9 @@ fn users_with_store(config: &Config, store: &Store) -> Result<Users, CommandErro
 
 /// `otpgate users list`: one line per user (sorted by id): id, the address one-time links and
 /// temporary passwords go to (or `-`), groups (or `-`), source, `password` / `no password`, and
-/// `locked` when too many failed logins locked the account.
-pub fn users_list(config: &Config) -> Result<String, CommandError> {
+/// `locked` while too many failed logins have the account locked.
+pub fn users_list(config: &Config, clock: &dyn Clock) -> Result<String, CommandError> {
+    let now_ms = clock.now_ms();
     let store = Store::open_embedded(&config.data_dir)?;
     let users = users_with_store(config, &store)?;
     let mut rows: Vec<[String; 6]> = Vec::with_capacity(users.len());
@@ -289,7 +290,7 @@ pub fn users_list(config: &Config) -> Result<String, CommandError> {
         let mut locked = false;
         for a in &addresses {
             password |= store.has_password(a)?;
-            locked |= store.failures(a)?.locked;
+            locked |= store.failures(a, now_ms)?.locked;
         }
         let groups: Vec<&str> = u.groups.iter().map(AsRef::as_ref).collect();
         rows.push([

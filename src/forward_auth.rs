@@ -29,6 +29,7 @@ use http::{HeaderMap, Response, StatusCode};
 
 use crate::access::Permitted;
 use crate::body::Body;
+use crate::config::IdentityHeaders;
 use crate::pages::Pages;
 
 /// The endpoint's path on the gateway (stable: front-proxy configs name it).
@@ -37,9 +38,6 @@ pub(crate) const AUTH_PATH: &str = "/.otpgate/auth";
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
-const X_OTPGATE_EMAIL: HeaderName = HeaderName::from_static("x-otpgate-email");
-const X_OTPGATE_USER: HeaderName = HeaderName::from_static("x-otpgate-user");
-const X_OTPGATE_GROUPS: HeaderName = HeaderName::from_static("x-otpgate-groups");
 
 /// Why a front proxy's question could not be answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -219,16 +217,16 @@ fn answer(query: Option<&str>, default: Answer) -> Result<Answer, ForwardAuthErr
     }
 }
 
-/// `200`: the front proxy may forward the request. It carries the identity headers for the
-/// proxy to copy upstream (none after a bypass policy) and the refreshed session cookie when
-/// one is due.
-pub(crate) fn allowed(mut permit: Permitted) -> Response<Body> {
+/// `200`: the front proxy may forward the request. It carries the identity headers under the
+/// app's names (`X-Otpgate-*` by default) for the proxy to copy upstream (none after a bypass
+/// policy), and the refreshed session cookie when one is due.
+pub(crate) fn allowed(mut permit: Permitted, names: &IdentityHeaders) -> Response<Body> {
     let mut r = Response::new(Body::Empty);
     let h = r.headers_mut();
     if let Some(id) = permit.identity() {
-        h.insert(X_OTPGATE_EMAIL, id.email.clone());
-        h.insert(X_OTPGATE_USER, id.user.clone());
-        h.insert(X_OTPGATE_GROUPS, id.groups.clone());
+        h.insert(names.email.clone(), id.email.clone());
+        h.insert(names.user.clone(), id.user.clone());
+        h.insert(names.groups.clone(), id.groups.clone());
     }
     if let Some(cookie) = permit.take_refreshed() {
         h.append(SET_COOKIE, cookie);

@@ -302,7 +302,7 @@ fn sessions(c: &config::Config, command: SessionsCommand) -> CommandResult {
 
 fn users(c: &config::Config, command: UsersCommand) -> CommandResult {
     match command {
-        UsersCommand::List => commands::users_list(c),
+        UsersCommand::List => commands::users_list(c, &SystemClock),
         UsersCommand::Unlock { id } => {
             commands::unlock_user(c, &id, &SystemClock, random::system().as_ref())
         }

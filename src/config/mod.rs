@@ -29,7 +29,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub use app::{AppConfig, HostPattern, Origin, Upstream};
+pub use app::{AppConfig, HeaderPattern, HostPattern, IdentityHeaders, Origin, Upstream};
 pub use file::LogFormat;
 pub use mode::AppMode;
 pub use origin::BoundAddrs;
@@ -74,6 +74,8 @@ pub struct Config {
     pub audit: AuditSink,
     /// Peers whose `X-Forwarded-For` / `-Proto` are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Request headers stripped on every app besides the built-in list (docs/security.md#40).
+    pub strip_request_headers: Vec<HeaderPattern>,
     /// Optional folder of templates overriding the built-in pages and mails.
     pub templates_dir: Option<PathBuf>,
     /// Login methods and their settings.
@@ -207,7 +209,9 @@ pub struct RateLimits {
     pub code_resend_cooldown: Duration,
     /// Email submissions and code or password attempts from one client address.
     pub login_requests_per_ip: Rate,
-    /// Consecutive failures after which an account is locked until `users unlock`.
+    /// Consecutive failures (from clients without the account's device cookie) after which an
+    /// account is locked, for five minutes, doubling with each further lock up to an hour; at
+    /// 100 until `users unlock`.
     pub failed_logins_per_account: u32,
 }
 

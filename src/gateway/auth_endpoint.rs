@@ -70,7 +70,7 @@ impl Gateway {
             ip: client.ip,
         };
         match access::authorize(deps, app.access(), &facts, headers) {
-            Ok(permit) => Ok(forward_auth::allowed(permit)),
+            Ok(permit) => Ok(forward_auth::allowed(permit, &app.config.identity_headers)),
             Err(Refusal::Forbidden) => Err(GateError::Forbidden),
             Err(Refusal::LoginRequired { clear_cookie }) => Ok(match original.answer {
                 Answer::Redirect => {

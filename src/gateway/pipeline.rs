@@ -184,6 +184,8 @@ impl Gateway {
             timeout: app.config.timeout,
             max_body: app.config.max_request_body,
             preserve_host: app.config.preserve_host,
+            strip: &app.strip,
+            identity: &app.config.identity_headers,
             metrics: &app.metrics,
             tunnel,
         };
@@ -227,8 +229,8 @@ impl Gateway {
         users: &'a Users,
         client: &Downstream,
     ) -> Flow<'a> {
-        Flow {
-            svc: Services {
+        Flow::new(
+            Services {
                 sessions: &self.sessions,
                 state: &self.state,
                 store: &self.store,
@@ -241,7 +243,7 @@ impl Gateway {
                 clock: &self.clock,
                 random: &self.random,
             },
-            site: Site {
+            Site {
                 config: &rt.config,
                 pages: &rt.pages,
                 audit: &rt.audit,
@@ -251,8 +253,8 @@ impl Gateway {
                 cookie_name: app.cookie_name,
                 session_lifetime: app.session_lifetime,
             },
-            ip: client.ip,
-        }
+            client.ip,
+        )
     }
 }
 

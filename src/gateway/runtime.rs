@@ -51,6 +51,8 @@ pub struct App {
     pub cookie_name: &'static str,
     /// Session lifetime on this app.
     pub session_lifetime: Duration,
+    /// Request headers no client may send it (docs/security.md#40).
+    pub strip: proxy::Strip,
 }
 
 impl App {
@@ -102,6 +104,7 @@ impl Runtime {
             apps.push(App {
                 cookie_name: session::cookie_name(origin.https),
                 session_lifetime: a.session_duration.unwrap_or(config.session.duration),
+                strip: proxy::Strip::new(&config.strip_request_headers, &a.identity_headers),
                 origin,
                 config: a.clone(),
                 upstream,

@@ -33,7 +33,10 @@ impl Flow<'_> {
                     .map(|(_, v)| v.into_owned())
             })
             .unwrap_or_default();
-        let found = match self.link_digest(&t) {
+        // Guessing links is throttled per client like codes (docs/security.md#41): a client
+        // over its limit sees the same page as for a bad link, and every miss counts.
+        let over = self.ip_over_limit().await?;
+        let found = match self.link_digest(&t).filter(|_| !over) {
             Some(digest) => {
                 let now = self.now_ms();
                 self.svc
@@ -45,6 +48,9 @@ impl Flow<'_> {
             None => None,
         };
         let Some(link) = found else {
+            if !over {
+                self.over_ip().await?;
+            }
             return Ok(self.site.pages.page(
                 StatusCode::OK,
                 "link_confirm.html",
@@ -124,8 +130,9 @@ impl Flow<'_> {
         if link.app != self.name() {
             return Ok(self.link_failed(Some(&email), "other_app", &request_id));
         }
+        let client = self.client_for(email.as_str()).await?;
         let failures = self.failures(email.as_str()).await?;
-        if failures.locked {
+        if failures.locked && client.is_stranger() {
             return Ok(self.link_failed(Some(&email), "locked", &request_id));
         }
         // The target travelled in the link record and the sealed transaction; it is checked

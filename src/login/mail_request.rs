@@ -61,8 +61,13 @@ impl Flow<'_> {
                 .request(&request_id)
                 .with("login_method", method.as_str()),
         );
-        let over = self.send_limits(email, None).await?;
-        let reason = self.suppression(email, &tx.rd, method, over).await?;
+        // Links and temporary passwords follow the same budgets and cooldown as codes.
+        let client = self.client_for(email.as_str()).await?;
+        let over = self.send_limits(email, client).await?;
+        let reason = self
+            .suppression(email, &tx.rd, method, over, client)
+            .await?;
+        self.spend(email, client, reason.is_none()).await?;
         // Allowed addresses that are not in the user table get their mail at the address
         // itself, like a PIN; known users at `temp_auth_email`, else their id
         // (docs/product.md#s5).

@@ -27,6 +27,7 @@
 //! than a fixed floor; mail leaves through a queue, never inline.
 
 mod choose_password;
+mod device;
 mod error;
 mod limits;
 mod link;
@@ -58,7 +59,7 @@ use crate::mailer::Mailer;
 use crate::pages::Pages;
 use crate::policy::{self, LoginMethod};
 use crate::random::Random;
-use crate::session::{self, Sessions};
+use crate::session::{self, Claims, Sessions};
 use crate::state::State;
 use crate::store::Store;
 use crate::users::Users;
@@ -130,9 +131,23 @@ pub(crate) struct Site<'a> {
 
 /// One request for a gateway page.
 pub(crate) struct Flow<'a> {
-    pub(crate) svc: Services<'a>,
-    pub(crate) site: Site<'a>,
-    pub(crate) ip: IpAddr,
+    svc: Services<'a>,
+    site: Site<'a>,
+    ip: IpAddr,
+    /// The device cookie the request carries for this app (docs/security.md#39).
+    device: Option<Claims>,
+}
+
+impl<'a> Flow<'a> {
+    /// A request from `ip` for a gateway page of the app `site` describes.
+    pub(crate) fn new(svc: Services<'a>, site: Site<'a>, ip: IpAddr) -> Self {
+        Self {
+            svc,
+            site,
+            ip,
+            device: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Flow<'_> {
@@ -146,10 +161,11 @@ impl std::fmt::Debug for Flow<'_> {
 
 /// Answers a request under `/.otpgate/`.
 pub(crate) async fn handle(
-    c: Flow<'_>,
+    mut c: Flow<'_>,
     req: Request<RequestBody>,
     path: &str,
 ) -> Result<Response<Body>, LoginError> {
+    c.device = c.read_device(req.headers());
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let post = *req.method() == Method::POST;
     let pin_offered = c.offers(LoginMethod::OneTimePin);

@@ -5,15 +5,17 @@
 //! Every attempt costs the same whoever it names: an Argon2id check runs against the stored
 //! hash or a dummy one, the temporary-password record is read and its digest computed, and the
 //! failure accounting is per address whether or not anyone has it (docs/security.md#26).
-//! Failures are throttled per client IP, per account with growing delays and a hard cap
-//! (released by `otpgate users unlock`), and Authelia-style: 3 failures within 2 minutes ban
-//! the address silently for 5 minutes.
+//! Failures are throttled per client IP, per account with growing delays and locks that
+//! expire (a hard cap is released by `otpgate users unlock`), and Authelia-style: 3 failures
+//! within 2 minutes ban the address silently for 5 minutes. Locks and bans are for strangers;
+//! a browser with the address's device cookie has its own budget (docs/security.md#39).
 
 use std::time::Duration;
 
 use http::{Response, StatusCode};
 use subtle::ConstantTimeEq as _;
 
+use super::device::Client;
 use super::limits::slow_down;
 use super::page::View;
 use super::tx::LoginTx;
@@ -60,10 +62,12 @@ impl Flow<'_> {
         if self.over_ip().await? {
             return Ok(self.password_failed(tx, email, "throttled", &request_id));
         }
+        let client = self.client_for(email.as_str()).await?;
         let failures = self.failures(email.as_str()).await?;
-        slow_down(failures).await;
-        let banned = state.get(&key_pw_ban(email)).await?.is_some();
-        let block = if failures.locked {
+        slow_down(failures, client).await;
+        // Locks and the silent ban are for strangers; a known device has its own budget.
+        let banned = state.get(&key_pw_ban(email)).await?.is_some() && client.is_stranger();
+        let block = if failures.locked && client.is_stranger() {
             Some("locked")
         } else if banned {
             Some("banned")
@@ -91,7 +95,9 @@ impl Flow<'_> {
                 // Every failure is counted, whatever its reason: the durable write takes the
                 // same time for everyone, so the answer's timing says nothing about whether
                 // the address exists, may log in, or is banned.
-                self.count_failure(email, failures, &request_id).await?;
+                let blocked = block.is_some_and(|b| b != "policy");
+                self.count_failure(email, failures, client, blocked, &request_id)
+                    .await?;
                 Ok(self.password_failed(tx, email, reason, &request_id))
             }
         }
@@ -149,15 +155,21 @@ impl Flow<'_> {
         })
     }
 
-    /// A failed attempt counts towards the account's cap and the address's ban.
+    /// A failed attempt counts towards the account's locks and the address's ban, once if it
+    /// came during a lock or ban (`blocked`); a known device's toward its own budget.
     async fn count_failure(
         &self,
         email: &Email,
         before: Failures,
+        client: Client,
+        blocked: bool,
         request_id: &str,
     ) -> Result<(), LoginError> {
-        self.record_failure(email.as_str(), before, request_id)
+        self.record_failure(email.as_str(), before, client, blocked, request_id)
             .await?;
+        if blocked || !client.is_stranger() {
+            return Ok(());
+        }
         let state = self.svc.state;
         if state.hit(&key_pw_failures(email), BAN_WINDOW).await? >= BAN_AFTER {
             state.put_new(&key_pw_ban(email), b"1", BAN).await?;

@@ -11,6 +11,7 @@ use http::{Request, Response, StatusCode};
 use minijinja::context;
 use serde::{Deserialize, Serialize};
 
+use super::device::Client;
 use super::limits::{Suppressed, key_code, key_index, slow_down};
 use super::page::read_form;
 use super::tx::{self, LoginTx};
@@ -58,11 +59,12 @@ impl Flow<'_> {
         let Some(idp) = self.site.config.identity_providers.pin.as_ref() else {
             return Err(LoginError::NotFound);
         };
-        let cooldown = self.site.config.rate_limits.code_resend_cooldown;
-        let over = self.send_limits(email, Some(cooldown)).await?;
+        let client = self.client_for(email.as_str()).await?;
+        let over = self.send_limits(email, client).await?;
         let reason = self
-            .suppression(email, &tx.rd, LoginMethod::OneTimePin, over)
+            .suppression(email, &tx.rd, LoginMethod::OneTimePin, over, client)
             .await?;
+        self.spend(email, client, reason.is_none()).await?;
         let keys = self.svc.sessions.keys();
         let key = keys.current();
         let code = generate(self.svc.random.as_ref(), idp.length)?;
@@ -78,7 +80,7 @@ impl Flow<'_> {
         };
         match reason {
             None => {
-                self.send_code(tx, email, &code, record, idp.ttl, request_id)
+                self.send_code(tx, (email, client), &code, record, idp.ttl, request_id)
                     .await
             }
             Some(reason) => {
@@ -88,11 +90,12 @@ impl Flow<'_> {
         }
     }
 
-    /// Files the real code, retires the address's older one and queues the mail.
+    /// Files the real code, retires this client's older one for the address (other clients'
+    /// codes stay: docs/security.md#39) and queues the mail.
     async fn send_code(
         &self,
         tx: &LoginTx,
-        email: &Email,
+        (email, client): (&Email, Client),
         code: &str,
         record: CodeRecord,
         ttl: Duration,
@@ -102,9 +105,8 @@ impl Flow<'_> {
         state
             .put_code(&key_code(&tx.hex()), record, ttl, true)
             .await?;
-        // A new code supersedes the address's older ones.
         if let Some(old) = state
-            .swap(&key_index(email), tx.hex().as_bytes(), ttl)
+            .swap(&key_index(email, client), tx.hex().as_bytes(), ttl)
             .await?
         {
             let old = String::from_utf8_lossy(&old).into_owned();
@@ -212,23 +214,34 @@ impl Flow<'_> {
         let request_id = self.request_id();
         let code_key = key_code(&tx.hex());
         let typed = form.get("code").map_or("", String::as_str);
+        // The address the page was for, echoed on every failure page alike; the address that
+        // counts is the one filed with the code.
+        let shown = form
+            .get("email")
+            .and_then(|e| Email::parse(e).ok())
+            .map(|e| e.to_string());
+        let shown = shown.as_deref();
 
+        // Every submission counts toward the client's limit (docs/security.md#41).
         if self.over_ip().await? {
-            return Ok(self.failed(&tx, None, "throttled", &request_id));
+            return Ok(self.failed(&tx, None, shown, "throttled", &request_id));
         }
         let Some(payload) = state
             .peek_code(&code_key)
             .await?
             .and_then(|b| Payload::from_bytes(&b))
         else {
-            return Ok(self.failed(&tx, None, "no_code", &request_id));
+            return Ok(self.failed(&tx, None, shown, "no_code", &request_id));
         };
         let email = payload.email.clone();
+        let client = self.client_for(&email).await?;
         let failures = self.failures(&email).await?;
-        if failures.locked {
-            return Ok(self.failed(&tx, Some(&email), "locked", &request_id));
+        if failures.locked && client.is_stranger() {
+            self.record_failure(&email, failures, client, true, &request_id)
+                .await?;
+            return Ok(self.failed(&tx, Some(&email), Some(&email), "locked", &request_id));
         }
-        slow_down(failures).await;
+        slow_down(failures, client).await;
         let keys = self.svc.sessions.keys();
         let typed_digest = match (
             payload.decoy,
@@ -240,21 +253,24 @@ impl Flow<'_> {
             _ => crate::random::bytes::<32>(self.svc.random.as_ref())?,
         };
         let reason = match state.consume_code(&code_key, &typed_digest).await? {
-            Consume::Accepted(_) => return self.logged_in(&tx, &email, &request_id).await,
+            Consume::Accepted(_) => return self.logged_in(&tx, &email, client, &request_id).await,
             Consume::Rejected { left: 0 } => "wrong_code_burnt",
             Consume::Rejected { .. } => "wrong_code",
             // Used, expired or burnt meanwhile: still a failed login on this account.
             Consume::Missing => "no_code",
         };
-        self.record_failure(&email, failures, &request_id).await?;
-        Ok(self.failed(&tx, Some(&email), reason, &request_id))
+        self.record_failure(&email, failures, client, false, &request_id)
+            .await?;
+        Ok(self.failed(&tx, Some(&email), Some(&email), reason, &request_id))
     }
 
-    /// Every failure gets the same page and status (docs/security.md#11).
+    /// Every failure gets the same page and status (docs/security.md#11), echoing the address
+    /// the page was for (`shown`); `email` is the account the failure is about, for the log.
     fn failed(
         &self,
         tx: &LoginTx,
         email: Option<&str>,
+        shown: Option<&str>,
         reason: &str,
         request_id: &str,
     ) -> Response<Body> {
@@ -267,7 +283,7 @@ impl Flow<'_> {
         }
         self.audit(e);
         ::metrics::counter!(LOGINS, "app" => self.name().to_owned(), "method" => "onetimepin", "outcome" => "failure").increment(1);
-        self.code_page(tx, email.unwrap_or(""), Some(NO_ACCESS))
+        self.code_page(tx, shown.or(email).unwrap_or(""), Some(NO_ACCESS))
     }
 
     /// A correct code: a new session (docs/security.md#32) and a 303 to the re-validated
@@ -276,17 +292,19 @@ impl Flow<'_> {
         &self,
         tx: &LoginTx,
         email: &str,
+        client: Client,
         request_id: &str,
     ) -> Result<Response<Body>, LoginError> {
         let Ok(email) = Email::parse(email) else {
-            return Ok(self.failed(tx, None, "invalid_record", request_id));
+            return Ok(self.failed(tx, None, None, "invalid_record", request_id));
         };
         if !self.would_allow(&email, &tx.rd, LoginMethod::OneTimePin) {
-            return Ok(self.failed(tx, Some(email.as_str()), "policy", request_id));
+            let e = Some(email.as_str());
+            return Ok(self.failed(tx, e, e, "policy", request_id));
         }
         let e = email.to_string();
         self.svc.store.run(move |s| s.reset_failures(&e)).await?;
-        self.svc.state.delete(&key_index(&email)).await?;
+        self.svc.state.delete(&key_index(&email, client)).await?;
         self.start_session(&email, LoginMethod::OneTimePin, &tx.rd, request_id)
     }
 }

@@ -47,6 +47,8 @@ impl Flow<'_> {
                 https,
             ),
             session::clear_cookie(self.tx_cookie(), https),
+            // This browser is now a known device for the address (docs/security.md#39).
+            self.device_cookie(email, method),
         ]
         .into_iter()
         .flatten()

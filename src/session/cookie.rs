@@ -33,6 +33,8 @@ pub enum TokenKind {
     Restricted = 2,
     /// A login transaction (the browser's half of a code, link or password login).
     Login = 3,
+    /// A device cookie: this browser logged in as the address before (docs/security.md#39).
+    Device = 4,
 }
 
 impl TokenKind {
@@ -41,6 +43,7 @@ impl TokenKind {
             Self::Session => "session",
             Self::Restricted => "restricted",
             Self::Login => "login",
+            Self::Device => "device",
         }
     }
 }
@@ -287,6 +290,7 @@ fn parse(p: &[u8]) -> Option<Claims> {
     let kind = match r.byte()? {
         1 => TokenKind::Session,
         2 => TokenKind::Restricted,
+        4 => TokenKind::Device,
         _ => return None,
     };
     let id = SessionId(r.take(16)?.try_into().ok()?);

@@ -35,14 +35,22 @@ pub const RESTRICTED_COOKIE_HOST: &str = "__Host-otpgate-pw";
 /// The restricted session's cookie name on plain-http apps.
 pub const RESTRICTED_COOKIE_PLAIN: &str = "otpgate-pw";
 
+/// The device cookie: names the address this browser logged in as, so the account's limits
+/// treat it as a known client (docs/security.md#39).
+pub const DEVICE_COOKIE_HOST: &str = "__Host-otpgate-device";
+/// The device cookie's name on plain-http apps.
+pub const DEVICE_COOKIE_PLAIN: &str = "otpgate-device";
+
 /// Every cookie name the gateway owns.
-pub const GATEWAY_COOKIES: [&str; 6] = [
+pub const GATEWAY_COOKIES: [&str; 8] = [
     COOKIE_HOST,
     COOKIE_PLAIN,
     LOGIN_COOKIE_HOST,
     LOGIN_COOKIE_PLAIN,
     RESTRICTED_COOKIE_HOST,
     RESTRICTED_COOKIE_PLAIN,
+    DEVICE_COOKIE_HOST,
+    DEVICE_COOKIE_PLAIN,
 ];
 
 /// Removes `Set-Cookie` headers of an upstream response that would set one of the gateway's own

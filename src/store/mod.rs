@@ -76,13 +76,63 @@ pub struct Revocation {
     pub expires_ms: u64,
 }
 
-/// Consecutive failed logins of one account.
+/// Consecutive failed logins of one account from clients without its device cookie.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Failures {
-    /// Failures since the last success.
+    /// Failures since the last success (failures during a lock or ban count once).
     pub consecutive: u32,
-    /// Locked after reaching the cap, until `users unlock`.
+    /// Locked now (for clients without the account's device cookie).
     pub locked: bool,
+    /// When the latest lock ends (Unix ms; [`LockPolicy::FOREVER`] at the hard cap, until
+    /// `users unlock`).
+    pub lock_until_ms: Option<u64>,
+    /// How many locks since the last success: each lasts twice as long as the one before.
+    pub locks: u32,
+}
+
+/// How failed logins from untrusted clients lock an account (docs/security.md#39): after
+/// `after` consecutive failures, for `first`, doubling with each further lock up to `longest`;
+/// at `hard_cap` consecutive failures, until an operator unlocks it (NIST 800-63B s5.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockPolicy {
+    /// Consecutive failures that lock the account.
+    pub after: u32,
+    /// The first lock's length.
+    pub first: std::time::Duration,
+    /// The longest lock.
+    pub longest: std::time::Duration,
+    /// Consecutive failures that lock it until `users unlock`.
+    pub hard_cap: u32,
+}
+
+impl LockPolicy {
+    /// The end of a lock that waits for an operator (the largest instant the store keeps).
+    pub const FOREVER: u64 = i64::MAX.unsigned_abs();
+
+    /// The account's state after a failure at `now_ms` (`counted`: it was not during a lock).
+    /// A failure after a lock ended locks again at once, for twice as long.
+    pub fn after_failure(self, f: Failures, now_ms: u64, counted: bool) -> Failures {
+        if f.consecutive >= self.hard_cap {
+            return Failures {
+                locked: true,
+                lock_until_ms: Some(Self::FOREVER),
+                ..f
+            };
+        }
+        if !counted || f.locked || f.consecutive < self.after {
+            return f;
+        }
+        let locks = f.locks.saturating_add(1);
+        let factor = 2u32.saturating_pow(locks - 1);
+        let length = self.first.saturating_mul(factor).min(self.longest);
+        let length_ms = u64::try_from(length.as_millis()).unwrap_or(u64::MAX);
+        Failures {
+            locked: true,
+            lock_until_ms: Some(now_ms.saturating_add(length_ms)),
+            locks,
+            ..f
+        }
+    }
 }
 
 /// A temporary password as stored: its keyed digest, never the password.
@@ -163,22 +213,25 @@ impl Store {
         }
     }
 
-    /// The failure count of an account (blocking).
-    pub fn failures(&self, email: &str) -> Result<Failures, StoreError> {
+    /// The failure count of an account as of `now_ms` (blocking).
+    pub fn failures(&self, email: &str, now_ms: u64) -> Result<Failures, StoreError> {
         match self {
-            Self::Embedded(db) => db.failures(email),
+            Self::Embedded(db) => db.failures(email, now_ms),
         }
     }
 
-    /// Counts a failed login; locks the account when `cap` is reached (blocking).
+    /// Writes a failed login; `count` is false for a failure during a lock or ban, which is
+    /// written the same way but not counted again. Locks the account as `policy` says
+    /// (blocking).
     pub fn record_failure(
         &self,
         email: &str,
         now_ms: u64,
-        cap: u32,
+        policy: LockPolicy,
+        count: bool,
     ) -> Result<Failures, StoreError> {
         match self {
-            Self::Embedded(db) => db.record_failure(email, now_ms, cap),
+            Self::Embedded(db) => db.record_failure(email, now_ms, policy, count),
         }
     }
 
@@ -339,31 +392,89 @@ mod tests {
         s.ping().unwrap();
     }
 
+    const POLICY: LockPolicy = LockPolicy {
+        after: 3,
+        first: std::time::Duration::from_secs(300),
+        longest: std::time::Duration::from_secs(3600),
+        hard_cap: 6,
+    };
+
     #[test]
-    fn failures_count_lock_at_the_cap_and_reset() {
+    fn failures_lock_for_a_growing_time_and_reset() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open_embedded(dir.path()).unwrap();
-        assert_eq!(s.failures("a@b.example").unwrap(), Failures::default());
+        let a = "a@b.example";
+        assert_eq!(s.failures(a, 0).unwrap(), Failures::default());
         for i in 1..=3 {
-            let f = s.record_failure("a@b.example", 1_000, 3).unwrap();
-            assert_eq!(
-                f,
-                Failures {
-                    consecutive: i,
-                    locked: i == 3
-                }
-            );
+            let f = s.record_failure(a, 1_000, POLICY, true).unwrap();
+            assert_eq!(f.consecutive, i);
+            assert_eq!(f.locked, i == 3);
         }
+        assert_eq!(s.failures(a, 1_000).unwrap().lock_until_ms, Some(301_000));
+        // Failures during the lock are written but not counted.
+        let f = s.record_failure(a, 2_000, POLICY, false).unwrap();
+        assert_eq!((f.consecutive, f.locks), (3, 1));
         drop(s);
         let s = Store::open_embedded(dir.path()).unwrap();
         assert!(
-            s.failures("a@b.example").unwrap().locked,
+            s.failures(a, 300_999).unwrap().locked,
             "the lock survives a restart"
         );
-        assert!(s.reset_failures("a@b.example").unwrap());
-        assert_eq!(s.failures("a@b.example").unwrap(), Failures::default());
-        assert!(!s.reset_failures("a@b.example").unwrap());
+        assert!(
+            !s.failures(a, 301_000).unwrap().locked,
+            "and ends by itself"
+        );
+        // The next failure locks again, twice as long.
+        let f = s.record_failure(a, 400_000, POLICY, true).unwrap();
+        assert_eq!(
+            (f.locked, f.lock_until_ms, f.locks),
+            (true, Some(1_000_000), 2)
+        );
+        assert!(s.reset_failures(a).unwrap());
+        assert_eq!(s.failures(a, 0).unwrap(), Failures::default());
+        assert!(!s.reset_failures(a).unwrap());
     }
+
+    #[test]
+    fn the_hard_cap_locks_until_an_operator_unlocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_embedded(dir.path()).unwrap();
+        let a = "a@b.example";
+        let mut now = 0;
+        for _ in 0..6 {
+            now += 10_000_000;
+            s.record_failure(a, now, POLICY, true).unwrap();
+        }
+        let f = s.failures(a, now + 100 * 86_400_000).unwrap();
+        assert_eq!((f.consecutive, f.locked), (6, true));
+        assert!(s.reset_failures(a).unwrap());
+        assert!(!s.failures(a, now).unwrap().locked);
+    }
+
+    #[test]
+    fn locks_double_up_to_the_longest() {
+        let mut f = Failures::default();
+        let mut lengths = Vec::new();
+        let mut now = 0;
+        for _ in 0..20 {
+            f.consecutive += 1;
+            f.locked = f.lock_until_ms.is_some_and(|u| u > now);
+            let after = POLICY_LONG.after_failure(f, now, true);
+            if after.locks > f.locks {
+                lengths.push((after.lock_until_ms.unwrap() - now) / 60_000);
+            }
+            f = after;
+            now = f.lock_until_ms.unwrap_or(now);
+        }
+        assert_eq!(&lengths[..6], &[5, 10, 20, 40, 60, 60]);
+    }
+
+    const POLICY_LONG: LockPolicy = LockPolicy {
+        after: 1,
+        first: std::time::Duration::from_secs(300),
+        longest: std::time::Duration::from_secs(3600),
+        hard_cap: 100,
+    };
 
     #[test]
     fn temporary_passwords_follow_the_reissue_rule_and_work_once() {

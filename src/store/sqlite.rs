@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Failures, Link, Revocation, RevocationKind, StoreError, TempPassword};
+use super::{Failures, Link, LockPolicy, Revocation, RevocationKind, StoreError, TempPassword};
 use crate::email::Email;
 use crate::users::{DirectorySnapshot, DirectoryUser};
 
@@ -74,7 +74,31 @@ const MIGRATIONS: &[&str] = &[
         group_name TEXT NOT NULL,
         PRIMARY KEY (user_id, group_name)
     );",
+    // 5: locks that expire (docs/security.md#39): each lock of an account lasts longer than the
+    //    one before, up to a ceiling, and only the hard cap locks until an operator acts. A lock
+    //    from before this version becomes a first, five-minute one.
+    "ALTER TABLE login_failures ADD COLUMN lock_until_ms INTEGER;
+    ALTER TABLE login_failures ADD COLUMN locks INTEGER NOT NULL DEFAULT 0;
+    UPDATE login_failures SET lock_until_ms = locked_ms + 300000, locks = 1
+        WHERE locked_ms IS NOT NULL;",
 ];
+
+/// A `login_failures` row as of `now_ms`.
+fn failures_row(r: &rusqlite::Row<'_>, now_ms: u64) -> Failures {
+    let consecutive = r.get::<_, i64>(0).unwrap_or(0);
+    let lock_until_ms = r
+        .get::<_, Option<i64>>(1)
+        .ok()
+        .flatten()
+        .map(|v| u64::try_from(v).unwrap_or(0));
+    let locks = r.get::<_, i64>(2).unwrap_or(0);
+    Failures {
+        consecutive: u32::try_from(consecutive).unwrap_or(u32::MAX),
+        locked: lock_until_ms.is_some_and(|u| u > now_ms),
+        lock_until_ms,
+        locks: u32::try_from(locks).unwrap_or(u32::MAX),
+    }
+}
 
 /// The SQLite store. One connection; SQLite serialises writers anyway, and every operation is
 /// short (the lock is never held across an await: callers run on blocking threads).
@@ -162,17 +186,12 @@ impl SqliteStore {
         })
     }
 
-    pub(super) fn failures(&self, email: &str) -> Result<Failures, StoreError> {
+    pub(super) fn failures(&self, email: &str, now_ms: u64) -> Result<Failures, StoreError> {
         self.with(|c| {
             c.query_row(
-                "SELECT consecutive, locked_ms FROM login_failures WHERE email = ?1",
+                "SELECT consecutive, lock_until_ms, locks FROM login_failures WHERE email = ?1",
                 params![email],
-                |r| {
-                    Ok(Failures {
-                        consecutive: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(u32::MAX),
-                        locked: r.get::<_, Option<i64>>(1)?.is_some(),
-                    })
-                },
+                |r| Ok(failures_row(r, now_ms)),
             )
             .optional()
             .map(Option::unwrap_or_default)
@@ -183,26 +202,38 @@ impl SqliteStore {
         &self,
         email: &str,
         now_ms: u64,
-        cap: u32,
+        policy: LockPolicy,
+        count: bool,
     ) -> Result<Failures, StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
+            // A failure during a lock or ban is written too (the same work for every answer),
+            // but does not count again.
             tx.execute(
-                "INSERT INTO login_failures (email, consecutive, last_ms) VALUES (?1, 1, ?2)
-                 ON CONFLICT (email) DO UPDATE SET consecutive = consecutive + 1, last_ms = ?2",
-                params![email, to_i64(now_ms)],
+                "INSERT INTO login_failures (email, consecutive, last_ms) VALUES (?1, ?3, ?2)
+                 ON CONFLICT (email) DO UPDATE SET consecutive = consecutive + ?3, last_ms = ?2",
+                params![email, to_i64(now_ms), i64::from(count)],
             )?;
-            tx.execute(
-                "UPDATE login_failures SET locked_ms = ?2 WHERE email = ?1 AND consecutive >= ?3 AND locked_ms IS NULL",
-                params![email, to_i64(now_ms), i64::from(cap)],
-            )?;
-            let f = tx.query_row(
-                "SELECT consecutive, locked_ms FROM login_failures WHERE email = ?1",
+            let before = tx.query_row(
+                "SELECT consecutive, lock_until_ms, locks FROM login_failures WHERE email = ?1",
                 params![email],
-                |r| Ok(Failures { consecutive: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(u32::MAX), locked: r.get::<_, Option<i64>>(1)?.is_some() }),
+                |r| Ok(failures_row(r, now_ms)),
             )?;
+            let after = policy.after_failure(before, now_ms, count);
+            if after != before {
+                tx.execute(
+                    "UPDATE login_failures SET lock_until_ms = ?2, locks = ?3, locked_ms = ?4
+                     WHERE email = ?1",
+                    params![
+                        email,
+                        after.lock_until_ms.map(to_i64),
+                        i64::from(after.locks),
+                        to_i64(now_ms)
+                    ],
+                )?;
+            }
             tx.commit()?;
-            Ok(f)
+            Ok(after)
         })
     }
 

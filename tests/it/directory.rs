@@ -797,7 +797,18 @@ apps:
     let store = otpgate::store::Store::open_embedded(&data).unwrap();
     assert!(
         store
-            .record_failure("bob@example.org", 1, 1)
+            .record_failure(
+                "bob@example.org",
+                1,
+                otpgate::store::LockPolicy {
+                    after: 1,
+                    first: std::time::Duration::from_secs(3600),
+                    longest: std::time::Duration::from_secs(3600),
+                    // Locked until unlocked, whatever the clock of the command below says.
+                    hard_cap: 1
+                },
+                true
+            )
             .unwrap()
             .locked
     );

@@ -85,6 +85,7 @@ impl Site {
             base: self.base.clone(),
             jar: HashMap::new(),
             csrf: String::new(),
+            from: None,
         }
     }
 

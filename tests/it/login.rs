@@ -53,6 +53,8 @@ pub(crate) struct Visitor {
     pub(crate) base: String,
     pub(crate) jar: HashMap<String, String>,
     pub(crate) csrf: String,
+    /// The client address a trusted proxy in front reports (`X-Forwarded-For`), if any.
+    pub(crate) from: Option<String>,
 }
 
 pub(crate) struct Page {
@@ -81,6 +83,15 @@ impl Visitor {
             base: format!("https://app.test:{}", gw.https().port()),
             jar: HashMap::new(),
             csrf: String::new(),
+            from: None,
+        }
+    }
+
+    /// A browser at `ip`, behind a proxy the gateway trusts (configure `trusted_proxies`).
+    pub(crate) fn at(gw: &Gw, ip: &str) -> Self {
+        Self {
+            from: Some(ip.to_owned()),
+            ..Self::new(gw)
         }
     }
 
@@ -93,6 +104,10 @@ impl Visitor {
     }
 
     pub(crate) async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
+        let req = match &self.from {
+            Some(ip) => req.header("x-forwarded-for", ip.as_str()),
+            None => req,
+        };
         let req = if self.jar.is_empty() {
             req
         } else {
@@ -385,7 +400,7 @@ async fn sec_9_no_header_or_query_is_built_from_unvalidated_input() {
         Some("That account does not have access.")
     );
     let store = otpgate::store::Store::open_embedded(&gw.config().data_dir).unwrap();
-    assert_eq!(store.failures(odd).unwrap().consecutive, 1);
+    assert_eq!(store.failures(odd, 0).unwrap().consecutive, 1);
 }
 
 /// Requests for four classes of address, compared byte for byte (after the typed address).

@@ -12,6 +12,7 @@ mod ldap;
 mod smtp;
 mod timing;
 
+mod abuse;
 mod cli;
 mod directory;
 mod forward_auth;
@@ -20,6 +21,7 @@ mod login;
 mod mail;
 mod onetime;
 mod proxy;
+mod restart;
 mod routing;
 mod sessions;
 mod stages;

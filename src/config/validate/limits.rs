@@ -40,7 +40,8 @@ pub(super) fn session(c: &mut Ctx<'_>, s: &file::SessionFile, data_dir: &Path) -
 }
 
 pub(super) fn rate_limits(c: &mut Ctx<'_>, r: &file::RateLimitsFile) -> RateLimits {
-    let failed = r.failed_logins_per_account.unwrap_or(100);
+    // The first (expiring) lock; the hard cap of 100 stays whatever this says.
+    let failed = r.failed_logins_per_account.unwrap_or(10);
     if !(1..=100).contains(&failed) {
         c.err(
             "rate_limits.failed_logins_per_account",

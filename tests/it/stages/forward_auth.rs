@@ -420,3 +420,28 @@ async fn a_refreshed_cookie_rides_on_the_200() {
     assert_eq!(cookies.len(), 1, "{cookies:?}");
     assert!(cookies[0].starts_with("otpgate=v1."), "{}", cookies[0]);
 }
+
+/// An app that takes its identity under its own names (`identity_headers`) gets them under
+/// those names from the endpoint too, for the front proxy to copy as they are.
+#[tokio::test]
+async fn the_answer_uses_the_apps_identity_header_names() {
+    let stage = Stage::new(&config(
+        "trusted_proxies: [10.0.0.0/8]",
+        "  - name: wiki
+    hosts: [wiki.test]
+    public_url: http://wiki.test
+    mode: forward_auth
+    identity_headers: { email: X-Webauth-Email, groups: X-Webauth-Groups }
+    policies: [ { name: staff, action: allow, include: [ { email_domain: corp.example } ] } ]
+",
+    ));
+    let alice = stage.cookie_for("wiki", "alice@corp.example");
+    let r = stage
+        .send_on(with(traefik("/docs"), Some(&alice)), &conn(FRONT))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-webauth-email"), Some("alice@corp.example"));
+    assert_eq!(r.header("x-webauth-groups"), Some(""));
+    assert_eq!(r.header("x-otpgate-user"), Some("alice@corp.example"));
+    assert_eq!(r.header("x-otpgate-email"), None);
+}
