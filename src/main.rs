@@ -231,6 +231,9 @@ fn check_config(path: &Path) -> ExitCode {
                 path.display(),
                 loaded.config.apps.len()
             );
+            for a in &loaded.config.apps {
+                println!("  {}: {}", a.name, a.served());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -434,7 +437,7 @@ async fn run(config: config::Config, env: Vec<(String, String)>) -> anyhow::Resu
     let apps: Vec<(String, String)> = config
         .apps
         .iter()
-        .map(|a| (a.name.clone(), a.upstream.to_string()))
+        .map(|a| (a.name.clone(), a.served()))
         .collect();
     let running = otpgate::start(
         config,
@@ -452,7 +455,7 @@ async fn run(config: config::Config, env: Vec<(String, String)>) -> anyhow::Resu
         "otpgate {} is serving", env!("CARGO_PKG_VERSION")
     );
     for (app, runtime_app) in apps.iter().zip(running.gateway().runtime().apps.iter()) {
-        tracing::info!(app = %app.0, upstream = %app.1, "open {}/", runtime_app.origin);
+        tracing::info!(app = %app.0, served = %app.1, "open {}/", runtime_app.origin);
     }
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 
+use super::AppMode;
 use crate::policy::{LoginMethod, Policy};
 
 /// A protected app.
@@ -18,7 +19,10 @@ pub struct AppConfig {
     pub hosts: Vec<HostPattern>,
     /// The origin users see; `None` means the listener's own (scheme, first host, port).
     pub public_url: Option<Origin>,
-    /// Where requests go.
+    /// Proxied by the gateway, or behind a front proxy that asks `/.otpgate/auth`.
+    pub mode: AppMode,
+    /// Where requests go. With [`AppMode::ForwardAuth`] there is none to configure and this is
+    /// `Echo`, never used: the pipeline does not proxy such apps.
     pub upstream: Upstream,
     /// Extra trust anchors for an HTTPS upstream.
     pub upstream_ca: Vec<CertificateDer<'static>>,

@@ -296,7 +296,8 @@ pub(crate) struct AppFile {
     pub(crate) name: String,
     pub(crate) hosts: Vec<String>,
     pub(crate) public_url: Option<String>,
-    pub(crate) upstream: String,
+    pub(crate) mode: Option<String>,
+    pub(crate) upstream: Option<String>,
     pub(crate) upstream_ca: Option<String>,
     #[serde(default)]
     pub(crate) preserve_host: bool,

@@ -12,6 +12,7 @@
 mod app;
 mod env;
 mod file;
+mod mode;
 mod origin;
 mod secret;
 mod service_token;
@@ -32,6 +33,7 @@ use serde_json::Value;
 
 pub use app::{AppConfig, HeaderPattern, HostPattern, IdentityHeaders, Origin, Upstream};
 pub use file::LogFormat;
+pub use mode::AppMode;
 pub use origin::BoundAddrs;
 pub use secret::Secret;
 pub use service_token::{

@@ -14,11 +14,14 @@ use http::header::SET_COOKIE;
 use http::{HeaderMap, Request, Response, StatusCode};
 
 use super::error::{Blame, GateError, chain};
+use super::route::RouteError;
 use super::{
     ConnInfo, Gateway, LOGIN_PATH, RESERVED_PREFIX, route, runtime::App, runtime::Runtime,
 };
 use crate::access::{self, Permitted, Refusal};
 use crate::body::{Body, RequestBody};
+use crate::config::AppMode;
+use crate::forward_auth;
 use crate::http::{redirect, wants_json};
 use crate::login::{Flow, Services, Site};
 use crate::metrics;
@@ -85,13 +88,20 @@ impl Gateway {
         response
     }
 
-    /// Stage 1, routing: which app, by Host checked against SNI.
+    /// Stage 1, routing: which app, by Host checked against SNI; or, for a trusted front proxy
+    /// asking `/.otpgate/auth`, by the host of the request it describes. From anyone else that
+    /// path is an ordinary request, judged on its own Host and path (docs/security.md#34).
     async fn serve<'r>(
         &self,
         rt: &'r Runtime,
         req: Request<RequestBody>,
         conn: &ConnInfo,
     ) -> (Option<&'r App>, Result<Response<Body>, GateError>) {
+        if req.uri().path() == forward_auth::AUTH_PATH
+            && forwarded::is_trusted(conn.peer.ip().to_canonical(), &rt.config.trusted_proxies)
+        {
+            return self.forward_auth(rt, &req, conn);
+        }
         match route::app_index(&rt.router, req.uri(), req.headers(), conn.sni.as_deref()) {
             Ok(idx) => {
                 let app = &rt.apps[idx];
@@ -134,6 +144,10 @@ impl Gateway {
             let users = self.users.users_full();
             let flow = self.login_flow(rt, app, &users, &client);
             return Ok(crate::login::handle(flow, req, &path).await?);
+        }
+        // An app behind its own front proxy is never proxied from here.
+        if app.config.mode == AppMode::ForwardAuth {
+            return Err(RouteError::UnknownHost.into());
         }
 
         // 6. The policy stage: a `Permitted`, or why not.
@@ -259,7 +273,7 @@ impl Gateway {
 
 /// No usable session: browsers are sent to the login page, API clients get 401 JSON
 /// (docs/product.md#s4). A cookie that was sent but did not open is deleted.
-fn login_required(
+pub(super) fn login_required(
     rt: &Runtime,
     app: &App,
     path: &str,
@@ -267,12 +281,7 @@ fn login_required(
     headers: &HeaderMap,
     clear: bool,
 ) -> Response<Body> {
-    let mut original = format!("{}{path}", app.origin);
-    if let Some(q) = query {
-        original.push('?');
-        original.push_str(q);
-    }
-    let login_url = return_to::with_rd(&format!("{}{LOGIN_PATH}", app.origin), &original);
+    let login_url = login_url(app, path, query);
     let mut response = if wants_json(headers) {
         rt.pages.json(
             StatusCode::UNAUTHORIZED,
@@ -285,4 +294,14 @@ fn login_required(
         response.headers_mut().append(SET_COOKIE, c);
     }
     response
+}
+
+/// The app's login page with the original URL, rebuilt on the app's public origin, as `rd`.
+pub(super) fn login_url(app: &App, path: &str, query: Option<&str>) -> String {
+    let mut original = format!("{}{path}", app.origin);
+    if let Some(q) = query {
+        original.push('?');
+        original.push_str(q);
+    }
+    return_to::with_rd(&format!("{}{LOGIN_PATH}", app.origin), &original)
 }

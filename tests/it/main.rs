@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod browser;
+mod front_proxy;
 mod harness;
 mod ldap;
 mod redis;
@@ -15,6 +16,7 @@ mod timing;
 mod abuse;
 mod cli;
 mod directory;
+mod forward_auth;
 mod lifecycle;
 mod login;
 mod mail;

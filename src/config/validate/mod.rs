@@ -5,6 +5,7 @@
 //! One file per section of the config file; this one holds the shared [`Ctx`], the entry point
 //! and the small top-level keys.
 
+mod app_mode;
 mod apps;
 mod directory;
 mod headers;
@@ -212,6 +213,7 @@ pub(super) fn validate(
         .collect();
     let limits = limits::limits(&mut c, &f.limits);
     let apps = apps::apps(&mut c, f.apps, &listen, &identity_providers, &limits);
+    app_mode::front_proxies_trusted(&mut c, &apps, trusted_proxies.len());
     let log = log(&mut c, f.log);
 
     let config = c.errors.is_empty().then(|| Config {
