@@ -18,6 +18,8 @@ pub struct AppConfig {
     pub hosts: Vec<HostPattern>,
     /// The origin users see; `None` means the listener's own (scheme, first host, port).
     pub public_url: Option<Origin>,
+    /// The `aud` claim of its identity assertions (default `otpgate:app:NAME`).
+    pub audience: String,
     /// Where requests go.
     pub upstream: Upstream,
     /// Extra trust anchors for an HTTPS upstream.

@@ -10,6 +10,7 @@
 //!    paths against the config file's folder and builds the runtime types.
 
 mod app;
+mod assertion;
 mod env;
 mod file;
 mod origin;
@@ -29,6 +30,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use app::{AppConfig, HostPattern, Origin, Upstream};
+pub use assertion::{AssertionConfig, DEFAULT_ASSERTION_HEADER, MAX_ASSERTION_LIFETIME};
 pub use file::LogFormat;
 pub use origin::BoundAddrs;
 pub use secret::Secret;
@@ -64,6 +66,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Gateway session (cookie) settings.
     pub session: SessionConfig,
+    /// The signed identity assertion; `None` when switched off.
+    pub identity_assertion: Option<AssertionConfig>,
     /// Outgoing mail.
     pub mail: MailConfig,
     /// Login rate limits.

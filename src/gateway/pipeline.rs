@@ -140,6 +140,11 @@ impl Gateway {
             users: &users,
             now_ms: self.clock.now_ms(),
             idle: rt.config.session.idle_timeout,
+            assertion: rt
+                .config
+                .identity_assertion
+                .as_ref()
+                .map(|c| (&self.assertions, c)),
         };
         let facts = policy::Request {
             path,
@@ -172,6 +177,7 @@ impl Gateway {
             preserve_host: app.config.preserve_host,
             metrics: &app.metrics,
             tunnel,
+            assertion_header: rt.config.identity_assertion.as_ref().map(|c| &c.header),
         };
         let changed = normalised.is_some();
         let path = normalised.unwrap_or_default();
@@ -226,6 +232,7 @@ impl Gateway {
                 users,
                 clock: &self.clock,
                 random: &self.random,
+                assertions: &self.assertions,
             },
             Site {
                 config: &rt.config,

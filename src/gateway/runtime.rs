@@ -51,6 +51,8 @@ pub struct App {
     pub cookie_name: &'static str,
     /// Session lifetime on this app.
     pub session_lifetime: Duration,
+    /// The origin as text: the `iss` of its identity assertions.
+    pub issuer: String,
 }
 
 impl App {
@@ -61,6 +63,8 @@ impl App {
             policies: &self.config.policies,
             cookie_name: self.cookie_name,
             https: self.origin.https,
+            issuer: &self.issuer,
+            audience: &self.config.audience,
             metrics: &self.metrics,
         }
     }
@@ -102,6 +106,7 @@ impl Runtime {
             apps.push(App {
                 cookie_name: session::cookie_name(origin.https),
                 session_lifetime: a.session_duration.unwrap_or(config.session.duration),
+                issuer: origin.to_string(),
                 origin,
                 config: a.clone(),
                 upstream,

@@ -98,6 +98,8 @@ pub struct Route<'a> {
     /// Limits for the tunnel, when the request asks for WebSocket (without them no upgrade is
     /// passed through).
     pub(crate) tunnel: Option<TunnelLimits>,
+    /// The configured identity-assertion header, removed from every client request.
+    pub(crate) assertion_header: Option<&'a http::HeaderName>,
 }
 
 /// What keeps an upgraded (WebSocket) connection in check once it is a plain byte tunnel:
@@ -171,7 +173,7 @@ async fn send(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let tunnel = if upgrade { t.tunnel } else { None };
     let (mut parts, body) = req.into_parts();
-    let orig_host = rewrite_headers(&mut parts, permit, client, upgrade);
+    let orig_host = rewrite_headers(&mut parts, permit, client, upgrade, t.assertion_header);
     let path_and_query = path_and_query(&parts.uri, path, changed)?;
     let body = Limited::new(
         body,
@@ -234,6 +236,7 @@ fn rewrite_headers(
     permit: &Permitted,
     client: Downstream,
     upgrade: bool,
+    assertion_header: Option<&http::HeaderName>,
 ) -> Option<HeaderValue> {
     let orig_host: Option<HeaderValue> = parts.headers.get(HOST).cloned().or_else(|| {
         parts
@@ -256,12 +259,42 @@ fn rewrite_headers(
     // docs/security.md#34: the session never reaches the upstream; identity arrives only as
     // the gateway's own headers (client-supplied ones were removed above).
     crate::session::strip_gateway_cookies(&mut parts.headers);
+    strip_assertions(&mut parts.headers, assertion_header);
     if let Some(id) = permit.identity() {
         parts.headers.insert(X_OTPGATE_EMAIL, id.email.clone());
         parts.headers.insert(X_OTPGATE_USER, id.user.clone());
         parts.headers.insert(X_OTPGATE_GROUPS, id.groups.clone());
+        if let Some((name, token)) = &id.assertion {
+            parts.headers.insert(name, token.clone());
+        }
     }
     orig_host
+}
+
+/// docs/security.md#34: an assertion a client sent is never passed on, under the default name
+/// or the configured one (and in the underscore spelling some servers fold into it), on every
+/// request, bypassed ones too. Only the gateway's own, added after this, reaches the upstream.
+fn strip_assertions(headers: &mut http::HeaderMap, configured: Option<&http::HeaderName>) {
+    const DEFAULT: http::HeaderName =
+        http::HeaderName::from_static(crate::assertion::DEFAULT_HEADER);
+    let folded = |name: &str, want: &str| {
+        name.len() == want.len()
+            && name
+                .bytes()
+                .zip(want.bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    };
+    let spoofed: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            folded(k.as_str(), DEFAULT.as_str())
+                || configured.is_some_and(|c| folded(k.as_str(), c.as_str()))
+        })
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
 }
 
 /// The path and query sent upstream: as received, or the normalised path with the query.

@@ -12,6 +12,7 @@ mod smtp;
 mod timing;
 
 mod abuse;
+mod assertion;
 mod cli;
 mod directory;
 mod lifecycle;

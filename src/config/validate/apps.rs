@@ -48,10 +48,12 @@ pub(super) fn apps(
             Some(n) => Some(n),
         };
         let policies = policies(c, &at, a.policies, &a.name);
+        let audience = audience(c, &at, a.audience, &a.name);
         out.push(AppConfig {
             name: a.name,
             hosts,
             public_url,
+            audience,
             upstream,
             upstream_ca,
             preserve_host: a.preserve_host,
@@ -63,6 +65,21 @@ pub(super) fn apps(
         });
     }
     out
+}
+
+/// The assertion audience: printable ASCII without spaces, so apps can compare it exactly.
+fn audience(c: &mut Ctx<'_>, at: &str, audience: Option<String>, name: &str) -> String {
+    let audience = audience.unwrap_or_else(|| format!("otpgate:app:{name}"));
+    if audience.is_empty()
+        || audience.len() > 256
+        || !audience.bytes().all(|b| b.is_ascii_graphic())
+    {
+        c.err(
+            format!("{at}.audience"),
+            "must be 1 to 256 printable characters without spaces",
+        );
+    }
+    audience
 }
 
 fn app_name(c: &mut Ctx<'_>, at: &str, name: &str, names: &mut HashSet<String>) {

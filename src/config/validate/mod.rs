@@ -6,6 +6,7 @@
 //! and the small top-level keys.
 
 mod apps;
+mod assertion;
 mod directory;
 mod limits;
 mod listen;
@@ -169,6 +170,8 @@ pub(super) fn validate(
     backends(&mut c, f.state.as_deref(), f.credentials.as_deref());
 
     let session = limits::session(&mut c, &f.session, &data_dir);
+    let identity_assertion =
+        assertion::identity_assertion(&mut c, &f.identity_assertion, &session.keys_file);
     let mail = mail::mail(&mut c, f.mail, &data_dir);
     let rate_limits = limits::rate_limits(&mut c, &f.rate_limits);
     let audit = match f.audit {
@@ -200,6 +203,7 @@ pub(super) fn validate(
         tls,
         data_dir,
         session,
+        identity_assertion,
         mail,
         rate_limits,
         audit,

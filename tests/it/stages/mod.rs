@@ -4,6 +4,7 @@
 //! `proxy.rs` and `sessions.rs` check the same rules end to end; these pin each stage on its
 //! own, with the connection facts (peer, TLS, SNI) and the clock under the test's control.
 
+mod assertion;
 mod headers;
 mod login_dispatch;
 mod path;
