@@ -70,3 +70,105 @@ pub(super) fn identity_assertion(
     };
     f.enabled.unwrap_or(true).then_some(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::{Loaded, load_str};
+
+    fn load(head: &str, app_extra: &str) -> Result<Loaded, Vec<String>> {
+        let text = format!(
+            "version: 1
+listen: {{ http: 127.0.0.1:8080 }}
+{head}
+apps:
+  - name: wiki
+    hosts: [wiki.localhost]
+    upstream: http://127.0.0.1:3000
+{app_extra}    policies:
+      - {{ name: all, action: allow, include: [ {{ everyone: true }} ] }}
+"
+        );
+        load_str(
+            &text,
+            Path::new("/etc/otpgate/otpgate.yaml"),
+            Vec::<(String, String)>::new(),
+        )
+        .map_err(|e| e.errors.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn the_assertion_is_on_by_default_with_its_keys_beside_the_cookie_keys() {
+        let c = load("session: { keys_file: /var/lib/otpgate/keys.json }", "")
+            .unwrap()
+            .config;
+        let a = c.identity_assertion.unwrap();
+        assert_eq!(a.header, "otpgate-jwt-assertion");
+        assert_eq!(a.lifetime, Duration::from_secs(300));
+        assert_eq!(a.keys_file, Path::new("/var/lib/otpgate/jwt_keys.json"));
+        assert_eq!(c.apps[0].audience, "otpgate:app:wiki");
+    }
+
+    #[test]
+    fn the_header_lifetime_keys_file_and_audience_can_be_set() {
+        let c = load(
+            "identity_assertion: { header: X-Identity, lifetime: 2m, keys_file: jwt.json }",
+            "    audience: https://wiki.example.org\n",
+        )
+        .unwrap()
+        .config;
+        let a = c.identity_assertion.unwrap();
+        assert_eq!(a.header, "x-identity");
+        assert_eq!(a.lifetime, Duration::from_secs(120));
+        assert_eq!(a.keys_file, Path::new("/etc/otpgate/jwt.json"));
+        assert_eq!(c.apps[0].audience, "https://wiki.example.org");
+        let off = load("identity_assertion: { enabled: false }", "").unwrap();
+        assert!(off.config.identity_assertion.is_none());
+    }
+
+    #[test]
+    fn long_lifetimes_reserved_headers_and_blank_audiences_are_refused() {
+        for (head, app, key) in [
+            (
+                "identity_assertion: { lifetime: 10m }",
+                "",
+                "identity_assertion.lifetime",
+            ),
+            (
+                "identity_assertion: { lifetime: 30s }",
+                "",
+                "identity_assertion.lifetime",
+            ),
+            (
+                "identity_assertion: { header: Cookie }",
+                "",
+                "identity_assertion.header",
+            ),
+            (
+                "identity_assertion: { header: X-Otpgate-User }",
+                "",
+                "identity_assertion.header",
+            ),
+            (
+                "identity_assertion: { header: 'a b' }",
+                "",
+                "identity_assertion.header",
+            ),
+            (
+                "session: { keys_file: k.json }\nidentity_assertion: { keys_file: k.json }",
+                "",
+                "identity_assertion.keys_file",
+            ),
+            ("", "    audience: 'two words'\n", "apps[0].audience"),
+            ("", "    audience: ''\n", "apps[0].audience"),
+        ] {
+            let errors = load(head, app).unwrap_err();
+            assert!(
+                errors.iter().any(|e| e.contains(key)),
+                "{head} {app}: {errors:?}"
+            );
+        }
+    }
+}
