@@ -9,8 +9,10 @@ use std::net::IpAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use otpgate::config::{HeaderPattern, IdentityHeaders};
 use otpgate::email::Email;
 use otpgate::policy::{self, Action, LoginMethod, Policy, Selector};
+use otpgate::proxy::Strip;
 use otpgate::proxy::headers::{ForwardInfo, prepare_request};
 
 fn browser_headers() -> HeaderMap {
@@ -92,17 +94,46 @@ fn bench(c: &mut Criterion) {
         let peer: IpAddr = "198.51.100.7".parse().unwrap_or_else(|_| unreachable!());
         b.iter(|| otpgate::gateway::forwarded::client_ip(black_box(peer), &headers, &[]))
     });
+    let fwd = ForwardInfo {
+        client_ip: "198.51.100.7".parse().unwrap_or_else(|_| unreachable!()),
+        peer_trusted: false,
+        peer_ip: "198.51.100.7".parse().unwrap_or_else(|_| unreachable!()),
+        proto: "https",
+        host: "app.example.test",
+    };
     c.bench_function("headers::prepare_request (browser request)", |b| {
-        let fwd = ForwardInfo {
-            client_ip: "198.51.100.7".parse().unwrap_or_else(|_| unreachable!()),
-            peer_trusted: false,
-            peer_ip: "198.51.100.7".parse().unwrap_or_else(|_| unreachable!()),
-            proto: "https",
-            host: "app.example.test",
-        };
+        let strip = Strip::default();
         b.iter_batched_ref(
             browser_headers,
-            |h| prepare_request(h, &fwd, false),
+            |h| prepare_request(h, &fwd, &strip, false),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    // An operator's list and renamed identity headers, and a request carrying spoofed ones.
+    c.bench_function("headers::prepare_request (strip list, 3 spoofs)", |b| {
+        let operator: Vec<HeaderPattern> = ["X-Employee-Id", "X-Legacy-*"]
+            .iter()
+            .filter_map(|p| HeaderPattern::parse(p))
+            .collect();
+        let names = IdentityHeaders {
+            email: HeaderName::from_static("x-webauth-user"),
+            ..IdentityHeaders::default()
+        };
+        let strip = Strip::new(&operator, &names);
+        let spoofed = || {
+            let mut h = browser_headers();
+            for (k, v) in [
+                ("remote-user", "mallory"),
+                ("x_forwarded_email", "mallory@evil.example"),
+                ("x-legacy-role", "admin"),
+            ] {
+                h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            h
+        };
+        b.iter_batched_ref(
+            spoofed,
+            |h| prepare_request(h, &fwd, &strip, false),
             criterion::BatchSize::SmallInput,
         )
     });

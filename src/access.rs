@@ -35,14 +35,17 @@ struct Session {
     refreshed: Option<HeaderValue>,
 }
 
-/// The identity headers of an allowed request (docs/product.md#s4).
+/// The values of the identity headers of an allowed request (docs/product.md#s4). The names
+/// they go under are the app's (`apps[].identity_headers`, `X-Otpgate-*` by default), set by
+/// the proxy stage after it stripped every client-sent one (docs/security.md#40).
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// `X-Otpgate-Email`: the normalised address.
+    /// The normalised address (`X-Otpgate-Email` by default).
     pub email: HeaderValue,
-    /// `X-Otpgate-User`: the user id (the address when the user is not in the user table).
+    /// The user id, or the address when the user is not in the user table (`X-Otpgate-User`
+    /// by default).
     pub user: HeaderValue,
-    /// `X-Otpgate-Groups`: comma-separated group names.
+    /// Comma-separated group names (`X-Otpgate-Groups` by default).
     pub groups: HeaderValue,
     /// The signed identity assertion and the header it goes in, when it is switched on
     /// (docs/security.md#34).

@@ -36,6 +36,98 @@ pub struct AppConfig {
     pub max_request_body: Option<u64>,
     /// Ordered access policies.
     pub policies: Vec<Policy>,
+    /// The names the identity of a session travels under to the upstream.
+    pub identity_headers: IdentityHeaders,
+}
+
+/// The request headers carrying a session's identity upstream (`apps[].identity_headers`),
+/// parsed at load time so no request builds a header name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// The normalised address (default `X-Otpgate-Email`).
+    pub email: http::HeaderName,
+    /// The user id (default `X-Otpgate-User`).
+    pub user: http::HeaderName,
+    /// Comma-separated group names (default `X-Otpgate-Groups`).
+    pub groups: http::HeaderName,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        Self {
+            email: http::HeaderName::from_static("x-otpgate-email"),
+            user: http::HeaderName::from_static("x-otpgate-user"),
+            groups: http::HeaderName::from_static("x-otpgate-groups"),
+        }
+    }
+}
+
+/// A request header name to strip (`strip_request_headers`), compared ASCII
+/// case-insensitively with `_` and `-` alike, as some servers treat them alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HeaderPattern {
+    /// The name (or prefix) in lower case, with `_` written as `-`; never empty.
+    pub folded: String,
+    /// Whether every name starting with `folded` matches (written with a trailing `*`).
+    pub prefix: bool,
+}
+
+impl HeaderPattern {
+    /// Parses `Name` or `Prefix-*`; `None` when it is not a header name (or a prefix of one).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (name, prefix) = match text.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (text, false),
+        };
+        // `*` is a valid name character, but anywhere but last it would read as a wildcard.
+        if name.contains('*') {
+            return None;
+        }
+        http::HeaderName::from_bytes(name.as_bytes()).ok()?;
+        Some(Self {
+            folded: fold(name),
+            prefix,
+        })
+    }
+
+    /// Whether `name` (any case and `_`/`-` spelling) matches.
+    pub fn matches(&self, name: &str) -> bool {
+        let name = fold(name);
+        if self.prefix {
+            name.starts_with(&self.folded)
+        } else {
+            name == self.folded
+        }
+    }
+}
+
+impl From<&http::HeaderName> for HeaderPattern {
+    fn from(name: &http::HeaderName) -> Self {
+        Self {
+            folded: fold(name.as_str()),
+            prefix: false,
+        }
+    }
+}
+
+impl fmt::Display for HeaderPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.folded)?;
+        if self.prefix {
+            f.write_str("*")?;
+        }
+        Ok(())
+    }
+}
+
+/// A header name in the form names are compared in: lower case, `_` as `-`.
+fn fold(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'_' => '-',
+            b => char::from(b.to_ascii_lowercase()),
+        })
+        .collect()
 }
 
 /// A configured host name.

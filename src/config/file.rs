@@ -38,6 +38,8 @@ pub(crate) struct FileConfig {
     pub(crate) audit: Option<AuditFile>,
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub(crate) strip_request_headers: Vec<String>,
     pub(crate) templates_dir: Option<String>,
     pub(crate) identity_providers: Option<Vec<IdentityProviderFile>>,
     pub(crate) temporary_authentication: Option<String>,
@@ -285,8 +287,18 @@ pub(crate) struct AppFile {
     pub(crate) session_duration: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_size")]
     pub(crate) max_request_body: Option<u64>,
+    pub(crate) identity_headers: Option<IdentityHeadersFile>,
     #[serde(default)]
     pub(crate) policies: Vec<serde_json::Value>,
+}
+
+/// `apps[].identity_headers`: the names the identity travels under; each one optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdentityHeadersFile {
+    pub(crate) email: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) groups: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

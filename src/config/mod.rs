@@ -29,7 +29,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub use app::{AppConfig, HostPattern, Origin, Upstream};
+pub use app::{AppConfig, HeaderPattern, HostPattern, IdentityHeaders, Origin, Upstream};
 pub use assertion::{AssertionConfig, DEFAULT_ASSERTION_HEADER, MAX_ASSERTION_LIFETIME};
 pub use file::LogFormat;
 pub use origin::BoundAddrs;
@@ -76,6 +76,8 @@ pub struct Config {
     pub audit: AuditSink,
     /// Peers whose `X-Forwarded-For` / `-Proto` are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Request headers stripped on every app besides the built-in list (docs/security.md#40).
+    pub strip_request_headers: Vec<HeaderPattern>,
     /// Optional folder of templates overriding the built-in pages and mails.
     pub templates_dir: Option<PathBuf>,
     /// Login methods and their settings.

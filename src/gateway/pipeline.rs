@@ -175,6 +175,8 @@ impl Gateway {
             timeout: app.config.timeout,
             max_body: app.config.max_request_body,
             preserve_host: app.config.preserve_host,
+            strip: &app.strip,
+            identity: &app.config.identity_headers,
             metrics: &app.metrics,
             tunnel,
             assertion_header: rt.config.identity_assertion.as_ref().map(|c| &c.header),

@@ -53,6 +53,8 @@ pub struct App {
     pub session_lifetime: Duration,
     /// The origin as text: the `iss` of its identity assertions.
     pub issuer: String,
+    /// Request headers no client may send it (docs/security.md#40).
+    pub strip: proxy::Strip,
 }
 
 impl App {
@@ -107,6 +109,7 @@ impl Runtime {
                 cookie_name: session::cookie_name(origin.https),
                 session_lifetime: a.session_duration.unwrap_or(config.session.duration),
                 issuer: origin.to_string(),
+                strip: proxy::Strip::new(&config.strip_request_headers, &a.identity_headers),
                 origin,
                 config: a.clone(),
                 upstream,

@@ -23,7 +23,7 @@ use crate::server::tls::{CertStore, SniResolver, TlsError};
 use crate::server::{self, ListenerKind, Listeners, ServerError};
 use crate::session::keys::KeyError;
 use crate::session::{KeyRing, Sessions};
-use crate::state::State;
+use crate::state::{self, State, StateFile};
 use crate::store::{Store, StoreError};
 use tasks::{DirectoryTask, DirectoryTasks, stored_snapshot};
 
@@ -83,6 +83,7 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     env: Vec<(String, String)>,
     directory: Mutex<DirectoryTasks>,
+    state_file: Option<Arc<StateFile>>,
 }
 
 /// Binds the listeners and starts serving `config`.
@@ -94,6 +95,13 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         options.clock.unix_secs(),
     )?;
     let store = Store::open_embedded(&config.data_dir)?;
+    let state = State::memory(options.clock.clone());
+    let state_file = state
+        .file(config.data_dir.join(state::FILE_NAME))
+        .map(Arc::new);
+    if let Some(file) = &state_file {
+        tasks::restore_state(file);
+    }
     let sessions = Sessions::new(keys, options.random.clone());
     // Revocations are in memory before the first request is served.
     sessions.revocations().apply(&store.revocations_since(0)?);
@@ -117,7 +125,6 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     let signing_keys = signing_keys(&config, &options)?;
     let runtime = Runtime::build(config, &bound, None)?;
     let cancel = CancellationToken::new();
-    let state = State::memory(options.clock.clone());
     let parts = Parts {
         clock: options.clock,
         random: options.random,
@@ -140,7 +147,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         stopping: Vec::new(),
     };
     let mut tasks = spawn_listeners(listeners, acceptor, &gateway, &cancel);
-    tasks.extend(tasks::spawn_upkeep(&gateway, &cancel));
+    tasks.extend(tasks::spawn_upkeep(&gateway, &cancel, state_file.clone()));
     gateway.set_ready(true);
     Ok(Running {
         gateway,
@@ -149,6 +156,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         tasks,
         env: options.env,
         directory: Mutex::new(directory_tasks),
+        state_file,
     })
 }
 
@@ -208,11 +216,16 @@ impl Running {
         self.cancel.cancel();
     }
 
-    /// Waits until every listener has drained after [`Running::shutdown`], then gives queued
-    /// mail the same grace to leave.
+    /// Waits until every listener has drained after [`Running::shutdown`], saves the state,
+    /// then gives queued mail the same grace to leave.
     pub async fn wait(self) {
         for t in self.tasks {
             let _ = t.await;
+        }
+        // No request is left to change the state, so this save is complete
+        // (docs/security.md#42).
+        if let Some(file) = &self.state_file {
+            tasks::save_state(file.clone(), true).await;
         }
         let directory = std::mem::take(
             &mut *self

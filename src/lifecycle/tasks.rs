@@ -1,5 +1,5 @@
 //! The background tasks of a running gateway: the directory sync, the revocation poll, metric
-//! upkeep and the sweep of expired state.
+//! upkeep, the sweep of expired state and its saving.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use crate::directory;
 use crate::gateway::Gateway;
 use crate::metrics;
 use crate::session;
+use crate::state::{self, Saved, StateFile};
 use crate::store::{Store, StoreError};
 use crate::users::DirectorySnapshot;
 
@@ -75,10 +76,12 @@ pub(super) fn stored_snapshot(
     })
 }
 
-/// The periodic tasks: metric upkeep, the revocation poll and the sweep of expired state.
+/// The periodic tasks: metric upkeep, the revocation poll, the sweep of expired state and, with
+/// a state file, its saving.
 pub(super) fn spawn_upkeep(
     gateway: &Arc<Gateway>,
     cancel: &CancellationToken,
+    state_file: Option<Arc<StateFile>>,
 ) -> Vec<JoinHandle<()>> {
     let every = |period: Duration, work: Box<dyn Fn() + Send>| {
         let cancel = cancel.clone();
@@ -93,14 +96,64 @@ pub(super) fn spawn_upkeep(
         })
     };
     let sweeper = gateway.clone();
-    vec![
+    let mut tasks = vec![
         every(Duration::from_secs(5), Box::new(metrics::upkeep)),
         every(
             Duration::from_secs(30),
             Box::new(move || sweeper.state().sweep()),
         ),
         tokio::spawn(sync_revocations(gateway.clone(), cancel.clone())),
-    ]
+    ];
+    if let Some(file) = state_file {
+        tasks.push(tokio::spawn(save_state_periodically(file, cancel.clone())));
+    }
+    tasks
+}
+
+/// Puts back the state the previous run saved (docs/security.md#42).
+pub(super) fn restore_state(file: &StateFile) {
+    match file.load() {
+        Ok(r) if r == state::Restored::default() => {}
+        Ok(r) => tracing::info!(
+            path = %file.path().display(), restored = r.entries, expired = r.expired,
+            "state restored from the previous run"
+        ),
+        // Failing open, an exception to docs/security.md#36: without the file no code issued
+        // before the restart exists (those logins simply start again) and the limits count
+        // from zero, as every restart did before they were saved; refusing to start would turn
+        // a damaged file into an outage. The next save replaces the file.
+        Err(e) => tracing::warn!(
+            error = %e,
+            "the saved state cannot be used; starting with empty limits and no pending codes"
+        ),
+    }
+}
+
+/// Saves the state every [`state::SAVE_INTERVAL`] when it changed.
+async fn save_state_periodically(file: Arc<StateFile>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(state::SAVE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => save_state(file.clone(), false).await,
+        }
+    }
+}
+
+/// Saves the state if it changed, on a blocking thread so no request waits for the disk.
+pub(super) async fn save_state(file: Arc<StateFile>, last: bool) {
+    let path = file.path().display().to_string();
+    match tokio::task::spawn_blocking(move || file.save()).await {
+        Ok(Ok(Saved::Written(entries))) if last => {
+            tracing::info!(path, entries, "state saved");
+        }
+        Ok(Ok(Saved::Written(entries))) => tracing::debug!(path, entries, "state saved"),
+        Ok(Ok(Saved::Unchanged)) => {}
+        Ok(Err(e)) if last => tracing::error!(error = %e, "cannot save the state"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the state; trying again"),
+        Err(e) => tracing::error!(error = %e, "the state save did not complete"),
+    }
 }
 
 /// Keeps the revocation cache current: polls the store for revocations made elsewhere (the

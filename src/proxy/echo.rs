@@ -11,18 +11,13 @@ use http_body_util::BodyExt;
 use super::ProxyError;
 use super::client::UpstreamBody;
 use crate::body::Body;
+use crate::config::IdentityHeaders;
 use crate::pages::{escape, fallback_html};
 
-/// The identity headers the gateway sets, in display order.
-const IDENTITY: [(&str, &str); 3] = [
-    ("x-otpgate-email", "email"),
-    ("x-otpgate-user", "user"),
-    ("x-otpgate-groups", "groups"),
-];
-
-/// Answers a request the way an upstream would.
+/// Answers a request the way an upstream would; `names` are the app's identity headers.
 pub async fn respond(
     app: &str,
+    names: &IdentityHeaders,
     parts: &http::request::Parts,
     mut body: UpstreamBody,
 ) -> Result<Response<Body>, ProxyError> {
@@ -48,23 +43,27 @@ pub async fn respond(
             .or_default()
             .push(v.to_str().unwrap_or("<binary>"));
     }
-    let identity: BTreeMap<&str, &str> = IDENTITY
-        .iter()
-        .filter_map(|(h, k)| {
-            parts
-                .headers
-                .get(*h)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| (*k, v))
-        })
-        .collect();
+    let identity: BTreeMap<&str, &str> = [
+        (&names.email, "email"),
+        (&names.user, "user"),
+        (&names.groups, "groups"),
+    ]
+    .into_iter()
+    .filter_map(|(h, k)| {
+        parts
+            .headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| (k, v))
+    })
+    .collect();
     let wants_html = parts
         .headers
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/html"));
     if wants_html {
-        return Ok(html(app, parts, &headers, &identity));
+        return Ok(html(app, names, parts, &headers, &identity));
     }
     let doc = serde_json::json!({
         "app": app,
@@ -108,6 +107,7 @@ fn csp() -> &'static http::HeaderValue {
 
 fn html(
     app: &str,
+    names: &IdentityHeaders,
     parts: &http::request::Parts,
     headers: &BTreeMap<&str, Vec<&str>>,
     identity: &BTreeMap<&str, &str>,
@@ -123,7 +123,10 @@ fn html(
     };
     let mut rows = String::new();
     for (k, vs) in headers {
-        let class = if k.starts_with("x-otpgate-") {
+        let class = if [&names.email, &names.user, &names.groups]
+            .into_iter()
+            .any(|n| n == k)
+        {
             " class=\"id\""
         } else {
             ""

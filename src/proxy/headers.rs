@@ -1,10 +1,11 @@
 //! Header hygiene between client and upstream.
 //!
 //! Requests: hop-by-hop headers go (the standard ones and every one the client names in
-//! `Connection`), client-supplied identity headers go in every spelling (`X-Otpgate-Email`,
-//! `x_otpgate_email`, ...), as do URL-override headers some frameworks route on
-//! (`X-Original-URL`, `X-Rewrite-URL`), and forwarding headers from untrusted clients; then the
-//! gateway's own `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are set (docs/security.md#34).
+//! `Connection`), identity headers go in every spelling (`X-Otpgate-Email`, `x_otpgate_email`,
+//! `Remote-User`, `X-Forwarded-User`, ...: the app's [`Strip`] list, docs/security.md#40), as
+//! do URL-override headers some frameworks route on (`X-Original-URL`, `X-Rewrite-URL`), and
+//! forwarding headers from untrusted clients; then the gateway's own `X-Forwarded-*`,
+//! `Forwarded` and `X-Real-IP` are set (docs/security.md#34).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -12,8 +13,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, HeaderValue, UPGRADE};
 
-/// Prefix of the identity headers the gateway sets (compared after folding `_` to `-`).
-pub const IDENTITY_PREFIX: &str = "x-otpgate-";
+use super::strip::{self, Strip};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -23,11 +23,7 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Compares a lower-case header name with `want`, treating `_` as `-`.
 fn folded_eq(name: &[u8], want: &str) -> bool {
-    name.len() == want.len()
-        && name
-            .iter()
-            .zip(want.bytes())
-            .all(|(a, b)| *a == b || (*a == b'_' && b == b'-'))
+    strip::folded_eq(name, want.as_bytes())
 }
 
 fn folded_starts_with(name: &[u8], prefix: &str) -> bool {
@@ -37,10 +33,11 @@ fn folded_starts_with(name: &[u8], prefix: &str) -> bool {
 /// Whether a request header must not reach the upstream. Decided on the first byte so the
 /// common headers (accept, cookie, user-agent, ...) cost one comparison.
 ///
-/// Removed: hop-by-hop headers (RFC 9110 s7.6.1 and the usual non-standard ones), identity
-/// headers in every `_`/`-` spelling, URL-override headers some frameworks route on, `Expect`
-/// (the gateway answers `100-continue` itself), and forwarding headers unless the peer is a
-/// trusted proxy (underscore spellings of those always: no proxy of ours writes them).
+/// Removed: hop-by-hop headers (RFC 9110 s7.6.1 and the usual non-standard ones),
+/// URL-override headers some frameworks route on, `Expect` (the gateway answers
+/// `100-continue` itself), and forwarding headers unless the peer is a trusted proxy
+/// (underscore spellings of those always: no proxy of ours writes them). Identity headers are
+/// the app's [`Strip`] list's to decide.
 fn remove_from_request(name: &[u8], peer_trusted: bool, upgrade: bool) -> bool {
     let forwarding = |name: &[u8]| {
         folded_starts_with(name, "x-forwarded-")
@@ -53,8 +50,7 @@ fn remove_from_request(name: &[u8], peer_trusted: bool, upgrade: bool) -> bool {
         |name: &[u8]| forwarding(name) && (!peer_trusted || name.contains(&b'_'));
     match name.first() {
         Some(b'x') => {
-            folded_starts_with(name, IDENTITY_PREFIX)
-                || folded_eq(name, "x-original-url")
+            folded_eq(name, "x-original-url")
                 || folded_eq(name, "x-original-uri")
                 || folded_eq(name, "x-rewrite-url")
                 || folded_eq(name, "x-http-method-override")
@@ -142,13 +138,20 @@ fn value(text: String) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
 }
 
-/// Cleans and completes the headers of a request going upstream. `upgrade` keeps the
-/// `Upgrade` header (and sets `Connection: upgrade`) for protocol switches such as WebSocket.
-pub fn prepare_request(headers: &mut HeaderMap, fwd: &ForwardInfo<'_>, upgrade: bool) {
+/// Cleans and completes the headers of a request going upstream: what `strip` lists goes
+/// with the rest, on every request (docs/security.md#40). `upgrade` keeps the `Upgrade` header
+/// (and sets `Connection: upgrade`) for protocol switches such as WebSocket.
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    fwd: &ForwardInfo<'_>,
+    strip: &Strip,
+    upgrade: bool,
+) {
     let mut removals = Removals::new();
     collect_connection_tokens(headers, &mut removals);
     for name in headers.keys() {
-        if remove_from_request(name.as_str().as_bytes(), fwd.peer_trusted, upgrade) {
+        let name_bytes = name.as_str().as_bytes();
+        if remove_from_request(name_bytes, fwd.peer_trusted, upgrade) || strip.matches(name_bytes) {
             removals.push(name.clone());
         }
     }
@@ -313,7 +316,7 @@ mod tests {
             ("x_rewrite_url", "/admin"),
             ("accept", "text/html"),
         ]);
-        prepare_request(&mut h, &info(false), false);
+        prepare_request(&mut h, &info(false), &Strip::default(), false);
         for k in h.keys() {
             assert!(
                 !k.as_str().replace('_', "-").starts_with("x-otpgate-"),
@@ -341,7 +344,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("expect", "100-continue"),
         ]);
-        prepare_request(&mut h, &info(false), false);
+        prepare_request(&mut h, &info(false), &Strip::default(), false);
         for gone in [
             "connection",
             "keep-alive",
@@ -361,7 +364,7 @@ mod tests {
     #[test]
     fn connection_cannot_remove_the_gateways_own_headers() {
         let mut h = map(&[("connection", "X-Forwarded-For, X-Real-IP, Forwarded")]);
-        prepare_request(&mut h, &info(false), false);
+        prepare_request(&mut h, &info(false), &Strip::default(), false);
         assert_eq!(h["x-forwarded-for"], "198.51.100.7");
         assert_eq!(h["x-real-ip"], "198.51.100.7");
         assert!(h.contains_key("forwarded"));
@@ -378,7 +381,7 @@ mod tests {
             ("forwarded", "for=1.2.3.4"),
             ("x-real-ip", "1.2.3.4"),
         ]);
-        prepare_request(&mut h, &info(false), false);
+        prepare_request(&mut h, &info(false), &Strip::default(), false);
         assert_eq!(h["x-forwarded-for"], "198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "app.example:8443");
@@ -401,7 +404,7 @@ mod tests {
             ("x-forwarded-prefix", "/app"),
             ("forwarded", "for=198.51.100.7"),
         ]);
-        prepare_request(&mut h, &info(true), false);
+        prepare_request(&mut h, &info(true), &Strip::default(), false);
         assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.2");
         assert_eq!(h["x-forwarded-host"], "public.example");
         assert_eq!(h["x-forwarded-prefix"], "/app");
@@ -413,11 +416,28 @@ mod tests {
     }
 
     #[test]
+    fn foreign_identity_headers_go_even_from_a_trusted_proxy() {
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x-forwarded-user", "mallory"),
+            ("x_forwarded_email", "mallory@evil.example"),
+            ("remote-user", "mallory"),
+            ("x-forwarded-prefix", "/app"),
+        ]);
+        prepare_request(&mut h, &info(true), &Strip::default(), false);
+        for gone in ["x-forwarded-user", "x_forwarded_email", "remote-user"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.2");
+        assert_eq!(h["x-forwarded-prefix"], "/app");
+    }
+
+    #[test]
     fn ipv6_peers_are_quoted_in_forwarded() {
         let mut h = HeaderMap::new();
         let mut i = info(false);
         i.peer_ip = "2001:db8::1".parse().unwrap();
-        prepare_request(&mut h, &i, false);
+        prepare_request(&mut h, &i, &Strip::default(), false);
         assert!(
             h["forwarded"]
                 .to_str()
@@ -434,7 +454,7 @@ mod tests {
             ("sec-websocket-key", "k"),
         ]);
         assert!(wants_websocket(&h));
-        prepare_request(&mut h, &info(false), true);
+        prepare_request(&mut h, &info(false), &Strip::default(), true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["sec-websocket-key"], "k");

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod echo;
 pub mod headers;
+pub mod strip;
 
 use std::error::Error as StdError;
 use std::sync::Arc;
@@ -17,9 +18,11 @@ use hyper_util::rt::TokioIo;
 
 pub use client::UpstreamClient;
 pub use headers::ForwardInfo;
+pub use strip::Strip;
 
 use crate::access::Permitted;
 use crate::body::{Body, RequestBody};
+use crate::config::IdentityHeaders;
 use crate::metrics::AppMetrics;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -76,10 +79,6 @@ pub enum Upstream {
     Echo,
 }
 
-const X_OTPGATE_EMAIL: http::HeaderName = http::HeaderName::from_static("x-otpgate-email");
-const X_OTPGATE_USER: http::HeaderName = http::HeaderName::from_static("x-otpgate-user");
-const X_OTPGATE_GROUPS: http::HeaderName = http::HeaderName::from_static("x-otpgate-groups");
-
 /// One app's forwarding settings.
 #[derive(Debug)]
 pub struct Route<'a> {
@@ -93,6 +92,10 @@ pub struct Route<'a> {
     pub(crate) max_body: Option<u64>,
     /// Send the client's Host upstream.
     pub(crate) preserve_host: bool,
+    /// Request headers removed before anything else is set (docs/security.md#40).
+    pub(crate) strip: &'a Strip,
+    /// The names the identity goes under.
+    pub(crate) identity: &'a IdentityHeaders,
     /// Metric handles.
     pub(crate) metrics: &'a AppMetrics,
     /// Limits for the tunnel, when the request asks for WebSocket (without them no upgrade is
@@ -173,7 +176,15 @@ async fn send(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let tunnel = if upgrade { t.tunnel } else { None };
     let (mut parts, body) = req.into_parts();
-    let orig_host = rewrite_headers(&mut parts, permit, client, upgrade, t.assertion_header);
+    let orig_host = rewrite_headers(
+        &mut parts,
+        permit,
+        t.strip,
+        t.identity,
+        client,
+        upgrade,
+        t.assertion_header,
+    );
     let path_and_query = path_and_query(&parts.uri, path, changed)?;
     let body = Limited::new(
         body,
@@ -189,7 +200,7 @@ async fn send(
                 p
             })
             .map_err(|e| ProxyError::Upstream(Box::new(e)))?;
-            return echo::respond(t.app, &parts, body).await;
+            return echo::respond(t.app, t.identity, &parts, body).await;
         }
         Upstream::Http {
             client,
@@ -229,11 +240,14 @@ fn declared_length(h: &http::HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
-/// Header hygiene, forwarding headers and the identity headers. Returns the Host the client
-/// asked for, as sent (for `preserve_host`).
+/// Header hygiene (with the app's `strip` list), forwarding headers and the identity headers
+/// under the app's `names`. Returns the Host the client asked for, as sent (for
+/// `preserve_host`).
 fn rewrite_headers(
     parts: &mut http::request::Parts,
     permit: &Permitted,
+    strip: &Strip,
+    names: &IdentityHeaders,
     client: Downstream,
     upgrade: bool,
     assertion_header: Option<&http::HeaderName>,
@@ -255,15 +269,18 @@ fn rewrite_headers(
         proto: if client.https { "https" } else { "http" },
         host: host_str,
     };
-    headers::prepare_request(&mut parts.headers, &fwd, upgrade);
-    // docs/security.md#34: the session never reaches the upstream; identity arrives only as
-    // the gateway's own headers (client-supplied ones were removed above).
+    headers::prepare_request(&mut parts.headers, &fwd, strip, upgrade);
+    // docs/security.md#34, #40: the session never reaches the upstream; identity arrives only
+    // as the gateway's own headers (client-supplied ones, under any name an app might trust,
+    // were removed above).
     crate::session::strip_gateway_cookies(&mut parts.headers);
     strip_assertions(&mut parts.headers, assertion_header);
     if let Some(id) = permit.identity() {
-        parts.headers.insert(X_OTPGATE_EMAIL, id.email.clone());
-        parts.headers.insert(X_OTPGATE_USER, id.user.clone());
-        parts.headers.insert(X_OTPGATE_GROUPS, id.groups.clone());
+        parts.headers.insert(names.email.clone(), id.email.clone());
+        parts.headers.insert(names.user.clone(), id.user.clone());
+        parts
+            .headers
+            .insert(names.groups.clone(), id.groups.clone());
         if let Some((name, token)) = &id.assertion {
             parts.headers.insert(name, token.clone());
         }

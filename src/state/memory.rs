@@ -5,30 +5,104 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 use subtle::ConstantTimeEq as _;
 
 use super::{CodeRecord, Consume};
 use crate::clock::Clock;
+use tracked::Tracked;
 
-#[derive(Debug)]
-enum Value {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Value {
     Bytes(Vec<u8>),
     Counter(u64),
     Code(CodeRecord),
 }
 
 #[derive(Debug)]
-struct Entry {
+pub(super) struct Entry {
     value: Value,
     deadline_ms: u64,
+}
+
+/// The map behind a counter of changes. Its fields are private to this module, so every
+/// operation (also ones added later) reaches the map through `write`, which counts, and the
+/// saver learns of every change without each operation having to remember to say so.
+mod tracked {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use dashmap::DashMap;
+    use dashmap::mapref::entry::Entry as MapEntry;
+
+    use super::Entry;
+
+    #[derive(Debug, Default)]
+    pub(super) struct Tracked {
+        map: DashMap<String, Entry>,
+        changes: AtomicU64,
+    }
+
+    impl Tracked {
+        /// Runs `f` on the entry of `key` under its shard's write lock, then counts a change.
+        /// Counting after the change, never before, is what lets a saver that reads the count
+        /// before copying the map be sure the copy holds everything up to that count.
+        pub(super) fn write<R>(
+            &self,
+            key: &str,
+            f: impl FnOnce(MapEntry<'_, String, Entry>) -> R,
+        ) -> R {
+            let r = f(self.map.entry(key.to_owned()));
+            self.changes.fetch_add(1, Ordering::SeqCst);
+            r
+        }
+
+        /// Runs `f` on the entry of `key`, if any, under its shard's read lock.
+        pub(super) fn read<R>(&self, key: &str, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+            self.map.get(key).map(|e| f(&e))
+        }
+
+        /// Removes `key`.
+        pub(super) fn remove(&self, key: &str) {
+            self.map.remove(key);
+            self.changes.fetch_add(1, Ordering::SeqCst);
+        }
+
+        /// Drops entries past their deadline. Not a change: a save leaves them out anyway.
+        pub(super) fn drop_expired(&self, key: Option<&str>, now: u64) {
+            match key {
+                Some(k) => drop(self.map.remove_if(k, |_, e| e.deadline_ms <= now)),
+                None => self.map.retain(|_, e| e.deadline_ms > now),
+            }
+        }
+
+        /// Puts back a saved entry at start. Not a change: the file already holds it.
+        pub(super) fn restore(&self, key: String, entry: Entry) {
+            self.map.insert(key, entry);
+        }
+
+        /// `f` of every entry, one shard read lock at a time.
+        pub(super) fn collect<R>(&self, mut f: impl FnMut(&str, &Entry) -> Option<R>) -> Vec<R> {
+            self.map
+                .iter()
+                .filter_map(|e| f(e.key(), e.value()))
+                .collect()
+        }
+
+        /// How many writes there have been.
+        pub(super) fn changes(&self) -> u64 {
+            self.changes.load(Ordering::SeqCst)
+        }
+
+        pub(super) fn len(&self) -> usize {
+            self.map.len()
+        }
+    }
 }
 
 /// The in-memory store.
 #[derive(Debug)]
 pub struct MemoryState {
-    map: DashMap<String, Entry>,
+    map: Tracked,
     clock: Arc<dyn Clock>,
 }
 
@@ -39,7 +113,7 @@ fn ms(d: Duration) -> u64 {
 impl MemoryState {
     pub(super) fn new(clock: Arc<dyn Clock>) -> Self {
         Self {
-            map: DashMap::new(),
+            map: Tracked::default(),
             clock,
         }
     }
@@ -48,38 +122,35 @@ impl MemoryState {
         ms(self.clock.now())
     }
 
-    fn live(&self, key: &str) -> Option<dashmap::mapref::one::RefMut<'_, String, Entry>> {
+    /// `f` of the value under `key` while it lives; an expired entry is dropped on the way.
+    fn live<R>(&self, key: &str, f: impl FnOnce(&Value) -> R) -> Option<R> {
         let now = self.now();
-        match self.map.get_mut(key) {
-            Some(e) if e.deadline_ms > now => Some(e),
-            Some(e) => {
-                drop(e);
-                self.map.remove_if(key, |_, e| e.deadline_ms <= now);
-                None
-            }
-            None => None,
+        let found = self
+            .map
+            .read(key, |e| (e.deadline_ms > now).then(|| f(&e.value)))?;
+        if found.is_none() {
+            self.map.drop_expired(Some(key), now);
         }
+        found
     }
 
     pub(super) fn put_new(&self, key: &str, value: &[u8], ttl: Duration) -> bool {
         let now = self.now();
-        match self.map.entry(key.to_owned()) {
+        let entry = Entry {
+            value: Value::Bytes(value.to_vec()),
+            deadline_ms: now.saturating_add(ms(ttl)),
+        };
+        self.map.write(key, |e| match e {
             MapEntry::Occupied(mut o) if o.get().deadline_ms <= now => {
-                o.insert(Entry {
-                    value: Value::Bytes(value.to_vec()),
-                    deadline_ms: now.saturating_add(ms(ttl)),
-                });
+                o.insert(entry);
                 true
             }
             MapEntry::Occupied(_) => false,
             MapEntry::Vacant(v) => {
-                v.insert(Entry {
-                    value: Value::Bytes(value.to_vec()),
-                    deadline_ms: now.saturating_add(ms(ttl)),
-                });
+                v.insert(entry);
                 true
             }
-        }
+        })
     }
 
     pub(super) fn swap(&self, key: &str, value: &[u8], ttl: Duration) -> Option<Vec<u8>> {
@@ -88,7 +159,14 @@ impl MemoryState {
             value: Value::Bytes(value.to_vec()),
             deadline_ms: now.saturating_add(ms(ttl)),
         };
-        match self.map.insert(key.to_owned(), new) {
+        let old = self.map.write(key, |e| match e {
+            MapEntry::Occupied(mut o) => Some(o.insert(new)),
+            MapEntry::Vacant(v) => {
+                v.insert(new);
+                None
+            }
+        });
+        match old {
             Some(Entry {
                 value: Value::Bytes(b),
                 deadline_ms,
@@ -98,10 +176,10 @@ impl MemoryState {
     }
 
     pub(super) fn get(&self, key: &str) -> Option<Vec<u8>> {
-        match &self.live(key)?.value {
+        self.live(key, |v| match v {
             Value::Bytes(b) => Some(b.clone()),
             _ => None,
-        }
+        })?
     }
 
     pub(super) fn delete(&self, key: &str) {
@@ -110,32 +188,33 @@ impl MemoryState {
 
     pub(super) fn hit(&self, key: &str, window: Duration) -> u64 {
         let now = self.now();
-        let mut e = self.map.entry(key.to_owned()).or_insert(Entry {
-            value: Value::Counter(0),
-            deadline_ms: 0,
-        });
-        if e.deadline_ms <= now || !matches!(e.value, Value::Counter(_)) {
-            *e = Entry {
+        self.map.write(key, |e| {
+            let mut e = e.or_insert(Entry {
                 value: Value::Counter(0),
-                deadline_ms: now.saturating_add(ms(window)),
-            };
-        }
-        match &mut e.value {
-            Value::Counter(n) => {
-                *n += 1;
-                *n
+                deadline_ms: 0,
+            });
+            if e.deadline_ms <= now || !matches!(e.value, Value::Counter(_)) {
+                *e = Entry {
+                    value: Value::Counter(0),
+                    deadline_ms: now.saturating_add(ms(window)),
+                };
             }
-            _ => u64::MAX,
-        }
+            match &mut e.value {
+                Value::Counter(n) => {
+                    *n += 1;
+                    *n
+                }
+                _ => u64::MAX,
+            }
+        })
     }
 
     pub(super) fn count(&self, key: &str) -> u64 {
-        self.live(key)
-            .map(|e| match e.value {
-                Value::Counter(n) => n,
-                _ => 0,
-            })
-            .unwrap_or_default()
+        self.live(key, |v| match v {
+            Value::Counter(n) => *n,
+            _ => 0,
+        })
+        .unwrap_or_default()
     }
 
     pub(super) fn put_code(
@@ -150,7 +229,7 @@ impl MemoryState {
             value: Value::Code(record),
             deadline_ms: now.saturating_add(ms(ttl)),
         };
-        match self.map.entry(key.to_owned()) {
+        self.map.write(key, |e| match e {
             MapEntry::Occupied(o) if !replace && o.get().deadline_ms > now => false,
             MapEntry::Occupied(mut o) => {
                 o.insert(entry);
@@ -160,51 +239,79 @@ impl MemoryState {
                 v.insert(entry);
                 true
             }
-        }
+        })
     }
 
     pub(super) fn peek_code(&self, key: &str) -> Option<Vec<u8>> {
-        match &self.live(key)?.value {
+        self.live(key, |v| match v {
             Value::Code(r) => Some(r.payload.clone()),
             _ => None,
-        }
+        })?
     }
 
     pub(super) fn consume_code(&self, key: &str, digest: &[u8; 32]) -> Consume {
         let now = self.now();
-        let MapEntry::Occupied(mut o) = self.map.entry(key.to_owned()) else {
-            return Consume::Missing;
-        };
-        if o.get().deadline_ms <= now {
-            o.remove();
-            return Consume::Missing;
-        }
-        let matched = match &o.get().value {
-            Value::Code(rec) => bool::from(rec.digest.ct_eq(digest)),
-            _ => return Consume::Missing,
-        };
-        if matched {
-            return match o.remove().value {
-                Value::Code(r) => Consume::Accepted(r.payload),
-                _ => Consume::Missing,
+        self.map.write(key, |e| {
+            let MapEntry::Occupied(mut o) = e else {
+                return Consume::Missing;
             };
-        }
-        let left = match &mut o.get_mut().value {
-            Value::Code(rec) => {
-                rec.attempts = rec.attempts.saturating_sub(1);
-                rec.attempts
+            if o.get().deadline_ms <= now {
+                o.remove();
+                return Consume::Missing;
             }
-            _ => 0,
-        };
-        if left == 0 {
-            o.remove();
-        }
-        Consume::Rejected { left }
+            let matched = match &o.get().value {
+                Value::Code(rec) => bool::from(rec.digest.ct_eq(digest)),
+                _ => return Consume::Missing,
+            };
+            if matched {
+                return match o.remove().value {
+                    Value::Code(r) => Consume::Accepted(r.payload),
+                    _ => Consume::Missing,
+                };
+            }
+            let left = match &mut o.get_mut().value {
+                Value::Code(rec) => {
+                    rec.attempts = rec.attempts.saturating_sub(1);
+                    rec.attempts
+                }
+                _ => 0,
+            };
+            if left == 0 {
+                o.remove();
+            }
+            Consume::Rejected { left }
+        })
     }
 
     pub(super) fn sweep(&self) {
+        self.map.drop_expired(None, self.now());
+    }
+
+    /// Now, by the injected clock, in Unix ms.
+    pub(super) fn now_ms(&self) -> u64 {
+        self.now()
+    }
+
+    /// How many writes there have been since start (the saver's "anything new?").
+    pub(super) fn changes(&self) -> u64 {
+        self.map.changes()
+    }
+
+    /// `f` of every live entry: key, value and deadline (Unix ms).
+    pub(super) fn live_entries<R>(&self, mut f: impl FnMut(&str, &Value, u64) -> R) -> Vec<R> {
         let now = self.now();
-        self.map.retain(|_, e| e.deadline_ms > now);
+        self.map
+            .collect(|key, e| (e.deadline_ms > now).then(|| f(key, &e.value, e.deadline_ms)))
+    }
+
+    /// Puts back an entry saved before a restart with its original deadline; one already past
+    /// it is left out. Returns whether it was restored.
+    pub(super) fn restore(&self, key: String, value: Value, deadline_ms: u64) -> bool {
+        if deadline_ms <= self.now() {
+            return false;
+        }
+        self.map.restore(key, Entry { value, deadline_ms });
+        true
     }
 
     /// Entries currently held (tests, metrics).
@@ -214,7 +321,7 @@ impl MemoryState {
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 }
 

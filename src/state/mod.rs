@@ -3,13 +3,19 @@
 //! it exactly (SET NX PX, GETDEL, INCR + PEXPIRE, an atomic compare-and-consume).
 //!
 //! Values are opaque bytes with a time to live; expiry is decided by the injected clock.
+//!
+//! On the embedded default the memory backend is saved to `data_dir` ([`StateFile`]) and
+//! restored at start, so limits and pending codes outlive a restart (docs/security.md#42).
 
 mod memory;
+mod persist;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryState;
+pub use persist::{FILE_NAME, Restored, SAVE_INTERVAL, Saved, StateFile};
 
 use crate::clock::Clock;
 
@@ -19,6 +25,42 @@ pub enum StateError {
     /// The backend is unreachable.
     #[error("shared state unavailable: {0}")]
     Unavailable(String),
+    /// The state file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The state file is not valid JSON of the expected shape.
+    #[error("{path}: not a state file: {source}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    /// The state file was written by another version of the format.
+    #[error("{path}: state file version {found}; this build reads version {known}")]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Version in the file.
+        found: u32,
+        /// The version this build reads and writes.
+        known: u32,
+    },
+    /// A code record in the state file has a digest of the wrong length.
+    #[error("{path}: the code record {key:?} has no valid digest")]
+    Digest {
+        /// The file.
+        path: PathBuf,
+        /// The record's key.
+        key: String,
+    },
 }
 
 /// The outcome of presenting a code digest.
@@ -57,6 +99,14 @@ impl State {
     /// An in-memory store reading time from `clock`.
     pub fn memory(clock: Arc<dyn Clock>) -> Self {
         Self::Memory(Arc::new(MemoryState::new(clock)))
+    }
+
+    /// The file this state is saved to and restored from, at `path`; `None` for a backend that
+    /// keeps its data itself.
+    pub fn file(&self, path: PathBuf) -> Option<StateFile> {
+        match self {
+            Self::Memory(m) => Some(StateFile::new(path, m.clone())),
+        }
     }
 
     /// Stores `value` under `key` unless the key exists (SET NX PX). Returns whether it was set.

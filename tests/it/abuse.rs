@@ -69,7 +69,8 @@ fn pins(smtp: &SmtpServer) -> Vec<String> {
 
 /// Waits for a PIN not in `seen`.
 async fn next_pin(smtp: &SmtpServer, seen: &mut HashSet<String>) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Generous: a busy machine delays the mail queue, and the answer never waits for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(p) = pins(smtp).into_iter().find(|p| !seen.contains(p)) {
             seen.insert(p.clone());

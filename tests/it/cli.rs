@@ -21,12 +21,12 @@ fn repo(path: &str) -> PathBuf {
 }
 
 /// A running `otpgate` process, killed when dropped.
-struct Proc {
-    child: Child,
+pub struct Proc {
+    pub child: Child,
     lines: mpsc::UnboundedReceiver<String>,
     http: Option<SocketAddr>,
-    https: Option<SocketAddr>,
-    admin: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
 }
 
 impl Drop for Proc {
@@ -37,7 +37,7 @@ impl Drop for Proc {
 
 /// Starts the binary on `config` with every listener moved to an ephemeral port and JSON logs,
 /// and waits for its "is serving" line.
-async fn spawn(config: &Path, extra_env: &[(&str, &str)]) -> Proc {
+pub async fn spawn(config: &Path, extra_env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(BIN);
     cmd.arg("--config")
         .arg(config)
@@ -92,7 +92,7 @@ async fn spawn(config: &Path, extra_env: &[(&str, &str)]) -> Proc {
 }
 
 impl Proc {
-    fn signal(&self, sig: &str) {
+    pub fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("running").to_string();
         let ok = std::process::Command::new("kill")
             .args([&format!("-{sig}"), &pid])
@@ -102,7 +102,7 @@ impl Proc {
         assert!(ok, "kill -{sig} {pid}");
     }
 
-    async fn wait_for_line(&mut self, needle: &str) -> String {
+    pub async fn wait_for_line(&mut self, needle: &str) -> String {
         tokio::time::timeout(Duration::from_secs(20), async {
             loop {
                 let line = self
@@ -712,7 +712,7 @@ fn new_mails(outbox: &Path, seen: &mut HashSet<PathBuf>) -> Vec<ReceivedMail> {
 }
 
 /// Waits for an unseen outbox message to `to` whose subject contains `subject`.
-async fn outbox_mail(
+pub async fn outbox_mail(
     outbox: &Path,
     to: &str,
     subject: &str,
@@ -739,7 +739,7 @@ async fn outbox_mail(
     }
 }
 
-fn audit_events(data: &Path, name: &str) -> Vec<serde_json::Value> {
+pub fn audit_events(data: &Path, name: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(data.join("audit.log"))
         .unwrap_or_default()
         .lines()
@@ -761,7 +761,7 @@ const ZSCALER_USERS: &str = "users:
 
 /// A config for the binary: HTTPS for app.test with a test-CA certificate written beside it,
 /// mail to the outbox (data/outbox), links and temporary passwords, and `extra` at the top level.
-fn zscaler_config(dir: &Path, ca: &TestCa, extra: &str) -> PathBuf {
+pub fn zscaler_config(dir: &Path, ca: &TestCa, extra: &str) -> PathBuf {
     ca.write_leaf(dir, "site", &["app.test"]);
     let cfg = dir.join("otpgate.yaml");
     std::fs::write(
@@ -1021,21 +1021,21 @@ apps:
 
 /// A browser-like client for the binary's pages: keeps cookies, sends `Origin` on posts, reads
 /// CSRF tokens.
-struct Visitor {
+pub struct Visitor {
     client: reqwest::Client,
-    base: String,
-    jar: BTreeMap<String, String>,
+    pub base: String,
+    pub jar: BTreeMap<String, String>,
     csrf: String,
 }
 
-struct Page {
-    status: u16,
-    location: String,
-    body: String,
+pub struct Page {
+    pub status: u16,
+    pub location: String,
+    pub body: String,
 }
 
 impl Visitor {
-    fn new(ca: &TestCa, port: u16) -> Self {
+    pub fn new(ca: &TestCa, port: u16) -> Self {
         Self {
             client: client_with(&[ca.der()], Versions::Http1),
             base: format!("https://app.test:{port}"),
@@ -1092,7 +1092,7 @@ impl Visitor {
         }
     }
 
-    async fn get(&mut self, path_or_url: &str) -> Page {
+    pub async fn get(&mut self, path_or_url: &str) -> Page {
         let url = if path_or_url.starts_with("https://") {
             path_or_url.to_owned()
         } else {
@@ -1125,7 +1125,7 @@ impl Visitor {
         )
     }
 
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+    pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
         let r = self.form(path, fields).send().await.unwrap();
         self.read(r).await
     }
@@ -1281,7 +1281,7 @@ async fn admin_api_send_auth_email_on_the_running_binary() {
 }
 
 /// Kills the process with SIGKILL (no shutdown, no flush) and waits until it is gone.
-async fn sigkill(p: &mut Proc) {
+pub async fn sigkill(p: &mut Proc) {
     p.child.start_kill().unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait())
         .await
@@ -1292,7 +1292,7 @@ async fn sigkill(p: &mut Proc) {
 }
 
 /// A restart on the same folder: serving, healthy and ready.
-async fn restart(cfg: &Path) -> Proc {
+pub async fn restart(cfg: &Path) -> Proc {
     let p = spawn(cfg, &[]).await;
     let c = client_with(&[], Versions::Http1);
     for path in ["/healthz", "/readyz"] {

@@ -20,6 +20,7 @@ mod login;
 mod mail;
 mod onetime;
 mod proxy;
+mod restart;
 mod routing;
 mod sessions;
 mod stages;

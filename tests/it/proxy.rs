@@ -224,6 +224,41 @@ Accept: application/json",
     );
 }
 
+/// docs/security.md#40 over a socket, from a trusted proxy: raw header lines keep the
+/// client's spelling (case, `_`) up to the gateway's parser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_40_foreign_identity_headers_are_stripped_before_a_real_upstream() {
+    let up = Upstream::start().await;
+    let app = "    identity_headers: { email: X-Employee-Email }";
+    let yaml = bypass_app(&up.url(), app).replace(
+        "apps:",
+        "trusted_proxies: [127.0.0.1]\nstrip_request_headers: [X-Legacy-*]\napps:",
+    );
+    let gw = Gw::start(&yaml).await;
+    let spoofs = "Remote_User: m\nX-Remote-User: m\nX-Auth-Request-Email: m\nX_Auth_Request_User: m
+X-Forwarded-User: m\nX_Forwarded_Email: m\nX-WEBAUTH-USER: m\ncf-access-jwt-assertion: m
+X-Pomerium-Jwt-Assertion: m\nOTPGATE-USER: m\nX-Otpgate_Email: m\nX-Legacy-Role: m
+X_Employee_Email: m\nX-Forwarded-For: 203.0.113.50";
+    let r = raw(
+        gw.http(),
+        &format!("GET / HTTP/1.1\nHost: app.test\n{spoofs}"),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    let headers = v["headers"].as_object().unwrap();
+    for (name, values) in headers {
+        let spoofed = values.as_array().unwrap().iter().any(|v| v == "m");
+        assert!(!spoofed, "{name} reached the upstream");
+    }
+    assert_eq!(
+        v["headers"]["x-forwarded-for"],
+        serde_json::json!(["203.0.113.50, 127.0.0.1"])
+    );
+    assert_eq!(up.hits(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_removed_both_ways() {
     let up = Upstream::start().await;

@@ -47,6 +47,7 @@ pub(super) fn apps(
             Some(0) => None,
             Some(n) => Some(n),
         };
+        let identity_headers = super::headers::identity_headers(c, &at, a.identity_headers);
         let policies = policies(c, &at, a.policies, &a.name);
         let audience = audience(c, &at, a.audience, &a.name);
         out.push(AppConfig {
@@ -62,6 +63,7 @@ pub(super) fn apps(
             session_duration: a.session_duration,
             max_request_body,
             policies,
+            identity_headers,
         });
     }
     out

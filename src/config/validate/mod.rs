@@ -8,6 +8,7 @@
 mod apps;
 mod assertion;
 mod directory;
+mod headers;
 mod limits;
 mod listen;
 mod mail;
@@ -180,6 +181,7 @@ pub(super) fn validate(
         Some(file::AuditFile::Path(p)) => AuditSink::File(c.resolve(&p)),
     };
     let trusted_proxies = trusted_proxies(&mut c, &f.trusted_proxies);
+    let strip_request_headers = headers::strip_request_headers(&mut c, &f.strip_request_headers);
     let templates_dir = templates_dir(&mut c, f.templates_dir.as_deref());
 
     let identity_providers = limits::identity_providers(&mut c, f.identity_providers);
@@ -208,6 +210,7 @@ pub(super) fn validate(
         rate_limits,
         audit,
         trusted_proxies,
+        strip_request_headers,
         templates_dir,
         identity_providers,
         temporary_authentication,

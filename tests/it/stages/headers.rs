@@ -1,5 +1,6 @@
 //! Stage 7, the proxy stage's request headers: what the upstream learns about the person and
-//! the client, and what the client cannot make it believe (docs/security.md#34).
+//! the client, and what the client cannot make it believe (docs/security.md#34,
+//! docs/security.md#40).
 
 use super::*;
 
@@ -281,4 +282,186 @@ async fn an_ipv6_peer_is_quoted_in_forwarded() {
         )
         .await;
     assert_eq!(r.echoed("x-forwarded-for"), ["192.0.2.1"]);
+}
+
+/// Identity headers other gateways and web servers set (docs/security.md#40), as clients
+/// spell them; the prefix entries of the list by some of their members.
+const FOREIGN: [&str; 26] = [
+    "Remote-User",
+    "Remote-Email",
+    "Remote-Groups",
+    "Remote-Name",
+    "X-Remote-User",
+    "X-Remote-Email",
+    "X-Remote-Groups",
+    "X-Forwarded-User",
+    "X-Forwarded-Email",
+    "X-Forwarded-Preferred-Username",
+    "X-Forwarded-Groups",
+    "X-Forwarded-Access-Token",
+    "X-Auth-Request-User",
+    "X-Auth-Request-Email",
+    "X-Auth-Request-Groups",
+    "X-Auth-Request-Access-Token",
+    "X-WEBAUTH-USER",
+    "X-Webauth-Groups",
+    "Cf-Access-Authenticated-User-Email",
+    "Cf-Access-Jwt-Assertion",
+    "X-Pomerium-Jwt-Assertion",
+    "X-Pomerium-Claim-Email",
+    "Otpgate-User",
+    "X-Otpgate-Email",
+    "X-OTPGATE-Groups",
+    "x-otpgate-user",
+];
+
+/// `req` with every name of `names` twice: as written, and with each `-` written `_`; each
+/// value is `mallory` and the name, so any that arrives is recognised.
+fn with_spoofs(mut req: http::request::Builder, names: &[&str]) -> http::request::Builder {
+    for name in names {
+        req = req
+            .header(*name, format!("mallory {name}"))
+            .header(name.replace('-', "_"), format!("mallory {name}"));
+    }
+    req
+}
+
+/// Asserts nothing the client sent under `names` reached the upstream, in any spelling.
+fn assert_none_arrived(r: &Reply, names: &[&str]) {
+    let echo = r.echo();
+    for (name, values) in echo["headers"].as_object().unwrap() {
+        let folded = name.replace('_', "-");
+        assert!(
+            !names.iter().any(|n| n.eq_ignore_ascii_case(&folded)),
+            "{name} reached the upstream: {values}"
+        );
+        assert!(!values.to_string().contains("mallory"), "{name}: {values}");
+    }
+}
+
+#[tokio::test]
+async fn sec_40_foreign_identity_headers_never_reach_the_upstream() {
+    let stage = app();
+    let cookie = stage.cookie_for("app", "alice@corp.example");
+    // Bypass and session, from a client and from a trusted proxy.
+    for (path, session) in [("/public/x", false), ("/x", true)] {
+        for peer in [CLIENT, "10.0.0.2:3000"] {
+            let mut req = with_spoofs(get("app.test", path), &FOREIGN);
+            if session {
+                req = req.header("cookie", &cookie);
+            }
+            let r = stage.send_on(req.body(()).unwrap(), &conn(peer)).await;
+            // With a session the gateway's own names arrive, with its values (any spoof value
+            // fails `assert_none_arrived`); every other name must be absent.
+            let own = |n: &&str| session && n.to_ascii_lowercase().starts_with("x-otpgate-");
+            let absent: Vec<&str> = FOREIGN.into_iter().filter(|n| !own(n)).collect();
+            assert_none_arrived(&r, &absent);
+            if session {
+                assert_eq!(r.echoed("x-otpgate-email"), ["alice@corp.example"]);
+                assert_eq!(r.echoed("x-otpgate-user"), ["alice@corp.example"]);
+                assert_eq!(r.echoed("x-otpgate-groups"), ["engineering,ops"]);
+            } else {
+                assert_eq!(r.echo()["identity"], serde_json::json!({}));
+            }
+            // Hygiene did not cost the rest: a trusted proxy's chain is still extended.
+            if peer != CLIENT {
+                assert_eq!(r.echoed("x-forwarded-for"), ["10.0.0.2"]);
+            }
+        }
+    }
+}
+
+/// `strip_request_headers`, and two apps with their own identity header names: Grafana's auth
+/// proxy headers, and one renamed header outside the built-in list.
+fn renamed() -> Stage {
+    Stage::new(&config(
+        "strip_request_headers: [X-Employee-Id, X-Legacy-*]
+users:
+  - { id: alice@corp.example, groups: [engineering, ops] }",
+        "  - name: grafana
+    hosts: [grafana.test]
+    public_url: http://grafana.test
+    upstream: builtin:echo
+    identity_headers: { email: X-WEBAUTH-USER, user: X-WEBAUTH-NAME, groups: X-WEBAUTH-GROUPS }
+    policies:
+      - { name: public, action: bypass, paths: [/public/] }
+      - { name: all, action: allow, include: [ { everyone: true } ] }
+  - name: hr
+    hosts: [hr.test]
+    public_url: http://hr.test
+    upstream: builtin:echo
+    identity_headers: { email: X-Employee-Email }
+    policies:
+      - { name: public, action: bypass, paths: [/public/] }
+      - { name: all, action: allow, include: [ { everyone: true } ] }
+",
+    ))
+}
+
+#[tokio::test]
+async fn the_operators_strip_list_applies_to_names_and_prefixes() {
+    let stage = renamed();
+    let req = with_spoofs(
+        get("hr.test", "/public/x"),
+        &[
+            "X-Employee-Id",
+            "X-Legacy-Role",
+            "X-LEGACY-",
+            "x-legacy-user-name",
+        ],
+    )
+    .header("x-employee-idx", "kept")
+    .header("x-legacy", "kept");
+    let r = stage.send(req.body(()).unwrap()).await;
+    assert_eq!(r.echoed("x-employee-idx"), ["kept"]);
+    assert_eq!(r.echoed("x-legacy"), ["kept"]);
+    let h = r.echo()["headers"].clone();
+    assert!(!h.to_string().contains("mallory"), "{h}");
+}
+
+#[tokio::test]
+async fn renamed_identity_headers_carry_the_identity_and_replace_spoofs() {
+    let stage = renamed();
+    for (host, app) in [("grafana.test", "grafana"), ("hr.test", "hr")] {
+        let spoofs: &[&str] = if app == "grafana" {
+            &[
+                "X-WEBAUTH-USER",
+                "X-Webauth-Name",
+                "X-Webauth-Groups",
+                "X-Otpgate-Email",
+            ]
+        } else {
+            &["X-Employee-Email", "X-Otpgate-Email", "X-Webauth-User"]
+        };
+        let cookie = stage.cookie_for(app, "alice@corp.example");
+        let req = with_spoofs(get(host, "/x"), spoofs).header("cookie", &cookie);
+        let r = stage.send(req.body(()).unwrap()).await;
+        assert_none_arrived(&r, &["x-otpgate-email"]);
+        // The default names of the renamed parts are absent; the others stay.
+        assert!(r.echoed("x-otpgate-email").is_empty());
+        assert_eq!(r.echo()["identity"]["email"], "alice@corp.example");
+        if app == "grafana" {
+            assert_eq!(r.echoed("x-webauth-user"), ["alice@corp.example"]);
+            assert_eq!(r.echoed("x-webauth-name"), ["alice@corp.example"]);
+            assert_eq!(r.echoed("x-webauth-groups"), ["engineering,ops"]);
+            assert!(r.echoed("x-otpgate-user").is_empty());
+            assert!(r.echoed("x-otpgate-groups").is_empty());
+            assert!(r.echoed("x-employee-email").is_empty());
+        } else {
+            assert_eq!(r.echoed("x-employee-email"), ["alice@corp.example"]);
+            assert_eq!(r.echoed("x-otpgate-user"), ["alice@corp.example"]);
+            assert_eq!(r.echoed("x-otpgate-groups"), ["engineering,ops"]);
+            assert!(r.echoed("x-webauth-user").is_empty());
+        }
+        // Without a session (bypass) a client can supply none of them either.
+        let r = stage
+            .send(
+                with_spoofs(get(host, "/public/x"), spoofs)
+                    .body(())
+                    .unwrap(),
+            )
+            .await;
+        assert_none_arrived(&r, spoofs);
+        assert_eq!(r.echo()["identity"], serde_json::json!({}));
+    }
 }
