@@ -1,6 +1,7 @@
 //! Per-request work that does not touch the network: path normalisation, host parsing, client
-//! address resolution, header hygiene, the policy decision, the identity assertion, and a whole
-//! authenticated request through the pipeline to `builtin:echo` with the assertion on and off.
+//! address resolution, header hygiene, the policy decision, the service-token check, the
+//! identity assertion, and a whole authenticated request through the pipeline to
+//! `builtin:echo` with the assertion on and off.
 //!
 //! `cargo bench --bench hot_path`
 
@@ -240,6 +241,68 @@ fn assertion(c: &mut Criterion) {
     });
 }
 
+/// A service token presented with a request: the lookup by client id, the keyed hash and the
+/// constant-time comparisons, then the policy decision for the service.
+fn service_token(c: &mut Criterion) {
+    use otpgate::config::{Secret, ServiceTokenConfig, ServiceTokenSettings, TokenSecret};
+    use otpgate::session::service_token::ServiceTokens;
+
+    let secret = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let tokens = (0..20)
+        .map(|i| ServiceTokenConfig {
+            name: format!("token{i}"),
+            client_id: format!("{i:032x}"),
+            secrets: vec![TokenSecret::Plain(Secret::new(secret))],
+            expires: None,
+        })
+        .collect();
+    let settings = ServiceTokenSettings {
+        key_file: "unused".into(),
+        key: Some(Secret::new("BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=")),
+        client_id_header: HeaderName::from_static(otpgate::config::CLIENT_ID_HEADER),
+        client_secret_header: HeaderName::from_static(otpgate::config::CLIENT_SECRET_HEADER),
+        tokens,
+    };
+    let table = ServiceTokens::build(&settings);
+    let mut headers = browser_headers();
+    headers.remove("cookie");
+    headers.insert(
+        otpgate::config::CLIENT_ID_HEADER,
+        HeaderValue::from_str(&format!("{:032x}", 7)).unwrap_or_else(|_| unreachable!()),
+    );
+    headers.insert(
+        otpgate::config::CLIENT_SECRET_HEADER,
+        HeaderValue::from_static(secret),
+    );
+    let ps = vec![Policy {
+        name: "machines".into(),
+        action: Action::ServiceAuth,
+        paths: vec![],
+        include: vec![Selector::ServiceToken("token7".into())],
+        require: vec![],
+        exclude: vec![],
+    }];
+    let ip: IpAddr = "198.51.100.7".parse().unwrap_or_else(|_| unreachable!());
+    c.bench_function("service-token check", |b| {
+        b.iter(|| {
+            let ok = table.check(black_box(&headers), 1_900_000_000_000).is_ok();
+            black_box(ok)
+        })
+    });
+    c.bench_function("service-token check + policy decide", |b| {
+        b.iter(|| {
+            let s = table
+                .check(black_box(&headers), 1_900_000_000_000)
+                .unwrap_or_else(|_| unreachable!());
+            let req = policy::Request {
+                path: "/projects/42",
+                ip,
+            };
+            black_box(policy::decide_service(&ps, &req, s.name()).permits())
+        })
+    });
+}
+
 /// A whole authenticated request through `Gateway::handle` to `builtin:echo` (no socket), with
 /// the assertion switched on and off: the on/off ratio is the assertion's share of the work.
 fn gateway(c: &mut Criterion) {
@@ -336,5 +399,5 @@ fn echo_gateway(dir: &std::path::Path, head: &str) -> (otpgate::gateway::Gateway
     (gw, format!("otpgate={value}"))
 }
 
-criterion_group!(benches, bench, session, assertion, gateway);
+criterion_group!(benches, bench, session, service_token, assertion, gateway);
 criterion_main!(benches);

@@ -5,6 +5,10 @@
 //! again with the identity (docs/security.md#33, docs/security.md#36). A yes is a [`Permitted`]:
 //! a value only this module can make, which the proxy stage requires, so no code path can
 //! forward a request that the policies did not let in.
+//!
+//! A request presenting a service token (either of its headers) is decided as that service
+//! and only so: a bad, unknown or expired token is refused with 401, never sent to a login page
+//! and never decided by a cookie it may also carry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +17,11 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
 use crate::assertion::{Assertions, Subject};
+use crate::audit::{Audit, Event};
 use crate::config::AssertionConfig;
-use crate::metrics::{AppMetrics, DecisionLabel};
+use crate::metrics::{self, AppMetrics, DecisionLabel};
 use crate::policy::{self, Decision, Policy};
+use crate::session::service_token::ServiceTokens;
 use crate::session::{self, Claims, SessionError, Sessions};
 use crate::users::{User, Users};
 
@@ -25,6 +31,8 @@ use crate::users::{User, Users};
 pub struct Permitted {
     bypass: bool,
     session: Option<Session>,
+    /// `X-Otpgate-User` of the service a `service_auth` policy let in.
+    service: Option<HeaderValue>,
 }
 
 /// The session behind a permitted request.
@@ -63,6 +71,11 @@ impl Permitted {
         self.session.as_ref().map(|s| &s.identity)
     }
 
+    /// `X-Otpgate-User: service:<name>`, when a service token allowed the request.
+    pub fn service_user(&self) -> Option<&HeaderValue> {
+        self.service.as_ref()
+    }
+
     /// The session, when one allowed the request.
     pub fn claims(&self) -> Option<&Claims> {
         self.session.as_ref().map(|s| &s.claims)
@@ -85,6 +98,8 @@ pub(crate) enum Refusal {
     },
     /// A block policy matched, or none did.
     Forbidden,
+    /// A service token was presented and is malformed, unknown, wrong or expired.
+    InvalidServiceToken,
 }
 
 /// What the policy stage needs to know about the app.
@@ -119,6 +134,10 @@ pub(crate) struct Deps<'a> {
     pub idle: Duration,
     /// The assertion signer and its settings, when assertions are switched on.
     pub assertion: Option<(&'a Assertions, &'a AssertionConfig)>,
+    /// The service tokens of the config serving now.
+    pub service_tokens: &'a ServiceTokens,
+    /// Where token use and refusals are recorded.
+    pub audit: &'a Audit,
 }
 
 /// Decides whether the request described by `facts` (with these `headers`) may reach `app`.
@@ -128,6 +147,9 @@ pub(crate) fn authorize(
     facts: &policy::Request<'_>,
     headers: &HeaderMap,
 ) -> Result<Permitted, Refusal> {
+    if deps.service_tokens.presented(headers) {
+        return authorize_service(deps, app, facts, headers);
+    }
     let (decision, session) = match policy::decide(app.policies, facts, None) {
         Decision::LoginRequired(_) | Decision::Allow(_) => {
             match deps.sessions.from_headers(
@@ -171,16 +193,69 @@ pub(crate) fn authorize(
         Ok(Permitted {
             bypass: matches!(decision, Decision::Bypass(_)),
             session,
+            service: None,
         })
     } else {
         Err(Refusal::Forbidden)
     }
 }
 
+/// The decision for a request presenting a service token (docs/security.md#29, #33).
+fn authorize_service(
+    deps: Deps<'_>,
+    app: AppAccess<'_>,
+    facts: &policy::Request<'_>,
+    headers: &HeaderMap,
+) -> Result<Permitted, Refusal> {
+    let now = Duration::from_millis(deps.now_ms);
+    let service = match deps.service_tokens.check(headers, deps.now_ms) {
+        Ok(s) => s,
+        Err(refused) => {
+            let reason = refused.failure.label();
+            ::metrics::counter!(metrics::SERVICE_TOKEN_FAILURES, "app" => app.name.to_owned(), "reason" => reason)
+                .increment(1);
+            if refused.audit_due(deps.now_ms) {
+                let mut e = Event::new("service_token.refused")
+                    .app(app.name)
+                    .ip(facts.ip)
+                    .with("reason", reason);
+                if let Some(name) = refused.name() {
+                    e = e.with("token", name);
+                }
+                deps.audit.record(now, e);
+            }
+            return Err(Refusal::InvalidServiceToken);
+        }
+    };
+    let decision = policy::decide_service(app.policies, facts, service.name());
+    app.metrics.decision(label(&decision));
+    if !decision.permits() {
+        return Err(Refusal::Forbidden);
+    }
+    if service.audit_due(deps.now_ms) {
+        deps.audit.record(
+            now,
+            Event::new("service_token.used")
+                .app(app.name)
+                .ip(facts.ip)
+                .with("token", service.name())
+                .with("client_id", service.client_id())
+                .with("policy", decision.policy().map_or("", |p| p.name.as_str())),
+        );
+    }
+    let bypass = matches!(decision, Decision::Bypass(_));
+    Ok(Permitted {
+        bypass,
+        session: None,
+        service: (!bypass).then(|| service.user_header().clone()),
+    })
+}
+
 fn label(d: &Decision<'_>) -> DecisionLabel {
     match d {
         Decision::Bypass(_) => DecisionLabel::Bypass,
         Decision::Allow(_) => DecisionLabel::Allow,
+        Decision::ServiceAuth(_) => DecisionLabel::ServiceAuth,
         Decision::Block(_) => DecisionLabel::Block,
         Decision::LoginRequired(_) => DecisionLabel::LoginRequired,
         Decision::NoMatch => DecisionLabel::NoMatch,

@@ -186,6 +186,28 @@ async fn send(gw: &Gateway, rt: &Runtime, job: &Job<'_>) -> Vec<(String, Outcome
     operator.send(job).await
 }
 
+/// `/readyz`: started, not stopping, and the shared state answers (a replica whose Redis is
+/// unreachable cannot log anyone in, so the load balancer should prefer another).
+async fn readyz(gw: &Gateway) -> Response<Body> {
+    let plain = "text/plain; charset=utf-8";
+    if !gw.is_ready() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, plain, "not ready\n");
+    }
+    match gw.state().ready().await {
+        Ok(()) => text(StatusCode::OK, plain, "ready\n"),
+        Err(e) => {
+            let mut why = String::from("not ready: ");
+            let mut cause: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(c) = cause {
+                why.push_str(&c.to_string());
+                why.push_str(if c.source().is_some() { ": " } else { "\n" });
+                cause = c.source();
+            }
+            text(StatusCode::SERVICE_UNAVAILABLE, plain, why)
+        }
+    }
+}
+
 /// Answers one admin request.
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -198,14 +220,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<Bod
     }
     match (read, req.uri().path()) {
         (true, "/healthz") => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
-        (true, "/readyz") if gw.is_ready() => {
-            text(StatusCode::OK, "text/plain; charset=utf-8", "ready\n")
-        }
-        (true, "/readyz") => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain; charset=utf-8",
-            "not ready\n",
-        ),
+        (true, "/readyz") => readyz(gw).await,
         (true, "/metrics") => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",

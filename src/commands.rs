@@ -4,8 +4,12 @@
 //! see is the one the gateway serves: the config's users merged with the directory snapshot the
 //! gateway last persisted ([`load_users`]).
 
+mod service_token;
+
 use std::net::IpAddr;
 use std::time::Duration;
+
+pub use service_token::{policy_explain_service, service_token_create, service_token_rotate};
 
 use crate::assertion::SigningKeys;
 use crate::audit::{Audit, AuditError, Event};
@@ -46,6 +50,9 @@ pub enum CommandError {
     /// The mail transport.
     #[error(transparent)]
     Mail(#[from] crate::mailer::MailError),
+    /// The service-token key file.
+    #[error(transparent)]
+    ServiceToken(#[from] crate::session::service_token::ServiceTokenError),
 }
 
 fn app<'a>(config: &'a Config, name: &str) -> Result<&'a AppConfig, CommandError> {
@@ -153,13 +160,34 @@ pub fn policy_explain(
             p.name
         ),
         Decision::NoMatch => "deny: no policy can match (deny by default)".to_owned(),
-        Decision::LoginRequired(p) | Decision::Allow(p) => format!(
+        Decision::LoginRequired(p) | Decision::Allow(p) | Decision::ServiceAuth(p) => format!(
             "login required (policy {:?} needs to know who it is)",
             p.name
         ),
     };
     out.push_str(&format!("before a login: {before}\n"));
     let (decision, steps) = policy::explain(&a.policies, &facts, Some(&who));
+    out.push_str(&steps_text(&steps));
+    out.push_str(&format!("decision: {}\n", verdict(decision)));
+    Ok(out)
+}
+
+/// The last line of `policy explain`.
+fn verdict(decision: Decision<'_>) -> String {
+    match decision {
+        Decision::Bypass(p) => format!("bypass by policy {:?}", p.name),
+        Decision::Allow(p) => format!("allow by policy {:?}", p.name),
+        Decision::ServiceAuth(p) => format!("service_auth by policy {:?}", p.name),
+        Decision::Block(p) => format!("block by policy {:?}", p.name),
+        Decision::NoMatch | Decision::LoginRequired(_) => {
+            "deny: no policy matched (deny by default)".to_owned()
+        }
+    }
+}
+
+/// The numbered steps of `policy explain`.
+fn steps_text(steps: &[policy::Step]) -> String {
+    let mut out = String::new();
     for (i, s) in steps.iter().enumerate() {
         out.push_str(&format!(
             "{}. {} ({}): {}\n",
@@ -169,16 +197,7 @@ pub fn policy_explain(
             s.verdict
         ));
     }
-    let verdict = match decision {
-        Decision::Bypass(p) => format!("bypass by policy {:?}", p.name),
-        Decision::Allow(p) => format!("allow by policy {:?}", p.name),
-        Decision::Block(p) => format!("block by policy {:?}", p.name),
-        Decision::NoMatch | Decision::LoginRequired(_) => {
-            "deny: no policy matched (deny by default)".to_owned()
-        }
-    };
-    out.push_str(&format!("decision: {verdict}\n"));
-    Ok(out)
+    out
 }
 
 /// `otpgate sessions revoke --user ID`: ends every session of a user issued before now

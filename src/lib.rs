@@ -7,7 +7,8 @@
 //! lifecycle, commands, admin      start/reload/stop, the command line, the admin listener
 //! server                          TCP, TLS with SNI, HTTP/1.1 + HTTP/2, timeouts, graceful drain
 //! gateway                         the pipeline: route → path → client → pages | policy → proxy
-//! login                           the gateway's own pages under /.otpgate/
+//! login, forward_auth             the gateway's own pages under /.otpgate/; the answers to
+//!                                 front proxies asking /.otpgate/auth
 //! proxy                           header hygiene, the pooled upstream client, tunnels
 //! access, directory               the policy stage (Permitted); the LDAP/AD sync
 //! session, users                  cookies, keys, revocations; the user table
@@ -28,6 +29,7 @@ pub mod config;
 pub mod directory;
 pub(crate) mod dn;
 pub mod email;
+pub(crate) mod forward_auth;
 pub mod gateway;
 pub(crate) mod http;
 pub(crate) mod io;

@@ -89,6 +89,30 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Service tokens for scripts and load testers.
+    ServiceToken {
+        #[command(subcommand)]
+        command: ServiceTokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceTokenCommand {
+    /// Print a new client id and secret (once) and the list item to paste under
+    /// `service_tokens:` (holding only the secret's keyed hash).
+    Create {
+        /// The token's name (what policies' `service_token:` and the upstream see).
+        name: String,
+        /// Lifetime, like 90d (default: no expiry).
+        #[arg(long, value_parser = duration)]
+        expires: Option<Duration>,
+    },
+    /// Print a new secret (once) for an existing token's client id, and the entry listing the
+    /// new and the old secret's hashes, both valid until the old one is removed.
+    Rotate {
+        /// The token's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,8 +123,15 @@ enum PolicyCommand {
         #[arg(long)]
         app: String,
         /// Who is asking.
-        #[arg(long)]
-        email: String,
+        #[arg(
+            long,
+            required_unless_present = "service_token",
+            conflicts_with = "service_token"
+        )]
+        email: Option<String>,
+        /// Ask as the (valid) service token of this name instead of a person.
+        #[arg(long, value_name = "NAME")]
+        service_token: Option<String>,
         /// The request path.
         #[arg(long, default_value = "/")]
         path: String,
@@ -209,15 +240,19 @@ fn check_config(path: &Path) -> ExitCode {
                 path.display(),
                 loaded.config.apps.len()
             );
-            if let Some(a) = &loaded.config.identity_assertion {
+            let assertion = loaded.config.identity_assertion.as_ref();
+            if let Some(a) = assertion {
                 println!(
                     "identity assertion: header {}, lifetime {}s, keys {}",
                     a.header,
                     a.lifetime.as_secs(),
                     a.keys_file.display()
                 );
-                for app in &loaded.config.apps {
-                    println!("  app {}: audience {}", app.name, app.audience);
+            }
+            for a in &loaded.config.apps {
+                match assertion {
+                    Some(_) => println!("  {}: {}, audience {}", a.name, a.served(), a.audience),
+                    None => println!("  {}: {}", a.name, a.served()),
                 }
             }
             ExitCode::SUCCESS
@@ -272,6 +307,7 @@ fn admin(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
         Command::Sessions { command } => sessions(c, command),
         Command::Users { command } => users(c, command),
         Command::Keys { command } => keys(c, command),
+        Command::ServiceToken { command } => service_token(c, command),
         Command::SendAuthEmail {
             users,
             groups,
@@ -302,10 +338,29 @@ fn policy(c: &config::Config, command: PolicyCommand) -> CommandResult {
         PolicyCommand::Explain {
             app,
             email,
+            service_token,
             path,
             ip,
             method,
-        } => commands::policy_explain(c, &app, &email, &path, ip, method),
+        } => match (email, service_token) {
+            (_, Some(token)) => commands::policy_explain_service(c, &app, &token, &path, ip),
+            (Some(email), None) => commands::policy_explain(c, &app, &email, &path, ip, method),
+            (None, None) => Err(CommandError::Refused(
+                "give --email or --service-token".into(),
+            )),
+        },
+    }
+}
+
+fn service_token(c: &config::Config, command: ServiceTokenCommand) -> CommandResult {
+    let random = random::system();
+    match command {
+        ServiceTokenCommand::Create { name, expires } => {
+            commands::service_token_create(c, &name, expires, &SystemClock, random.as_ref())
+        }
+        ServiceTokenCommand::Rotate { name } => {
+            commands::service_token_rotate(c, &name, &SystemClock, random.as_ref())
+        }
     }
 }
 
@@ -413,7 +468,7 @@ async fn run(config: config::Config, env: Vec<(String, String)>) -> anyhow::Resu
     let apps: Vec<(String, String)> = config
         .apps
         .iter()
-        .map(|a| (a.name.clone(), a.upstream.to_string()))
+        .map(|a| (a.name.clone(), a.served()))
         .collect();
     let running = otpgate::start(
         config,
@@ -431,7 +486,7 @@ async fn run(config: config::Config, env: Vec<(String, String)>) -> anyhow::Resu
         "otpgate {} is serving", env!("CARGO_PKG_VERSION")
     );
     for (app, runtime_app) in apps.iter().zip(running.gateway().runtime().apps.iter()) {
-        tracing::info!(app = %app.0, upstream = %app.1, "open {}/", runtime_app.origin);
+        tracing::info!(app = %app.0, served = %app.1, "open {}/", runtime_app.origin);
     }
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

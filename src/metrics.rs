@@ -20,6 +20,8 @@ pub const UPSTREAM_ERRORS: &str = "otpgate_upstream_errors_total";
 pub const DECISIONS: &str = "otpgate_policy_decisions_total";
 /// Session cookies refused, by app and reason (invalid, expired, revoked).
 pub const SESSIONS_REJECTED: &str = "otpgate_sessions_rejected_total";
+/// Service tokens refused, by app and reason (malformed, unknown, wrong_secret, expired).
+pub const SERVICE_TOKEN_FAILURES: &str = "otpgate_service_token_failures_total";
 
 // The process: configuration and listeners.
 
@@ -75,6 +77,12 @@ pub const DIRECTORY_DURATION: &str = "otpgate_directory_sync_duration_seconds";
 /// Failed audit writes (the gateway keeps serving; the failure is logged and counted).
 pub const AUDIT_WRITE_FAILURES: &str = "otpgate_audit_write_failures_total";
 
+// Shared state.
+
+/// Calls to the shared state (Redis) that failed or timed out, by operation; logins fail
+/// closed while they fail.
+pub const STATE_ERRORS: &str = "otpgate_state_errors_total";
+
 #[derive(Debug, Clone, Copy)]
 enum TokenKind {
     Counter,
@@ -126,6 +134,10 @@ const DESCRIPTIONS: &[Description] = &[
     counter(
         SESSIONS_REJECTED,
         "Session cookies refused, by app and reason.",
+    ),
+    counter(
+        SERVICE_TOKEN_FAILURES,
+        "Service tokens refused (answered 401), by app and reason: malformed, unknown, wrong_secret, expired.",
     ),
     counter(CONFIG_RELOADS, "Configuration reloads, by result."),
     gauge(CONNECTIONS, None, "Open client connections, by listener."),
@@ -190,6 +202,10 @@ const DESCRIPTIONS: &[Description] = &[
     counter(
         AUDIT_WRITE_FAILURES,
         "Audit events that could not be written (the gateway kept serving).",
+    ),
+    counter(
+        STATE_ERRORS,
+        "Shared-state (Redis) calls that failed or timed out, by operation (logins fail closed).",
     ),
 ];
 
@@ -259,16 +275,25 @@ pub enum DecisionLabel {
     LoginRequired,
     /// No policy matched.
     NoMatch,
+    /// A service_auth policy let a service token in.
+    ServiceAuth,
 }
 
-const DECISION_NAMES: [&str; 5] = ["bypass", "allow", "block", "login_required", "no_match"];
+const DECISION_NAMES: [&str; 6] = [
+    "bypass",
+    "allow",
+    "block",
+    "login_required",
+    "no_match",
+    "service_auth",
+];
 
 /// Metric handles of one app.
 #[derive(Debug)]
 pub struct AppMetrics {
     app: SharedString,
     by_status: Box<[OnceLock<Counter>]>,
-    decisions: [Counter; 5],
+    decisions: [Counter; 6],
     /// Time to the upstream's response head.
     pub upstream_seconds: Histogram,
     /// Upstream connection failures.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 
+use super::AppMode;
 use crate::policy::{LoginMethod, Policy};
 
 /// A protected app.
@@ -20,7 +21,10 @@ pub struct AppConfig {
     pub public_url: Option<Origin>,
     /// The `aud` claim of its identity assertions (default `otpgate:app:NAME`).
     pub audience: String,
-    /// Where requests go.
+    /// Proxied by the gateway, or behind a front proxy that asks `/.otpgate/auth`.
+    pub mode: AppMode,
+    /// Where requests go. With [`AppMode::ForwardAuth`] there is none to configure and this is
+    /// `Echo`, never used: the pipeline does not proxy such apps.
     pub upstream: Upstream,
     /// Extra trust anchors for an HTTPS upstream.
     pub upstream_ca: Vec<CertificateDer<'static>>,

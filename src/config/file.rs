@@ -25,7 +25,7 @@ pub(crate) struct FileConfig {
     pub(crate) tls: TlsFile,
     pub(crate) portal_host: Option<String>,
     pub(crate) data_dir: Option<String>,
-    pub(crate) state: Option<String>,
+    pub(crate) state: Option<super::state::StateFile>,
     pub(crate) credentials: Option<String>,
     #[serde(default)]
     pub(crate) session: SessionFile,
@@ -54,6 +54,41 @@ pub(crate) struct FileConfig {
     pub(crate) limits: LimitsFile,
     #[serde(default)]
     pub(crate) log: LogFile,
+    /// `service_tokens:` with nothing under it is no tokens.
+    pub(crate) service_tokens: Option<Vec<ServiceTokenFile>>,
+    pub(crate) service_token_key_file: Option<String>,
+    #[serde(default)]
+    pub(crate) service_token_headers: ServiceTokenHeadersFile,
+}
+
+/// One service token (docs/product.md#s4): its secret as a keyed hash (or a file holding the
+/// secret itself), at most two valid during a rotation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceTokenFile {
+    pub(crate) name: String,
+    pub(crate) client_id: String,
+    pub(crate) secret_hash: Option<OneOrMany>,
+    pub(crate) previous_secret_hash: Option<String>,
+    pub(crate) secret_file: Option<String>,
+    /// RFC 3339 time; absent means no expiry.
+    pub(crate) expires: Option<String>,
+}
+
+/// `secret_hash: H` or `secret_hash: [H1, H2]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The request headers that carry a service token.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceTokenHeadersFile {
+    pub(crate) client_id: Option<String>,
+    pub(crate) client_secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -276,7 +311,8 @@ pub(crate) struct AppFile {
     pub(crate) public_url: Option<String>,
     /// The `aud` of its identity assertions (default `otpgate:app:NAME`).
     pub(crate) audience: Option<String>,
-    pub(crate) upstream: String,
+    pub(crate) mode: Option<String>,
+    pub(crate) upstream: Option<String>,
     pub(crate) upstream_ca: Option<String>,
     #[serde(default)]
     pub(crate) preserve_host: bool,
@@ -326,6 +362,8 @@ pub(crate) enum SelectorFile {
     Group(String),
     Ip(String),
     LoginMethod(String),
+    ServiceToken(String),
+    AnyServiceToken(bool),
 }
 
 pub(crate) const SELECTOR_NAMES: &[&str] = &[
@@ -335,6 +373,8 @@ pub(crate) const SELECTOR_NAMES: &[&str] = &[
     "group",
     "ip",
     "login_method",
+    "service_token",
+    "any_service_token",
 ];
 
 impl<'de> Deserialize<'de> for SelectorFile {
@@ -354,15 +394,16 @@ impl<'de> Deserialize<'de> for SelectorFile {
                 "selector {key:?} takes a string, found {other}"
             ))),
         };
+        let flag = |v: serde_json::Value| match v {
+            serde_json::Value::Bool(b) => Ok(b),
+            other => Err(de::Error::custom(format!(
+                "selector {key:?} takes true, found {other}"
+            ))),
+        };
         Ok(match key.as_str() {
-            "everyone" => match value {
-                serde_json::Value::Bool(b) => Self::Everyone(b),
-                other => {
-                    return Err(de::Error::custom(format!(
-                        "selector \"everyone\" takes true, found {other}"
-                    )));
-                }
-            },
+            "everyone" => Self::Everyone(flag(value)?),
+            "any_service_token" => Self::AnyServiceToken(flag(value)?),
+            "service_token" => Self::ServiceToken(text(value)?),
             "email" => Self::Email(text(value)?),
             "email_domain" => Self::EmailDomain(text(value)?),
             "group" => Self::Group(text(value)?),

@@ -13,8 +13,11 @@ mod app;
 mod assertion;
 mod env;
 mod file;
+mod mode;
 mod origin;
 mod secret;
+mod service_token;
+mod state;
 pub mod units;
 mod validate;
 
@@ -32,10 +35,17 @@ use serde_json::Value;
 pub use app::{AppConfig, HeaderPattern, HostPattern, IdentityHeaders, Origin, Upstream};
 pub use assertion::{AssertionConfig, DEFAULT_ASSERTION_HEADER, MAX_ASSERTION_LIFETIME};
 pub use file::LogFormat;
+pub use mode::AppMode;
 pub use origin::BoundAddrs;
 pub use secret::Secret;
+pub use service_token::{
+    CLIENT_ID_HEADER, CLIENT_SECRET_HEADER, HASH_PREFIX, ServiceTokenConfig, ServiceTokenSettings,
+    TokenSecret,
+};
+pub use state::{RedisConfig, RedisTarget, StateConfig};
 pub use units::Rate;
 pub(crate) use validate::group_name as validate_group_name;
+pub use validate::parse_service_token_hash;
 
 use crate::email::Email;
 use crate::policy::LoginMethod;
@@ -64,6 +74,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Folder of the embedded store, generated keys and the dev outbox.
     pub data_dir: PathBuf,
+    /// Where codes, limits and cooldowns live (`state`).
+    pub state: StateConfig,
     /// Gateway session (cookie) settings.
     pub session: SessionConfig,
     /// The signed identity assertion; `None` when switched off.
@@ -94,6 +106,8 @@ pub struct Config {
     pub limits: Limits,
     /// Logging.
     pub log: LogConfig,
+    /// Service tokens and their headers.
+    pub service_tokens: ServiceTokenSettings,
 }
 
 /// Listener addresses; a missing one is not started.

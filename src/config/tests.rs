@@ -304,7 +304,6 @@ apps:
 #[test]
 fn not_yet_available_features_are_refused_not_ignored() {
     for (snippet, key) in [
-        ("state: redis://127.0.0.1:6379/0", "state"),
         ("credentials: postgres://db/otpgate", "credentials"),
         ("portal_host: gw.example.test", "portal_host"),
     ] {
@@ -314,6 +313,45 @@ fn not_yet_available_features_are_refused_not_ignored() {
                 .any(|e| e.starts_with(&format!("{key}: ")) && e.contains("not available")),
             "{errs:?}"
         );
+    }
+}
+
+#[test]
+fn state_takes_redis_urls_and_refuses_passwords_in_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("redis-pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    for snippet in [
+        "state: memory".to_owned(),
+        "state: redis://127.0.0.1:6379/0".to_owned(),
+        "state: rediss://cache.example.test".to_owned(),
+        "state: redis+sentinel://s1:26379,s2:26379/mymaster/0".to_owned(),
+        format!("state: {{ url: \"redis://otpgate@cache:6379\", password_file: {pw:?} }}"),
+    ] {
+        let loaded = load_text(&format!("{MINIMAL}{snippet}\n"));
+        assert!(
+            loaded.is_ok(),
+            "{snippet}: {:?}",
+            loaded.err().map(|e| e.errors)
+        );
+    }
+    for (snippet, says) in [
+        ("state: redis://:hunter2@cache:6379", "password_file"),
+        ("state: redis://otpgate@cache:6379", "password_file"),
+        ("state: redis+sentinel://s1:26379", "names the primary"),
+        (
+            "state: { url: redis://cache, password_file: /nonexistent/pw }",
+            "cannot read",
+        ),
+        ("state: memcached://cache", "expected memory"),
+    ] {
+        let errs = errors(&format!("{MINIMAL}{snippet}\n"));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("state") && e.contains(says)),
+            "{snippet}: {errs:?}"
+        );
+        assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:?}");
     }
 }
 

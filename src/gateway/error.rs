@@ -9,6 +9,7 @@ use http::{Response, StatusCode};
 
 use super::route::{HostError, RouteError};
 use crate::body::Body;
+use crate::forward_auth::ForwardAuthError;
 use crate::login::LoginError;
 use crate::pages::Pages;
 use crate::path::PathError;
@@ -35,6 +36,9 @@ pub enum GateError {
     /// Upstream problems.
     #[error("proxying")]
     Proxy(#[from] ProxyError),
+    /// A front proxy's question to `/.otpgate/auth` could not be answered.
+    #[error("forward auth")]
+    ForwardAuth(#[from] ForwardAuthError),
 }
 
 /// Who is to blame for an error: decides the log level.
@@ -46,6 +50,8 @@ pub enum Blame {
     Upstream,
     /// The gateway or one of its stores failed.
     Internal,
+    /// A shared service (the Redis state) is unreachable; logged where the outage is seen.
+    Outage,
 }
 
 /// A `Display` of an error followed by its causes: `a: b: c`.
@@ -72,9 +78,11 @@ impl GateError {
             Self::Proxy(ProxyError::Connect(_) | ProxyError::Timeout | ProxyError::Upstream(_)) => {
                 Blame::Upstream
             }
+            // The state room logs an outage once when it starts and once when it ends; a line
+            // per refused login would flood the log while it lasts.
+            Self::Login(LoginError::State(_)) => Blame::Outage,
             Self::Login(
-                LoginError::State(_)
-                | LoginError::Store(_)
+                LoginError::Store(_)
                 | LoginError::Random(_)
                 | LoginError::Seal(_)
                 | LoginError::Hash(_),
@@ -91,9 +99,10 @@ impl GateError {
             | Self::Login(LoginError::BadForm | LoginError::UnreadableForm(_)) => {
                 StatusCode::BAD_REQUEST
             }
-            Self::Route(RouteError::UnknownHost) | Self::Login(LoginError::NotFound) => {
-                StatusCode::NOT_FOUND
-            }
+            Self::ForwardAuth(e) if !e.is_not_found() => StatusCode::BAD_REQUEST,
+            Self::Route(RouteError::UnknownHost)
+            | Self::Login(LoginError::NotFound)
+            | Self::ForwardAuth(_) => StatusCode::NOT_FOUND,
             Self::Route(RouteError::Misdirected) => StatusCode::MISDIRECTED_REQUEST,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Login(LoginError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
@@ -128,7 +137,8 @@ impl GateError {
                 "Bad request",
                 "The request path is ambiguous (encoded slashes, dot segments or control characters) and was refused.",
             ),
-            Self::Route(RouteError::UnknownHost) => {
+            Self::Route(RouteError::UnknownHost)
+            | Self::ForwardAuth(ForwardAuthError::NotForwardAuth) => {
                 ("Not found", "This gateway does not serve that host.")
             }
             Self::Route(RouteError::Misdirected) => (
@@ -136,7 +146,14 @@ impl GateError {
                 "This connection was set up for a different site. Please retry.",
             ),
             Self::Forbidden => ("Access denied", "You do not have access to this page."),
-            Self::Login(LoginError::NotFound) => ("Not found", "There is no such page."),
+            Self::Login(LoginError::NotFound)
+            | Self::ForwardAuth(ForwardAuthError::ReservedPath) => {
+                ("Not found", "There is no such page.")
+            }
+            Self::ForwardAuth(_) => (
+                "Bad request",
+                "The front proxy's description of the request could not be used.",
+            ),
             Self::Login(LoginError::MethodNotAllowed) => (
                 "Method not allowed",
                 "This page does not accept that method.",
@@ -190,5 +207,15 @@ mod tests {
         assert_eq!(e.blame(), Blame::Internal);
         assert_eq!(GateError::Busy.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(GateError::Forbidden.blame(), Blame::Client);
+        let down = crate::state::StateError::Unavailable(std::sync::Arc::new(
+            std::io::Error::other("connection refused"),
+        ));
+        let e = GateError::from(LoginError::from(down));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            e.blame(),
+            Blame::Outage,
+            "logged once per outage, not per login"
+        );
     }
 }

@@ -5,8 +5,10 @@
 //! - this file: the long-lived parts (sessions, state, store, mailer, the user table) and the
 //!   accessors the rest of the program uses;
 //! - [`pipeline`]: one request's way through the stages, readable top to bottom;
+//! - [`auth_endpoint`]: the same stages for a front proxy asking `/.otpgate/auth`;
 //! - [`error`]: the one map from errors to responses.
 
+mod auth_endpoint;
 pub mod error;
 pub mod forwarded;
 mod pipeline;

@@ -14,11 +14,14 @@ use http::header::SET_COOKIE;
 use http::{HeaderMap, Request, Response, StatusCode};
 
 use super::error::{Blame, GateError, chain};
+use super::route::RouteError;
 use super::{
     ConnInfo, Gateway, LOGIN_PATH, RESERVED_PREFIX, route, runtime::App, runtime::Runtime,
 };
 use crate::access::{self, Permitted, Refusal};
 use crate::body::{Body, RequestBody};
+use crate::config::AppMode;
+use crate::forward_auth;
 use crate::http::{redirect, wants_json};
 use crate::login::{Flow, Services, Site};
 use crate::metrics;
@@ -60,6 +63,9 @@ impl Gateway {
                     Blame::Client => {
                         tracing::debug!(app = app_name, error = %chain(&e), "request refused");
                     }
+                    Blame::Outage => {
+                        tracing::debug!(app = app_name, error = %chain(&e), "login refused: shared state down");
+                    }
                 }
                 e.into_response(&rt.pages)
             }
@@ -82,13 +88,20 @@ impl Gateway {
         response
     }
 
-    /// Stage 1, routing: which app, by Host checked against SNI.
+    /// Stage 1, routing: which app, by Host checked against SNI; or, for a trusted front proxy
+    /// asking `/.otpgate/auth`, by the host of the request it describes. From anyone else that
+    /// path is an ordinary request, judged on its own Host and path (docs/security.md#34).
     async fn serve<'r>(
         &self,
         rt: &'r Runtime,
         req: Request<RequestBody>,
         conn: &ConnInfo,
     ) -> (Option<&'r App>, Result<Response<Body>, GateError>) {
+        if req.uri().path() == forward_auth::AUTH_PATH
+            && forwarded::is_trusted(conn.peer.ip().to_canonical(), &rt.config.trusted_proxies)
+        {
+            return self.forward_auth(rt, &req, conn);
+        }
         match route::app_index(&rt.router, req.uri(), req.headers(), conn.sni.as_deref()) {
             Ok(idx) => {
                 let app = &rt.apps[idx];
@@ -132,6 +145,10 @@ impl Gateway {
             let flow = self.login_flow(rt, app, &users, &client);
             return Ok(crate::login::handle(flow, req, &path).await?);
         }
+        // An app behind its own front proxy is never proxied from here.
+        if app.config.mode == AppMode::ForwardAuth {
+            return Err(RouteError::UnknownHost.into());
+        }
 
         // 6. The policy stage: a `Permitted`, or why not.
         let users = self.users();
@@ -145,6 +162,8 @@ impl Gateway {
                 .identity_assertion
                 .as_ref()
                 .map(|c| (&self.assertions, c)),
+            service_tokens: &rt.service_tokens,
+            audit: &rt.audit,
         };
         let facts = policy::Request {
             path,
@@ -153,6 +172,13 @@ impl Gateway {
         let permit = match access::authorize(deps, app.access(), &facts, req.headers()) {
             Ok(p) => p,
             Err(Refusal::Forbidden) => return Err(GateError::Forbidden),
+            // docs/product.md#s4: a script gets JSON it can read, never a login page.
+            Err(Refusal::InvalidServiceToken) => {
+                return Ok(rt.pages.json(
+                    StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({ "error": "invalid_service_token" }),
+                ));
+            }
             Err(Refusal::LoginRequired { clear_cookie }) => {
                 let query = req.uri().query();
                 return Ok(login_required(
@@ -180,6 +206,7 @@ impl Gateway {
             metrics: &app.metrics,
             tunnel,
             assertion_header: rt.config.identity_assertion.as_ref().map(|c| &c.header),
+            credential_headers: rt.service_tokens.headers(),
         };
         let changed = normalised.is_some();
         let path = normalised.unwrap_or_default();
@@ -253,7 +280,7 @@ impl Gateway {
 
 /// No usable session: browsers are sent to the login page, API clients get 401 JSON
 /// (docs/product.md#s4). A cookie that was sent but did not open is deleted.
-fn login_required(
+pub(super) fn login_required(
     rt: &Runtime,
     app: &App,
     path: &str,
@@ -261,12 +288,7 @@ fn login_required(
     headers: &HeaderMap,
     clear: bool,
 ) -> Response<Body> {
-    let mut original = format!("{}{path}", app.origin);
-    if let Some(q) = query {
-        original.push('?');
-        original.push_str(q);
-    }
-    let login_url = return_to::with_rd(&format!("{}{LOGIN_PATH}", app.origin), &original);
+    let login_url = login_url(app, path, query);
     let mut response = if wants_json(headers) {
         rt.pages.json(
             StatusCode::UNAUTHORIZED,
@@ -279,4 +301,14 @@ fn login_required(
         response.headers_mut().append(SET_COOKIE, c);
     }
     response
+}
+
+/// The app's login page with the original URL, rebuilt on the app's public origin, as `rd`.
+pub(super) fn login_url(app: &App, path: &str, query: Option<&str>) -> String {
+    let mut original = format!("{}{path}", app.origin);
+    if let Some(q) = query {
+        original.push('?');
+        original.push_str(q);
+    }
+    return_to::with_rd(&format!("{}{LOGIN_PATH}", app.origin), &original)
 }

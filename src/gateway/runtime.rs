@@ -15,6 +15,7 @@ use crate::metrics::AppMetrics;
 use crate::pages::{Pages, PagesError};
 use crate::proxy::{self, ProxyError, Upstream, UpstreamClient};
 use crate::session;
+use crate::session::service_token::ServiceTokens;
 
 /// Problems building a runtime from a config.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,8 @@ pub struct Runtime {
     pub audit: Audit,
     /// Page and mail templates.
     pub pages: Arc<Pages>,
+    /// Service tokens, ready to check (their audit timestamps start afresh on reload).
+    pub service_tokens: ServiceTokens,
     pub(super) router: Router,
     clients: Clients,
 }
@@ -120,7 +123,9 @@ impl Runtime {
         let origins = apps.iter().map(|a| a.origin.clone()).collect();
         let audit = Audit::open(&config.audit)?;
         let pages = Arc::new(Pages::load(config.templates_dir.as_deref())?);
+        let service_tokens = ServiceTokens::build(&config.service_tokens);
         Ok(Self {
+            service_tokens,
             config: Arc::new(config),
             apps,
             origins,

@@ -23,7 +23,7 @@ use crate::server::tls::{CertStore, SniResolver, TlsError};
 use crate::server::{self, ListenerKind, Listeners, ServerError};
 use crate::session::keys::KeyError;
 use crate::session::{KeyRing, Sessions};
-use crate::state::{self, State, StateFile};
+use crate::state::{self, State, StateError, StateFile};
 use crate::store::{Store, StoreError};
 use tasks::{DirectoryTask, DirectoryTasks, stored_snapshot};
 
@@ -72,6 +72,9 @@ pub enum StartError {
     /// The assertion signing keys could not be read or made.
     #[error(transparent)]
     SigningKeys(#[from] SigningKeyError),
+    /// The shared state's settings are unusable (an unreachable Redis is not an error here).
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// A running gateway.
@@ -95,7 +98,8 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         options.clock.unix_secs(),
     )?;
     let store = Store::open_embedded(&config.data_dir)?;
-    let state = State::memory(options.clock.clone());
+    // Redis is connected lazily: one that is down now does not stop the start.
+    let state = State::open(&config.state, options.clock.clone())?;
     let state_file = state
         .file(config.data_dir.join(state::FILE_NAME))
         .map(Arc::new);

@@ -51,6 +51,9 @@ impl Running {
         if loaded.config.data_dir != current.config.data_dir {
             tracing::warn!("data_dir changes only on restart; the old store stays in use");
         }
+        if loaded.config.state.url() != current.config.state.url() {
+            tracing::warn!("state changes only on restart; the old backend stays in use");
+        }
         let store = match &self.resolver {
             Some(_) => Some(CertStore::load(&loaded.config.tls)?),
             None => None,

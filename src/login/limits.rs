@@ -125,10 +125,21 @@ impl Flow<'_> {
         let per = &self.site.config.rate_limits.code_sends_per_address;
         let state = self.svc.state;
         let ip = self.over_ip().await?;
-        let own = state.count(&key_sends(email, client)).await? >= u64::from(per.count);
-        let all = state.count(&key_sends_all(email)).await?;
+        // One round trip for the three reads (several replicas share them on Redis).
+        let (own, all, cool) = (
+            key_sends(email, client),
+            key_sends_all(email),
+            key_cooldown(email, client),
+        );
+        let (counts, flags) = state.read_many(&[&own, &all], &[&cool]).await?;
+        // A missing answer counts as over the limit (fail closed).
+        let (own, all) = match counts.as_slice() {
+            &[own, all] => (own, all),
+            _ => (u64::MAX, u64::MAX),
+        };
+        let own = own >= u64::from(per.count);
         let backstop = client.is_stranger() && all >= u64::from(per.count.saturating_mul(BACKSTOP));
-        let cooldown = state.get(&key_cooldown(email, client)).await?.is_some();
+        let cooldown = flags.first().copied().unwrap_or(true);
         let address = own || backstop;
         for (over, limit) in [(address, "address"), (cooldown, "cooldown")] {
             if over {
@@ -167,9 +178,9 @@ impl Flow<'_> {
                 KEY_DECOY.to_owned(),
             )
         };
-        state.hit(&own, window).await?;
-        state.hit(&all, window).await?;
-        state.put_new(&cool, b"1", cooldown).await?;
+        state
+            .hit_many(&[&own, &all], window, &cool, cooldown)
+            .await?;
         Ok(())
     }
 

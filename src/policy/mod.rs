@@ -8,6 +8,10 @@
 //! Before a login there is no identity, so selectors about the person (email, domain, group,
 //! login method) are *unknown*. A policy whose outcome is unknown, or an `allow` that matches,
 //! means a login is needed; after the login the whole list is evaluated again with the identity.
+//!
+//! A request presenting a valid service token is decided as that service instead
+//! ([`decide_service`]): only `service_auth`, `bypass` and `block` policies apply to it, selectors
+//! about people never match it, and `service_auth` policies never match a person.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -16,6 +20,10 @@ use ipnet::IpNet;
 
 use crate::email::Email;
 use crate::path::prefix_covers;
+
+mod service;
+
+pub use service::{decide_service, explain_service};
 
 /// What a matching policy does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +34,8 @@ pub enum Action {
     Block,
     /// Let anyone through without a login (public paths).
     Bypass,
+    /// Let a service (a valid service token) through; never a person, never a login page.
+    ServiceAuth,
 }
 
 impl Action {
@@ -35,6 +45,7 @@ impl Action {
             "allow" => Some(Self::Allow),
             "block" => Some(Self::Block),
             "bypass" => Some(Self::Bypass),
+            "service_auth" => Some(Self::ServiceAuth),
             _ => None,
         }
     }
@@ -45,6 +56,7 @@ impl Action {
             Self::Allow => "allow",
             Self::Block => "block",
             Self::Bypass => "bypass",
+            Self::ServiceAuth => "service_auth",
         }
     }
 }
@@ -100,6 +112,24 @@ pub enum Selector {
     Ip(IpNet),
     /// Sessions obtained with this login method.
     LoginMethod(LoginMethod),
+    /// Requests presenting the service token of this name.
+    ServiceToken(String),
+    /// Requests presenting any valid service token.
+    AnyServiceToken,
+}
+
+/// Who a request is decided for: nobody known yet, a person, or a service (a valid token).
+#[derive(Debug, Clone, Copy)]
+enum Subject<'a> {
+    Unknown,
+    Person(&'a Identity<'a>),
+    Service(&'a str),
+}
+
+impl<'a> Subject<'a> {
+    fn of(who: Option<&'a Identity<'a>>) -> Self {
+        who.map_or(Self::Unknown, Self::Person)
+    }
 }
 
 impl Selector {
@@ -108,15 +138,28 @@ impl Selector {
         matches!(self, Self::Everyone | Self::Ip(_))
     }
 
-    fn eval(&self, req: &Request<'_>, who: Option<&Identity<'_>>) -> Tri {
+    /// Whether the selector is about service tokens (decided by `service_auth` policies).
+    pub fn is_service(&self) -> bool {
+        matches!(self, Self::ServiceToken(_) | Self::AnyServiceToken)
+    }
+
+    fn eval(&self, req: &Request<'_>, who: Subject<'_>) -> Tri {
         match (self, who) {
-            (Self::Everyone, _) => Tri::Yes,
+            (Self::Everyone, _) | (Self::AnyServiceToken, Subject::Service(_)) => Tri::Yes,
             (Self::Ip(net), _) => Tri::from(net.contains(&req.ip)),
-            (_, None) => Tri::Unknown,
-            (Self::Email(e), Some(id)) => Tri::from(id.email == e),
-            (Self::EmailDomain(d), Some(id)) => Tri::from(id.email.domain() == d),
-            (Self::Group(g), Some(id)) => Tri::from(id.groups.iter().any(|x| x.as_ref() == g)),
-            (Self::LoginMethod(m), Some(id)) => Tri::from(id.login_method == *m),
+            (Self::ServiceToken(n), Subject::Service(s)) => Tri::from(n == s),
+            // Whether a token was presented is known before any login (a person never has one),
+            // and a service is not a person: selectors about people never match it.
+            (Self::ServiceToken(_) | Self::AnyServiceToken, _) | (_, Subject::Service(_)) => {
+                Tri::No
+            }
+            (_, Subject::Unknown) => Tri::Unknown,
+            (Self::Email(e), Subject::Person(id)) => Tri::from(id.email == e),
+            (Self::EmailDomain(d), Subject::Person(id)) => Tri::from(id.email.domain() == d),
+            (Self::Group(g), Subject::Person(id)) => {
+                Tri::from(id.groups.iter().any(|x| x.as_ref() == g))
+            }
+            (Self::LoginMethod(m), Subject::Person(id)) => Tri::from(id.login_method == *m),
         }
     }
 }
@@ -130,6 +173,8 @@ impl fmt::Display for Selector {
             Self::Group(g) => write!(f, "group {g}"),
             Self::Ip(n) => write!(f, "ip {n}"),
             Self::LoginMethod(m) => write!(f, "login_method {m}"),
+            Self::ServiceToken(n) => write!(f, "service_token {n}"),
+            Self::AnyServiceToken => f.write_str("any_service_token"),
         }
     }
 }
@@ -219,6 +264,8 @@ pub enum Decision<'p> {
     Bypass(&'p Policy),
     /// An allow policy matched the identity: forward.
     Allow(&'p Policy),
+    /// A service_auth policy matched a valid service token: forward as the service.
+    ServiceAuth(&'p Policy),
     /// A block policy matched: refuse.
     Block(&'p Policy),
     /// The decision depends on who the person is: ask them to log in. Names the policy that
@@ -231,13 +278,20 @@ pub enum Decision<'p> {
 impl Decision<'_> {
     /// Whether the request may be forwarded.
     pub fn permits(&self) -> bool {
-        matches!(self, Self::Bypass(_) | Self::Allow(_))
+        matches!(
+            self,
+            Self::Bypass(_) | Self::Allow(_) | Self::ServiceAuth(_)
+        )
     }
 
     /// The deciding policy, if any.
     pub fn policy(&self) -> Option<&Policy> {
         match self {
-            Self::Bypass(p) | Self::Allow(p) | Self::Block(p) | Self::LoginRequired(p) => Some(p),
+            Self::Bypass(p)
+            | Self::Allow(p)
+            | Self::ServiceAuth(p)
+            | Self::Block(p)
+            | Self::LoginRequired(p) => Some(p),
             Self::NoMatch => None,
         }
     }
@@ -251,6 +305,10 @@ impl Policy {
 
     /// How the policy's selectors evaluate for this request and identity.
     pub fn evaluate(&self, req: &Request<'_>, who: Option<&Identity<'_>>) -> Tri {
+        self.evaluate_as(req, Subject::of(who))
+    }
+
+    fn evaluate_as(&self, req: &Request<'_>, who: Subject<'_>) -> Tri {
         let include = if self.include.is_empty() {
             // Only bypass policies may omit `include` (validated); it means everyone.
             Tri::Yes
@@ -277,19 +335,34 @@ pub fn decide<'p>(
     req: &Request<'_>,
     who: Option<&Identity<'_>>,
 ) -> Decision<'p> {
+    decide_as(policies, req, Subject::of(who))
+}
+
+/// Whether a policy with this action can decide for this subject at all: `service_auth` is
+/// for services only and `allow` for people only.
+fn applies(action: Action, who: Subject<'_>) -> bool {
+    match action {
+        Action::ServiceAuth => matches!(who, Subject::Service(_)),
+        Action::Allow => !matches!(who, Subject::Service(_)),
+        Action::Block | Action::Bypass => true,
+    }
+}
+
+fn decide_as<'p>(policies: &'p [Policy], req: &Request<'_>, who: Subject<'_>) -> Decision<'p> {
     for p in policies {
-        if !p.covers(req.path) {
+        if !p.covers(req.path) || !applies(p.action, who) {
             continue;
         }
-        match p.evaluate(req, who) {
+        match p.evaluate_as(req, who) {
             Tri::No => continue,
             Tri::Unknown => return Decision::LoginRequired(p),
             Tri::Yes => {
                 return match (p.action, who) {
                     (Action::Bypass, _) => Decision::Bypass(p),
                     (Action::Block, _) => Decision::Block(p),
-                    (Action::Allow, Some(_)) => Decision::Allow(p),
-                    (Action::Allow, None) => Decision::LoginRequired(p),
+                    (Action::ServiceAuth, _) => Decision::ServiceAuth(p),
+                    (Action::Allow, Subject::Person(_)) => Decision::Allow(p),
+                    (Action::Allow, _) => Decision::LoginRequired(p),
                 };
             }
         }
@@ -315,9 +388,23 @@ pub fn explain<'p>(
     req: &Request<'_>,
     who: Option<&Identity<'_>>,
 ) -> (Decision<'p>, Vec<Step>) {
+    explain_as(policies, req, Subject::of(who))
+}
+
+fn explain_as<'p>(
+    policies: &'p [Policy],
+    req: &Request<'_>,
+    who: Subject<'_>,
+) -> (Decision<'p>, Vec<Step>) {
     let mut steps = Vec::new();
     for p in policies {
-        let verdict = if !p.covers(req.path) {
+        let verdict = if !applies(p.action, who) {
+            match p.action {
+                Action::ServiceAuth => "skipped: service_auth policies decide service tokens only",
+                _ => "skipped: allow policies decide people only",
+            }
+            .to_owned()
+        } else if !p.covers(req.path) {
             format!(
                 "skipped: path {} is not under {}",
                 req.path,
@@ -347,7 +434,7 @@ pub fn explain<'p>(
             if !p.exclude.is_empty() {
                 parts.push(format!("exclude [{}]", detail(&p.exclude)));
             }
-            let outcome = match p.evaluate(req, who) {
+            let outcome = match p.evaluate_as(req, who) {
                 Tri::Yes => "matches",
                 Tri::No => "does not match",
                 Tri::Unknown => "needs a login to decide",
@@ -363,7 +450,7 @@ pub fn explain<'p>(
             action: p.action,
             verdict,
         });
-        let d = decide(std::slice::from_ref(p), req, who);
+        let d = decide_as(std::slice::from_ref(p), req, who);
         if d != Decision::NoMatch {
             return (d, steps);
         }
@@ -376,7 +463,11 @@ pub fn explain<'p>(
 /// "block everyone" policy silently stops every login).
 pub fn can_allow_anyone(policies: &[Policy]) -> bool {
     for (i, p) in policies.iter().enumerate() {
-        if !matches!(p.action, Action::Allow | Action::Bypass) || !satisfiable(p) {
+        if !matches!(
+            p.action,
+            Action::Allow | Action::Bypass | Action::ServiceAuth
+        ) || !satisfiable(p)
+        {
             continue;
         }
         let shadowed = policies[..i].iter().any(|q| {
@@ -426,7 +517,11 @@ fn satisfiable(p: &Policy) -> bool {
                 }
                 method = Some(*m);
             }
-            Selector::Everyone | Selector::Group(_) | Selector::Ip(_) => {}
+            Selector::Everyone
+            | Selector::Group(_)
+            | Selector::Ip(_)
+            | Selector::ServiceToken(_)
+            | Selector::AnyServiceToken => {}
         }
     }
     if let (Some(e), Some(d)) = (email, domain)
@@ -447,3 +542,6 @@ fn satisfiable(p: &Policy) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod service_tests;

@@ -389,6 +389,7 @@ proptest! {
             Decision::Block(p) => prop_assert_eq!(after, Decision::Block(p)),
             Decision::NoMatch => prop_assert_eq!(after, Decision::NoMatch),
             Decision::Allow(_) => prop_assert!(false, "allow without an identity"),
+            Decision::ServiceAuth(_) => prop_assert!(false, "service_auth for a person"),
         }
         // With an identity, the answer is never "log in".
         prop_assert!(!matches!(after, Decision::LoginRequired(_)));

@@ -112,12 +112,13 @@ fn html(
     headers: &BTreeMap<&str, Vec<&str>>,
     identity: &BTreeMap<&str, &str>,
 ) -> Response<Body> {
-    let who = match identity.get("email") {
-        Some(e) => format!(
+    let who = match (identity.get("email"), identity.get("user")) {
+        (Some(e), _) => format!(
             "<p>Signed in as <strong>{}</strong>. <a href=\"/.otpgate/logout\">Sign out</a></p>",
             escape(e)
         ),
-        None => {
+        (None, Some(u)) => format!("<p>Let in as <strong>{}</strong>.</p>", escape(u)),
+        (None, None) => {
             "<p>No identity headers: this request was let through without a login.</p>".to_owned()
         }
     };

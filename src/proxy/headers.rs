@@ -5,7 +5,9 @@
 //! `Remote-User`, `X-Forwarded-User`, ...: the app's [`Strip`] list, docs/security.md#40), as
 //! do URL-override headers some frameworks route on (`X-Original-URL`, `X-Rewrite-URL`), and
 //! forwarding headers from untrusted clients; then the gateway's own `X-Forwarded-*`,
-//! `Forwarded` and `X-Real-IP` are set (docs/security.md#34).
+//! `Forwarded` and `X-Real-IP` are set (docs/security.md#34). The service-token headers
+//! (`Otpgate-Client-Id`, `Otpgate-Client-Secret`) go in every spelling too: a credential for the
+//! gateway is nothing the upstream should see.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -67,6 +69,10 @@ fn remove_from_request(name: &[u8], peer_trusted: bool, upgrade: bool) -> bool {
         }
         Some(b'u') => name == b"upgrade" && !upgrade,
         Some(b'e') => name == b"expect",
+        Some(b'o') => {
+            folded_eq(name, crate::config::CLIENT_ID_HEADER)
+                || folded_eq(name, crate::config::CLIENT_SECRET_HEADER)
+        }
         Some(b'f') => untrusted_forwarding(name),
         _ => false,
     }
@@ -327,6 +333,21 @@ mod tests {
                 "{k}"
             );
         }
+        assert_eq!(h["accept"], "text/html");
+    }
+
+    #[test]
+    fn sec_34_service_token_headers_are_stripped_in_every_spelling() {
+        let mut h = map(&[
+            ("otpgate-client-id", "id"),
+            ("otpgate-client-secret", "secret"),
+            ("Otpgate_Client_Secret", "secret"),
+            ("otpgate-client_id", "id"),
+            ("accept", "text/html"),
+        ]);
+        prepare_request(&mut h, &info(false), &Strip::default(), false);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert!(!names.iter().any(|n| n.starts_with("otpgate")), "{names:?}");
         assert_eq!(h["accept"], "text/html");
     }
 

@@ -103,6 +103,8 @@ pub struct Route<'a> {
     pub(crate) tunnel: Option<TunnelLimits>,
     /// The configured identity-assertion header, removed from every client request.
     pub(crate) assertion_header: Option<&'a http::HeaderName>,
+    /// The service-token headers as configured: never forwarded (docs/security.md#34).
+    pub(crate) credential_headers: [&'a http::HeaderName; 2],
 }
 
 /// What keeps an upgraded (WebSocket) connection in check once it is a plain byte tunnel:
@@ -185,6 +187,10 @@ async fn send(
         upgrade,
         t.assertion_header,
     );
+    // The default spellings went in `prepare_request`; these are the configured names.
+    for name in t.credential_headers {
+        parts.headers.remove(name);
+    }
     let path_and_query = path_and_query(&parts.uri, path, changed)?;
     let body = Limited::new(
         body,
@@ -284,6 +290,10 @@ fn rewrite_headers(
         if let Some((name, token)) = &id.assertion {
             parts.headers.insert(name, token.clone());
         }
+    } else if let Some(user) = permit.service_user() {
+        // A service has no address or groups: only the user header, `service:<name>`. No
+        // assertion either: it names a person who logged in (docs/product.md#s4).
+        parts.headers.insert(names.user.clone(), user.clone());
     }
     orig_host
 }

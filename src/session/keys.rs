@@ -320,7 +320,7 @@ fn serialize(file: &KeysFile) -> Vec<u8> {
     v
 }
 
-fn open_private(path: &Path, create_new: bool) -> std::io::Result<std::fs::File> {
+pub(super) fn open_private(path: &Path, create_new: bool) -> std::io::Result<std::fs::File> {
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
     let mut o = std::fs::OpenOptions::new();

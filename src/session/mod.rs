@@ -3,6 +3,7 @@
 pub mod cookie;
 pub mod keys;
 pub mod revocation;
+pub mod service_token;
 
 use std::sync::Arc;
 use std::time::Duration;

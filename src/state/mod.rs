@@ -1,6 +1,7 @@
-//! Ephemeral shared state (`state`): login codes, rate-limit counters, cooldowns. Memory now;
-//! every operation maps onto one Redis primitive or script so several replicas can later share
-//! it exactly (SET NX PX, GETDEL, INCR + PEXPIRE, an atomic compare-and-consume).
+//! Ephemeral shared state (`state`): login codes, rate-limit counters, cooldowns. In memory for
+//! one replica, or in Redis ([`redis`]) for several: every operation maps onto one Redis
+//! primitive or script so replicas share it exactly (SET NX PX, SET GET, INCR + PEXPIRE, an
+//! atomic compare-and-consume).
 //!
 //! Values are opaque bytes with a time to live; expiry is decided by the injected clock.
 //!
@@ -9,22 +10,25 @@
 
 mod memory;
 mod persist;
+mod redis;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use self::redis::RedisState;
 pub use memory::MemoryState;
 pub use persist::{FILE_NAME, Restored, SAVE_INTERVAL, Saved, StateFile};
 
 use crate::clock::Clock;
+use crate::config::StateConfig;
 
 /// State failures. Callers fail closed (a login is refused, never waved through).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StateError {
-    /// The backend is unreachable.
-    #[error("shared state unavailable: {0}")]
-    Unavailable(String),
+    /// The backend is unreachable, answered an error, or did not answer in time.
+    #[error("shared state unavailable")]
+    Unavailable(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// The state file could not be read or written.
     #[error("{path}: {source}")]
     File {
@@ -93,6 +97,8 @@ pub struct CodeRecord {
 pub enum State {
     /// In this process.
     Memory(Arc<MemoryState>),
+    /// In Redis, shared by every replica.
+    Redis(Arc<RedisState>),
 }
 
 impl State {
@@ -101,11 +107,21 @@ impl State {
         Self::Memory(Arc::new(MemoryState::new(clock)))
     }
 
+    /// The configured backend. Redis is connected lazily: one that is down at start does not
+    /// stop the gateway; logins fail closed until it answers.
+    pub fn open(config: &StateConfig, clock: Arc<dyn Clock>) -> Result<Self, StateError> {
+        match config {
+            StateConfig::Memory => Ok(Self::memory(clock)),
+            StateConfig::Redis(r) => Ok(Self::Redis(Arc::new(RedisState::new(r, clock)?))),
+        }
+    }
+
     /// The file this state is saved to and restored from, at `path`; `None` for a backend that
     /// keeps its data itself.
     pub fn file(&self, path: PathBuf) -> Option<StateFile> {
         match self {
             Self::Memory(m) => Some(StateFile::new(path, m.clone())),
+            Self::Redis(_) => None,
         }
     }
 
@@ -118,6 +134,7 @@ impl State {
     ) -> Result<bool, StateError> {
         match self {
             Self::Memory(m) => Ok(m.put_new(key, value, ttl)),
+            Self::Redis(r) => r.put_new(key, value, ttl).await,
         }
     }
 
@@ -130,6 +147,7 @@ impl State {
     ) -> Result<Option<Vec<u8>>, StateError> {
         match self {
             Self::Memory(m) => Ok(m.swap(key, value, ttl)),
+            Self::Redis(r) => r.swap(key, value, ttl).await,
         }
     }
 
@@ -137,6 +155,7 @@ impl State {
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         match self {
             Self::Memory(m) => Ok(m.get(key)),
+            Self::Redis(r) => r.get(key).await,
         }
     }
 
@@ -147,6 +166,7 @@ impl State {
                 m.delete(key);
                 Ok(())
             }
+            Self::Redis(r) => r.delete(key).await,
         }
     }
 
@@ -155,6 +175,7 @@ impl State {
     pub async fn hit(&self, key: &str, window: Duration) -> Result<u64, StateError> {
         match self {
             Self::Memory(m) => Ok(m.hit(key, window)),
+            Self::Redis(r) => r.hit(key, window).await,
         }
     }
 
@@ -162,6 +183,44 @@ impl State {
     pub async fn count(&self, key: &str) -> Result<u64, StateError> {
         match self {
             Self::Memory(m) => Ok(m.count(key)),
+            Self::Redis(r) => r.count(key).await,
+        }
+    }
+
+    /// Reads window counters ([`State::count`]) and whether keys are set, in one round trip
+    /// (MGET): the send limits of one request.
+    pub async fn read_many(
+        &self,
+        counters: &[&str],
+        flags: &[&str],
+    ) -> Result<(Vec<u64>, Vec<bool>), StateError> {
+        match self {
+            Self::Memory(m) => Ok((
+                counters.iter().map(|k| m.count(k)).collect(),
+                flags.iter().map(|k| m.get(k).is_some()).collect(),
+            )),
+            Self::Redis(r) => r.read_many(counters, flags).await,
+        }
+    }
+
+    /// Counts one event in each of `counters` ([`State::hit`], same window) and sets `flag`
+    /// unless it is set ([`State::put_new`]), in one round trip.
+    pub async fn hit_many(
+        &self,
+        counters: &[&str],
+        window: Duration,
+        flag: &str,
+        ttl: Duration,
+    ) -> Result<(), StateError> {
+        match self {
+            Self::Memory(m) => {
+                for k in counters {
+                    m.hit(k, window);
+                }
+                m.put_new(flag, b"1", ttl);
+                Ok(())
+            }
+            Self::Redis(r) => r.hit_many(counters, window, flag, ttl).await,
         }
     }
 
@@ -176,6 +235,7 @@ impl State {
     ) -> Result<bool, StateError> {
         match self {
             Self::Memory(m) => Ok(m.put_code(key, record, ttl, replace)),
+            Self::Redis(r) => r.put_code(key, record, ttl, replace).await,
         }
     }
 
@@ -183,6 +243,7 @@ impl State {
     pub async fn peek_code(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         match self {
             Self::Memory(m) => Ok(m.peek_code(key)),
+            Self::Redis(r) => r.peek_code(key).await,
         }
     }
 
@@ -192,6 +253,7 @@ impl State {
     pub async fn consume_code(&self, key: &str, digest: &[u8; 32]) -> Result<Consume, StateError> {
         match self {
             Self::Memory(m) => Ok(m.consume_code(key, digest)),
+            Self::Redis(r) => r.consume_code(key, digest).await,
         }
     }
 
@@ -199,13 +261,24 @@ impl State {
     pub fn sweep(&self) {
         match self {
             Self::Memory(m) => m.sweep(),
+            Self::Redis(_) => {}
         }
     }
 
-    /// Whether the backend answers (readiness).
+    /// Whether the backend answers (one round trip, under the call deadline).
     pub async fn ping(&self) -> Result<(), StateError> {
         match self {
             Self::Memory(_) => Ok(()),
+            Self::Redis(r) => r.ping().await,
+        }
+    }
+
+    /// [`State::ping`] for readiness probes: a result is reused for a second so frequent
+    /// probes cost Redis at most one PING a second per replica.
+    pub async fn ready(&self) -> Result<(), StateError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(r) => r.ready().await,
         }
     }
 }

@@ -16,6 +16,8 @@ use crate::zscaler_browser::{link_of, temp_password_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
 
+mod service_token;
+
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }

@@ -6,8 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod browser;
+mod front_proxy;
 mod harness;
 mod ldap;
+mod redis;
 mod smtp;
 mod timing;
 
@@ -15,11 +17,14 @@ mod abuse;
 mod assertion;
 mod cli;
 mod directory;
+mod forward_auth;
 mod lifecycle;
 mod login;
 mod mail;
 mod onetime;
 mod proxy;
+mod redis_state;
+mod replicas;
 mod restart;
 mod routing;
 mod sessions;

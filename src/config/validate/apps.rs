@@ -6,8 +6,10 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 
 use super::super::{
-    AppConfig, HostPattern, IdentityProviders, Limits, Listen, MAX_SESSION, Origin, Upstream, de_at,
+    AppConfig, AppMode, HostPattern, IdentityProviders, Limits, Listen, MAX_SESSION, Origin,
+    Upstream, de_at,
 };
+use super::app_mode;
 use super::policies::{parse_host_pattern, parse_upstream, policy};
 use super::{Ctx, file, is_local};
 use crate::policy::{self, LoginMethod, Policy};
@@ -31,7 +33,11 @@ pub(super) fn apps(
         app_name(c, &at, &a.name, &mut names);
         let hosts = hosts(c, &at, &a.hosts, &mut hosts_seen);
         let public_url = public_url(c, &at, a.public_url.as_deref(), &hosts, listen);
-        let (upstream, upstream_ca) = upstream(c, &at, &a.upstream, a.upstream_ca.as_deref());
+        let mode = app_mode::mode(c, &at, &a);
+        let (upstream, upstream_ca) = match a.upstream.as_deref() {
+            Some(u) if mode == AppMode::Proxy => upstream(c, &at, u, a.upstream_ca.as_deref()),
+            _ => (Upstream::Echo, Vec::new()),
+        };
         let timeout = c.positive(&format!("{at}.timeout"), a.timeout, Duration::from_secs(30));
         let login_methods = login_methods(c, &at, a.login_methods.as_deref(), idps);
         if let Some(d) = a.session_duration
@@ -55,6 +61,7 @@ pub(super) fn apps(
             hosts,
             public_url,
             audience,
+            mode,
             upstream,
             upstream_ca,
             preserve_host: a.preserve_host,

@@ -5,6 +5,7 @@
 //! One file per section of the config file; this one holds the shared [`Ctx`], the entry point
 //! and the small top-level keys.
 
+mod app_mode;
 mod apps;
 mod assertion;
 mod directory;
@@ -13,6 +14,8 @@ mod limits;
 mod listen;
 mod mail;
 pub(super) mod policies;
+mod service_tokens;
+mod state;
 mod users;
 
 use std::net::IpAddr;
@@ -27,6 +30,7 @@ use super::file::{self, FileConfig};
 use super::{AdminConfig, AuditSink, Config, LogConfig, Problem, Secret, VERSION};
 
 pub(crate) use policies::group_name;
+pub use service_tokens::parse_hash as parse_service_token_hash;
 
 const DAY: Duration = Duration::from_secs(86_400);
 const MINUTE: Duration = Duration::from_secs(60);
@@ -35,6 +39,8 @@ struct Ctx<'a> {
     base: &'a Path,
     errors: Vec<Problem>,
     warnings: Vec<Problem>,
+    /// Names of the valid service tokens, for the `service_token` selector.
+    token_names: std::collections::HashSet<String>,
 }
 
 impl Ctx<'_> {
@@ -148,6 +154,7 @@ pub(super) fn validate(
         base,
         errors: vec![],
         warnings: vec![],
+        token_names: std::collections::HashSet::new(),
     };
 
     if f.version != VERSION {
@@ -168,7 +175,8 @@ pub(super) fn validate(
         );
     }
     let data_dir = c.resolve(f.data_dir.as_deref().unwrap_or("data"));
-    backends(&mut c, f.state.as_deref(), f.credentials.as_deref());
+    let state = state::state(&mut c, f.state);
+    backends(&mut c, f.credentials.as_deref());
 
     let session = limits::session(&mut c, &f.session, &data_dir);
     let identity_assertion =
@@ -194,8 +202,21 @@ pub(super) fn validate(
     let users = users::users(&mut c, f.users);
     let directory = f.directory.and_then(|d| directory::directory(&mut c, d));
 
+    let service_tokens = service_tokens::service_tokens(
+        &mut c,
+        f.service_tokens.unwrap_or_default(),
+        f.service_token_key_file.as_deref(),
+        &f.service_token_headers,
+        &data_dir,
+    );
+    c.token_names = service_tokens
+        .tokens
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
     let limits = limits::limits(&mut c, &f.limits);
     let apps = apps::apps(&mut c, f.apps, &listen, &identity_providers, &limits);
+    app_mode::front_proxies_trusted(&mut c, &apps, trusted_proxies.len());
     let log = log(&mut c, f.log);
 
     let config = c.errors.is_empty().then(|| Config {
@@ -204,6 +225,7 @@ pub(super) fn validate(
         admin,
         tls,
         data_dir,
+        state,
         session,
         identity_assertion,
         mail,
@@ -219,6 +241,7 @@ pub(super) fn validate(
         apps,
         limits,
         log,
+        service_tokens,
     });
     (config, c.warnings, c.errors)
 }
@@ -242,19 +265,8 @@ fn admin(c: &mut Ctx<'_>, a: &file::AdminFile) -> AdminConfig {
     admin
 }
 
-/// `state` and `credentials`: only the in-process backends exist in this version.
-fn backends(c: &mut Ctx<'_>, state: Option<&str>, credentials: Option<&str>) {
-    match state {
-        None | Some("memory") => {}
-        Some(s) if s.starts_with("redis://") || s.starts_with("rediss://") => c.err(
-            "state",
-            "shared state in Redis is not available in this version yet; use memory",
-        ),
-        Some(s) => c.err(
-            "state",
-            format!("expected memory or redis://host:port/db, found {s:?}"),
-        ),
-    }
+/// `credentials`: only the embedded store exists in this version.
+fn backends(c: &mut Ctx<'_>, credentials: Option<&str>) {
     match credentials {
         None | Some("embedded") => {}
         Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => c.err(

@@ -16,17 +16,13 @@ pub(super) fn policy(c: &mut Ctx<'_>, p: file::PolicyFile, at: &str) -> Option<P
     }
     let action = match Action::parse(&p.action) {
         Some(a) => a,
-        None if p.action == "service_auth" => {
-            c.err(
-                format!("{at}.action"),
-                "service_auth is not available in this version yet",
-            );
-            Action::Block
-        }
         None => {
             c.err(
                 format!("{at}.action"),
-                format!("unknown action {:?} (allow, block or bypass)", p.action),
+                format!(
+                    "unknown action {:?} (allow, block, bypass or service_auth)",
+                    p.action
+                ),
             );
             Action::Block
         }
@@ -62,9 +58,7 @@ pub(super) fn policy(c: &mut Ctx<'_>, p: file::PolicyFile, at: &str) -> Option<P
         for (k, s) in items.iter().enumerate() {
             let sp = format!("{at}.{key}[{k}]");
             if let Some(sel) = selector(c, s, &sp) {
-                if action == Action::Bypass && !sel.is_anonymous() {
-                    c.err(&sp, "bypass policies apply without a login: only everyone and ip selectors can decide them");
-                }
+                fits(c, action, key, &sel, &sp);
                 v.push(sel);
             }
         }
@@ -81,6 +75,27 @@ pub(super) fn policy(c: &mut Ctx<'_>, p: file::PolicyFile, at: &str) -> Option<P
         require,
         exclude,
     })
+}
+
+/// Refuses selectors that can never match under this action: a bypass knows nobody, a
+/// `service_auth` policy sees services only, an `allow` policy people only.
+fn fits(c: &mut Ctx<'_>, action: Action, key: &str, sel: &Selector, at: &str) {
+    let person = !sel.is_anonymous() && !sel.is_service();
+    match action {
+        Action::Bypass if !sel.is_anonymous() => c.err(
+            at,
+            "bypass policies apply without a login: only everyone and ip selectors can decide them (service tokens: use service_auth)",
+        ),
+        Action::ServiceAuth if person => c.err(
+            at,
+            "service_auth policies match service tokens, never people: use service_token, any_service_token, ip or everyone",
+        ),
+        Action::Allow if sel.is_service() && key != "exclude" => c.err(
+            at,
+            "allow policies decide people; service tokens are let in by service_auth policies",
+        ),
+        _ => {}
+    }
 }
 
 fn selector(c: &mut Ctx<'_>, s: &SelectorFile, at: &str) -> Option<Selector> {
@@ -111,6 +126,16 @@ fn selector(c: &mut Ctx<'_>, s: &SelectorFile, at: &str) -> Option<Selector> {
             .ok_or_else(|| {
                 format!("unknown login method {m:?} (onetimepin, onetimelink or onetimetoken)")
             }),
+        SelectorFile::ServiceToken(n) if c.token_names.contains(n) => {
+            Ok(Selector::ServiceToken(n.clone()))
+        }
+        SelectorFile::ServiceToken(n) => {
+            Err(format!("no service token named {n:?} under service_tokens"))
+        }
+        SelectorFile::AnyServiceToken(true) => Ok(Selector::AnyServiceToken),
+        SelectorFile::AnyServiceToken(false) => {
+            Err("any_service_token: false matches nothing; remove the selector".to_owned())
+        }
     };
     r.map_err(|e| c.err(at, e)).ok()
 }

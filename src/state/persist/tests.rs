@@ -121,7 +121,9 @@ async fn expired_entries_are_dropped_on_restore() {
     assert_eq!(r.count("short").await.unwrap(), 0);
     assert_eq!(r.peek_code("pin").await.unwrap(), None);
     assert!(r.get("ban").await.unwrap().is_some());
-    let State::Memory(m) = &r;
+    let State::Memory(m) = &r else {
+        panic!("a memory state")
+    };
     assert_eq!(m.len(), 1, "nothing expired was put back");
     // Entries that expire while running are left out of the next save.
     clock.advance(3 * MIN);
@@ -162,7 +164,9 @@ async fn a_corrupt_or_foreign_file_is_refused_whole_and_nothing_is_restored() {
         let f = r.file(dir.path().join(FILE_NAME)).unwrap();
         let err = f.load().expect_err(what);
         assert!(err.to_string().contains(FILE_NAME), "{what}: {err}");
-        let State::Memory(m) = &r;
+        let State::Memory(m) = &r else {
+            panic!("a memory state")
+        };
         assert!(m.is_empty(), "{what}: nothing restored");
     }
     // A missing file is a first start: empty, no error.
@@ -194,7 +198,9 @@ async fn the_file_is_private_and_replaced_whole() {
     // A file that cannot be written (its folder is a file): the error names it, and the state
     // is not marked saved, so the next save to a good place writes it.
     std::fs::write(dir.path().join("plain"), b"").unwrap();
-    let State::Memory(m) = &s;
+    let State::Memory(m) = &s else {
+        panic!("a memory state")
+    };
     let blocked = StateFile::new(dir.path().join("plain").join(FILE_NAME), m.clone());
     let err = blocked.save().unwrap_err();
     assert!(err.to_string().contains("plain/state.json"), "{err}");
@@ -230,7 +236,9 @@ async fn saves_only_when_something_changed() {
 #[test]
 fn writes_during_a_save_are_in_this_save_or_the_next() {
     let (dir, clock, s, file) = setup();
-    let State::Memory(m) = &s;
+    let State::Memory(m) = &s else {
+        panic!("a memory state")
+    };
     std::thread::scope(|scope| {
         for t in 0..4 {
             let m = m.clone();
@@ -247,7 +255,9 @@ fn writes_during_a_save_are_in_this_save_or_the_next() {
     file.save().unwrap();
     let (r, _, restored) = restart(&dir, &clock);
     assert_eq!(restored.entries, 4);
-    let State::Memory(r) = &r;
+    let State::Memory(r) = &r else {
+        panic!("a memory state")
+    };
     for t in 0..4 {
         assert_eq!(r.count(&format!("k{t}")), 500);
     }
