@@ -1,5 +1,7 @@
 //! Per-request work that does not touch the network: path normalisation, host parsing, client
-//! address resolution, header hygiene, the policy decision and the service-token check.
+//! address resolution, header hygiene, the policy decision, the service-token check, the
+//! identity assertion, and a whole authenticated request through the pipeline to
+//! `builtin:echo` with the assertion on and off.
 //!
 //! `cargo bench --bench hot_path`
 
@@ -207,6 +209,38 @@ fn session(c: &mut Criterion) {
     });
 }
 
+/// The identity assertion on the hot path (docs/product.md#s8): a cached token is a map lookup
+/// and a few string comparisons; signing (ECDSA P-256) happens once per session and lifetime.
+fn assertion(c: &mut Criterion) {
+    use otpgate::assertion::{Assertions, MAX_LIFETIME, SigningKeys, Subject};
+    use otpgate::session::SessionId;
+    let a = Assertions::default();
+    a.replace_keys(SigningKeys::ephemeral("bench").unwrap_or_else(|_| unreachable!()));
+    let groups: Vec<std::sync::Arc<str>> = vec!["engineering".into(), "ops".into()];
+    let mut s = Subject {
+        session: SessionId([1; 16]),
+        session_expires_ms: 1_800_086_400_000,
+        issuer: "https://app.example.test",
+        audience: "otpgate:app:app",
+        user: "alice@corp.example",
+        email: "alice@corp.example",
+        groups: &groups,
+        method: LoginMethod::OneTimePin,
+    };
+    let now = 1_800_000_000_000;
+    c.bench_function("assertion::token (cached)", |b| {
+        b.iter(|| a.token(black_box(&s), MAX_LIFETIME, now))
+    });
+    let mut n = 0u64;
+    c.bench_function("assertion::token (signed: a new session)", |b| {
+        b.iter(|| {
+            n += 1;
+            s.session.0[..8].copy_from_slice(&n.to_be_bytes());
+            a.token(black_box(&s), MAX_LIFETIME, now)
+        })
+    });
+}
+
 /// A service token presented with a request: the lookup by client id, the keyed hash and the
 /// constant-time comparisons, then the policy decision for the service.
 fn service_token(c: &mut Criterion) {
@@ -269,5 +303,101 @@ fn service_token(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, session, service_token);
+/// A whole authenticated request through `Gateway::handle` to `builtin:echo` (no socket), with
+/// the assertion switched on and off: the on/off ratio is the assertion's share of the work.
+fn gateway(c: &mut Criterion) {
+    for (label, head) in [
+        (
+            "gateway: authenticated echo request, assertion off",
+            "identity_assertion: { enabled: false }",
+        ),
+        (
+            "gateway: authenticated echo request, assertion on (cached)",
+            "",
+        ),
+    ] {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|_| unreachable!());
+        let dir = tempfile::tempdir().unwrap_or_else(|_| unreachable!());
+        let (gw, cookie) = rt.block_on(async { echo_gateway(dir.path(), head) });
+        let conn = otpgate::gateway::ConnInfo {
+            peer: "198.51.100.7:50000"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+            tls: false,
+            sni: None,
+        };
+        c.bench_function(label, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let req = http::Request::get("/projects/42")
+                        .header("host", "app.test")
+                        .header("cookie", &cookie)
+                        .body(String::new())
+                        .unwrap_or_else(|_| unreachable!());
+                    let r = gw.handle(req, &conn).await;
+                    black_box(
+                        http_body_util::BodyExt::collect(r.into_body())
+                            .await
+                            .is_ok(),
+                    )
+                })
+            })
+        });
+    }
+}
+
+/// A gateway with one `builtin:echo` app, no listener, and a session cookie for it.
+fn echo_gateway(dir: &std::path::Path, head: &str) -> (otpgate::gateway::Gateway, String) {
+    use otpgate::session::{KeyRing, Sessions, TokenKind};
+    let yaml = format!(
+        "version: 1\nlisten: {{ http: 127.0.0.1:0 }}\nlog: {{ access: false }}\n{head}\napps:\n  - name: app\n    hosts: [app.test]\n    public_url: http://app.test\n    upstream: builtin:echo\n    policies:\n      - {{ name: all, action: allow, include: [ {{ everyone: true }} ] }}\n"
+    );
+    let config = otpgate::config::load_str(
+        &yaml,
+        &dir.join("otpgate.yaml"),
+        Vec::<(String, String)>::new(),
+    )
+    .unwrap_or_else(|_| unreachable!())
+    .config;
+    let random = otpgate::random::system();
+    let clock: std::sync::Arc<dyn otpgate::clock::Clock> = otpgate::clock::system();
+    let sessions = Sessions::new(
+        KeyRing::from_secrets(&[("k1", [7; 32])]).unwrap_or_else(|| unreachable!()),
+        random.clone(),
+    );
+    let (_, value) = sessions
+        .issue(
+            TokenKind::Session,
+            "app",
+            Email::parse("alice@corp.example").unwrap_or_else(|_| unreachable!()),
+            LoginMethod::OneTimePin,
+            std::time::Duration::from_secs(86_400),
+            clock.now_ms(),
+        )
+        .unwrap_or_else(|_| unreachable!());
+    let _ = std::fs::create_dir_all(&config.data_dir);
+    let parts = otpgate::gateway::Parts {
+        clock: clock.clone(),
+        random,
+        sessions,
+        store: otpgate::store::Store::open_embedded(&config.data_dir)
+            .unwrap_or_else(|_| unreachable!()),
+        state: otpgate::state::State::memory(clock),
+        mailer: otpgate::mailer::Mailer::start(&config.mail).unwrap_or_else(|_| unreachable!()),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    };
+    let bound = otpgate::config::BoundAddrs::default();
+    let runtime =
+        otpgate::gateway::Runtime::build(config, &bound, None).unwrap_or_else(|_| unreachable!());
+    let gw = otpgate::gateway::Gateway::new(runtime, bound, parts);
+    gw.assertions().replace_keys(
+        otpgate::assertion::SigningKeys::ephemeral("bench").unwrap_or_else(|_| unreachable!()),
+    );
+    (gw, format!("otpgate={value}"))
+}
+
+criterion_group!(benches, bench, session, service_token, assertion, gateway);
 criterion_main!(benches);

@@ -14,9 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 
+use crate::assertion::{Assertions, Subject};
 use crate::audit::{Audit, Event};
+use crate::config::AssertionConfig;
 use crate::metrics::{self, AppMetrics, DecisionLabel};
 use crate::policy::{self, Decision, Policy};
 use crate::session::service_token::ServiceTokens;
@@ -53,6 +55,9 @@ pub struct Identity {
     pub user: HeaderValue,
     /// Comma-separated group names (`X-Otpgate-Groups` by default).
     pub groups: HeaderValue,
+    /// The signed identity assertion and the header it goes in, when it is switched on
+    /// (docs/security.md#34).
+    pub assertion: Option<(HeaderName, HeaderValue)>,
 }
 
 impl Permitted {
@@ -108,6 +113,10 @@ pub(crate) struct AppAccess<'a> {
     pub cookie_name: &'static str,
     /// Whether it is served over https (for the refreshed cookie's `Secure`).
     pub https: bool,
+    /// Its public origin (the assertion's `iss`).
+    pub issuer: &'a str,
+    /// Its assertion audience (`aud`).
+    pub audience: &'a str,
     /// Its metric handles.
     pub metrics: &'a AppMetrics,
 }
@@ -123,6 +132,8 @@ pub(crate) struct Deps<'a> {
     pub now_ms: u64,
     /// The idle timeout of sessions.
     pub idle: Duration,
+    /// The assertion signer and its settings, when assertions are switched on.
+    pub assertion: Option<(&'a Assertions, &'a AssertionConfig)>,
     /// The service tokens of the config serving now.
     pub service_tokens: &'a ServiceTokens,
     /// Where token use and refusals are recorded.
@@ -167,7 +178,7 @@ pub(crate) fn authorize(
                     };
                     let d = policy::decide(app.policies, facts, Some(&who));
                     let session = d.permits().then(|| Session {
-                        identity: identity_headers(&claims, user),
+                        identity: identity_headers(deps, app, &claims, user),
                         refreshed: refresh_cookie(deps, app, &claims),
                         claims,
                     });
@@ -265,16 +276,38 @@ fn refresh_cookie(deps: Deps<'_>, app: AppAccess<'_>, claims: &Claims) -> Option
 }
 
 /// The identity headers for an allowed request.
-fn identity_headers(claims: &Claims, user: Option<&Arc<User>>) -> Identity {
+fn identity_headers(
+    deps: Deps<'_>,
+    app: AppAccess<'_>,
+    claims: &Claims,
+    user: Option<&Arc<User>>,
+) -> Identity {
     let email = HeaderValue::from_str(claims.email.as_str())
         .unwrap_or_else(|_| HeaderValue::from_static(""));
     let user_id = user
         .and_then(|u| HeaderValue::from_str(&u.id).ok())
         .unwrap_or_else(|| email.clone());
     let groups = user.map_or_else(|| HeaderValue::from_static(""), |u| u.groups_header.clone());
+    let assertion = deps.assertion.and_then(|(signer, config)| {
+        let subject = Subject {
+            session: claims.id(),
+            session_expires_ms: claims.expires_ms(),
+            issuer: app.issuer,
+            audience: app.audience,
+            user: user.map_or(claims.email.as_str(), |u| u.id.as_str()),
+            email: claims.email.as_str(),
+            groups: user.map_or(&[][..], |u| &u.groups[..]),
+            method: claims.method,
+        };
+        // Without a token the request still goes, without the header: an upstream that relies
+        // on the assertion refuses it, which fails closed (signing fails only without keys).
+        let token = signer.token(&subject, config.lifetime, deps.now_ms).ok()?;
+        Some((config.header.clone(), token))
+    });
     Identity {
         email,
         user: user_id,
         groups,
+        assertion,
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub use service_token::{policy_explain_service, service_token_create, service_token_rotate};
 
+use crate::assertion::SigningKeys;
 use crate::audit::{Audit, AuditError, Event};
 use crate::clock::Clock;
 use crate::config::{AppConfig, Config, MAX_SESSION};
@@ -31,6 +32,9 @@ pub enum CommandError {
     /// The keys file.
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// The assertion signing-keys file.
+    #[error(transparent)]
+    SigningKeys(#[from] crate::assertion::SigningKeyError),
     /// The store.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -410,6 +414,55 @@ pub fn keys_rotate(
     let id = KeyRing::rotate(path, random, clock.unix_secs())?;
     Ok(format!(
         "new current key {id}; older keys stay valid. Send SIGHUP to running gateways (and copy {} to every replica).",
+        path.display()
+    ))
+}
+
+/// The signing-keys file, or why there is none.
+fn signing_keys_file(config: &Config) -> Result<&std::path::Path, CommandError> {
+    config
+        .identity_assertion
+        .as_ref()
+        .map(|a| a.keys_file.as_path())
+        .ok_or_else(|| CommandError::Refused("identity_assertion is switched off".into()))
+}
+
+/// `otpgate keys list --jwt`: the assertion signing keys the JWKS publishes.
+pub fn keys_list_jwt(
+    config: &Config,
+    clock: &dyn Clock,
+    random: &dyn Random,
+) -> Result<String, CommandError> {
+    let path = signing_keys_file(config)?;
+    let keys = SigningKeys::load_or_create(path, random, clock.unix_secs())?;
+    let mut out = String::new();
+    for k in keys.keys() {
+        let current = if k.id == keys.current().id {
+            "  (current)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "{}  created {}{current}\n",
+            k.id,
+            crate::audit::rfc3339(Duration::from_secs(k.created))
+        ));
+    }
+    Ok(out)
+}
+
+/// `otpgate keys rotate --jwt`: a new current signing key; the previous one stays published
+/// (and its assertions verifiable) for an hour.
+pub fn keys_rotate_jwt(
+    config: &Config,
+    clock: &dyn Clock,
+    random: &dyn Random,
+) -> Result<String, CommandError> {
+    let path = signing_keys_file(config)?;
+    SigningKeys::load_or_create(path, random, clock.unix_secs())?;
+    let id = SigningKeys::rotate(path, random, clock.unix_secs())?;
+    Ok(format!(
+        "new current signing key {id}; the previous one stays published for an hour. Send SIGHUP to running gateways (and copy {} to every replica).",
         path.display()
     ))
 }

@@ -219,7 +219,8 @@ fn answer(query: Option<&str>, default: Answer) -> Result<Answer, ForwardAuthErr
 
 /// `200`: the front proxy may forward the request. It carries the identity headers under the
 /// app's names (`X-Otpgate-*` by default) for the proxy to copy upstream (none after a bypass
-/// policy), and the refreshed session cookie when one is due.
+/// policy), the signed identity assertion when it is switched on (docs/product.md#s4), and the
+/// refreshed session cookie when one is due.
 pub(crate) fn allowed(mut permit: Permitted, names: &IdentityHeaders) -> Response<Body> {
     let mut r = Response::new(Body::Empty);
     let h = r.headers_mut();
@@ -227,8 +228,12 @@ pub(crate) fn allowed(mut permit: Permitted, names: &IdentityHeaders) -> Respons
         h.insert(names.email.clone(), id.email.clone());
         h.insert(names.user.clone(), id.user.clone());
         h.insert(names.groups.clone(), id.groups.clone());
+        if let Some((name, token)) = &id.assertion {
+            h.insert(name.clone(), token.clone());
+        }
     } else if let Some(user) = permit.service_user() {
-        // A service token: only the user header, `service:<name>`, as in proxy mode.
+        // A service token: only the user header, `service:<name>`, and no assertion (it names
+        // a person who logged in), as in proxy mode.
         h.insert(names.user.clone(), user.clone());
     }
     if let Some(cookie) = permit.take_refreshed() {

@@ -12,6 +12,7 @@
 //! proxy                           header hygiene, the pooled upstream client, tunnels
 //! access, directory               the policy stage (Permitted); the LDAP/AD sync
 //! session, users                  cookies, keys, revocations; the user table
+//! assertion                       the signed identity assertion (ES256 JWS), its keys and JWKS
 //! leaves                          config, policy, store, state, mailer, audit, metrics, http,
 //!                                 pages, body, io, clock, random, email, path, return_to, dn,
 //!                                 trust
@@ -19,6 +20,7 @@
 
 pub(crate) mod access;
 pub(crate) mod admin;
+pub mod assertion;
 pub(crate) mod audit;
 pub mod body;
 pub mod clock;

@@ -169,9 +169,18 @@ enum UsersCommand {
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// List the cookie keys.
-    List,
+    List {
+        /// The identity-assertion signing keys instead.
+        #[arg(long)]
+        jwt: bool,
+    },
     /// Add a new current key; older keys stay valid.
-    Rotate,
+    Rotate {
+        /// Rotate the identity-assertion signing key instead (the previous one stays
+        /// published for an hour).
+        #[arg(long)]
+        jwt: bool,
+    },
     /// Remove a key that is not current; cookies sealed with it stop working.
     Retire {
         /// The key id.
@@ -231,8 +240,20 @@ fn check_config(path: &Path) -> ExitCode {
                 path.display(),
                 loaded.config.apps.len()
             );
+            let assertion = loaded.config.identity_assertion.as_ref();
+            if let Some(a) = assertion {
+                println!(
+                    "identity assertion: header {}, lifetime {}s, keys {}",
+                    a.header,
+                    a.lifetime.as_secs(),
+                    a.keys_file.display()
+                );
+            }
             for a in &loaded.config.apps {
-                println!("  {}: {}", a.name, a.served());
+                match assertion {
+                    Some(_) => println!("  {}: {}, audience {}", a.name, a.served(), a.audience),
+                    None => println!("  {}: {}", a.name, a.served()),
+                }
             }
             ExitCode::SUCCESS
         }
@@ -362,8 +383,18 @@ fn users(c: &config::Config, command: UsersCommand) -> CommandResult {
 
 fn keys(c: &config::Config, command: KeysCommand) -> CommandResult {
     match command {
-        KeysCommand::List => commands::keys_list(c, &SystemClock, random::system().as_ref()),
-        KeysCommand::Rotate => commands::keys_rotate(c, &SystemClock, random::system().as_ref()),
+        KeysCommand::List { jwt: false } => {
+            commands::keys_list(c, &SystemClock, random::system().as_ref())
+        }
+        KeysCommand::List { jwt: true } => {
+            commands::keys_list_jwt(c, &SystemClock, random::system().as_ref())
+        }
+        KeysCommand::Rotate { jwt: false } => {
+            commands::keys_rotate(c, &SystemClock, random::system().as_ref())
+        }
+        KeysCommand::Rotate { jwt: true } => {
+            commands::keys_rotate_jwt(c, &SystemClock, random::system().as_ref())
+        }
         KeysCommand::Retire { id } => commands::keys_retire(c, &id),
     }
 }

@@ -39,6 +39,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("access", 2),
     ("directory", 2),
     ("session", 1),
+    // The signed identity assertion: beside the cookie keys, used by access and login.
+    ("assertion", 1),
     // Pure data and decisions, no I/O: leaves that config and the store may name.
     ("policy", 0),
     ("users", 0),

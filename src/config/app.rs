@@ -19,6 +19,8 @@ pub struct AppConfig {
     pub hosts: Vec<HostPattern>,
     /// The origin users see; `None` means the listener's own (scheme, first host, port).
     pub public_url: Option<Origin>,
+    /// The `aud` claim of its identity assertions (default `otpgate:app:NAME`).
+    pub audience: String,
     /// Proxied by the gateway, or behind a front proxy that asks `/.otpgate/auth`.
     pub mode: AppMode,
     /// Where requests go. With [`AppMode::ForwardAuth`] there is none to configure and this is

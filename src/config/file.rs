@@ -30,6 +30,8 @@ pub(crate) struct FileConfig {
     #[serde(default)]
     pub(crate) session: SessionFile,
     #[serde(default)]
+    pub(crate) identity_assertion: IdentityAssertionFile,
+    #[serde(default)]
     pub(crate) mail: MailFile,
     #[serde(default)]
     pub(crate) rate_limits: RateLimitsFile,
@@ -121,6 +123,17 @@ pub(crate) struct TlsFile {
 pub(crate) struct CertFile {
     pub(crate) cert: String,
     pub(crate) key: String,
+}
+
+/// `identity_assertion`: the signed identity header (see `validate::assertion`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdentityAssertionFile {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) header: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub(crate) lifetime: Option<Duration>,
+    pub(crate) keys_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -296,6 +309,8 @@ pub(crate) struct AppFile {
     pub(crate) name: String,
     pub(crate) hosts: Vec<String>,
     pub(crate) public_url: Option<String>,
+    /// The `aud` of its identity assertions (default `otpgate:app:NAME`).
+    pub(crate) audience: Option<String>,
     pub(crate) mode: Option<String>,
     pub(crate) upstream: Option<String>,
     pub(crate) upstream_ca: Option<String>,

@@ -10,6 +10,7 @@
 //!    paths against the config file's folder and builds the runtime types.
 
 mod app;
+mod assertion;
 mod directory;
 mod env;
 mod file;
@@ -33,6 +34,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use app::{AppConfig, HeaderPattern, HostPattern, IdentityHeaders, Origin, Upstream};
+pub use assertion::{AssertionConfig, DEFAULT_ASSERTION_HEADER, MAX_ASSERTION_LIFETIME};
 pub use directory::{DirectoryConfig, DirectoryGroups, DirectoryUsers};
 pub use file::LogFormat;
 pub use mode::AppMode;
@@ -78,6 +80,8 @@ pub struct Config {
     pub state: StateConfig,
     /// Gateway session (cookie) settings.
     pub session: SessionConfig,
+    /// The signed identity assertion; `None` when switched off.
+    pub identity_assertion: Option<AssertionConfig>,
     /// Outgoing mail.
     pub mail: MailConfig,
     /// Login rate limits.

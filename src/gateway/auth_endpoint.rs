@@ -64,6 +64,11 @@ impl Gateway {
             users: &users,
             now_ms: self.clock.now_ms(),
             idle: rt.config.session.idle_timeout,
+            assertion: rt
+                .config
+                .identity_assertion
+                .as_ref()
+                .map(|c| (&self.assertions, c)),
             service_tokens: &rt.service_tokens,
             audit: &rt.audit,
         };

@@ -24,6 +24,7 @@ use arc_swap::{ArcSwap, Guard};
 pub use error::{Blame, GateError};
 pub use runtime::{App, BuildError, Runtime};
 
+use crate::assertion::Assertions;
 use crate::clock::Clock;
 use crate::config::BoundAddrs;
 use crate::mailer::Mailer;
@@ -64,6 +65,7 @@ pub struct Gateway {
     mailer: Mailer,
     tunnels: Arc<tokio::sync::Semaphore>,
     shutdown: tokio_util::sync::CancellationToken,
+    assertions: Assertions,
 }
 
 /// The long-lived parts of a gateway, made once at start.
@@ -104,7 +106,14 @@ impl Gateway {
             state: parts.state,
             mailer: parts.mailer,
             shutdown: parts.shutdown,
+            assertions: Assertions::default(),
         }
+    }
+
+    /// The identity-assertion signer: its keys are put in service at start and on reload
+    /// (`Assertions::replace_keys`); until then no assertion is made.
+    pub fn assertions(&self) -> &Assertions {
+        &self.assertions
     }
 
     /// Sessions (keys, revocations).

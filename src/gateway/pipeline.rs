@@ -157,6 +157,11 @@ impl Gateway {
             users: &users,
             now_ms: self.clock.now_ms(),
             idle: rt.config.session.idle_timeout,
+            assertion: rt
+                .config
+                .identity_assertion
+                .as_ref()
+                .map(|c| (&self.assertions, c)),
             service_tokens: &rt.service_tokens,
             audit: &rt.audit,
         };
@@ -200,6 +205,7 @@ impl Gateway {
             identity: &app.config.identity_headers,
             metrics: &app.metrics,
             tunnel,
+            assertion_header: rt.config.identity_assertion.as_ref().map(|c| &c.header),
             credential_headers: rt.service_tokens.headers(),
         };
         let changed = normalised.is_some();
@@ -255,6 +261,7 @@ impl Gateway {
                 users,
                 clock: &self.clock,
                 random: &self.random,
+                assertions: &self.assertions,
             },
             Site {
                 config: &rt.config,

@@ -52,6 +52,8 @@ pub struct App {
     pub cookie_name: &'static str,
     /// Session lifetime on this app.
     pub session_lifetime: Duration,
+    /// The origin as text: the `iss` of its identity assertions.
+    pub issuer: String,
     /// Request headers no client may send it (docs/security.md#40).
     pub strip: proxy::Strip,
 }
@@ -64,6 +66,8 @@ impl App {
             policies: &self.config.policies,
             cookie_name: self.cookie_name,
             https: self.origin.https,
+            issuer: &self.issuer,
+            audience: &self.config.audience,
             metrics: &self.metrics,
         }
     }
@@ -107,6 +111,7 @@ impl Runtime {
             apps.push(App {
                 cookie_name: session::cookie_name(origin.https),
                 session_lifetime: a.session_duration.unwrap_or(config.session.duration),
+                issuer: origin.to_string(),
                 strip: proxy::Strip::new(&config.strip_request_headers, &a.identity_headers),
                 origin,
                 config: a.clone(),

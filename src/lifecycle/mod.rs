@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use reload::ReloadError;
 
+use crate::assertion::{SigningKeyError, SigningKeys};
 use crate::clock::{self, Clock};
 use crate::config::{BoundAddrs, Config};
 use crate::directory;
@@ -68,6 +69,9 @@ pub enum StartError {
     /// The credentials store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The assertion signing keys could not be read or made.
+    #[error(transparent)]
+    SigningKeys(#[from] SigningKeyError),
     /// The shared state's settings are unusable (an unreachable Redis is not an error here).
     #[error(transparent)]
     State(#[from] StateError),
@@ -122,6 +126,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         None => None,
     };
     let directory_config = config.directory.clone();
+    let signing_keys = signing_keys(&config, &options)?;
     let runtime = Runtime::build(config, &bound, None)?;
     let cancel = CancellationToken::new();
     let parts = Parts {
@@ -134,6 +139,9 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         shutdown: cancel.clone(),
     };
     let gateway = Arc::new(Gateway::new(runtime, bound, parts));
+    if let Some(keys) = signing_keys {
+        gateway.assertions().replace_keys(keys);
+    }
     if let Some(s) = snapshot {
         directory::snapshot_metrics(&s);
         gateway.set_directory_snapshot(Some(s));
@@ -154,6 +162,25 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         directory: Mutex::new(directory_tasks),
         state_file,
     })
+}
+
+/// The assertion signing keys, when assertions are on: read from the file every replica
+/// shares, or made on first start.
+fn signing_keys(
+    config: &Config,
+    options: &Options,
+) -> Result<Option<SigningKeys>, SigningKeyError> {
+    config
+        .identity_assertion
+        .as_ref()
+        .map(|a| {
+            SigningKeys::load_or_create(
+                &a.keys_file,
+                options.random.as_ref(),
+                options.clock.unix_secs(),
+            )
+        })
+        .transpose()
 }
 
 /// One accept loop per bound listener.

@@ -4,6 +4,7 @@ use std::sync::PoisonError;
 
 use super::Running;
 use super::tasks::{DirectoryTask, stored_snapshot};
+use crate::assertion::{SigningKeyError, SigningKeys};
 use crate::config::{self, ConfigError, Problem};
 use crate::gateway::{BuildError, Runtime};
 use crate::metrics;
@@ -26,6 +27,9 @@ pub enum ReloadError {
     /// The cookie keys could not be read.
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// The assertion signing keys could not be read.
+    #[error(transparent)]
+    SigningKeys(#[from] SigningKeyError),
 }
 
 impl Running {
@@ -59,11 +63,27 @@ impl Running {
             self.gateway.random().as_ref(),
             self.gateway.clock().unix_secs(),
         )?;
+        // A rotated signing-keys file (`keys rotate --jwt`) is picked up here.
+        let signing_keys = loaded
+            .config
+            .identity_assertion
+            .as_ref()
+            .map(|a| {
+                SigningKeys::load_or_create(
+                    &a.keys_file,
+                    self.gateway.random().as_ref(),
+                    self.gateway.clock().unix_secs(),
+                )
+            })
+            .transpose()?;
         let runtime = Runtime::build(loaded.config, &self.gateway.bound(), Some(&current))?;
         if let (Some(resolver), Some(store)) = (&self.resolver, store) {
             resolver.replace(store);
         }
         self.gateway.sessions().replace_keys(keys);
+        if let Some(k) = signing_keys {
+            self.gateway.assertions().replace_keys(k);
+        }
         self.gateway.swap(runtime);
         self.restart_directory();
         Ok(loaded.warnings)

@@ -13,6 +13,7 @@
 //! POST /.otpgate/password  stores it; session cookie, other sessions end, notice by mail
 //! GET  /.otpgate/logout    "Sign out" button
 //! POST /.otpgate/logout    ends the session on the server and clears the cookie
+//! GET  /.otpgate/certs     the identity assertions' public keys (JWKS), no session needed
 //! ```
 //!
 //! One file per flow: `page` (the login page and its form posts), `pin`, `mail_request` (links
@@ -26,6 +27,7 @@
 //! request; for addresses that get no mail the stored record can never succeed) and no sooner
 //! than a fixed floor; mail leaves through a queue, never inline.
 
+mod certs;
 mod choose_password;
 mod device;
 mod error;
@@ -49,6 +51,7 @@ use http::{Method, Request, Response, StatusCode};
 
 pub(crate) use error::LoginError;
 
+use crate::assertion::Assertions;
 use crate::audit::{Audit, Event};
 use crate::body::{Body, RequestBody};
 use crate::clock::Clock;
@@ -74,6 +77,8 @@ pub(crate) const LOGOUT_PATH: &str = "/.otpgate/logout";
 pub(crate) const LINK_PATH: &str = "/.otpgate/link";
 /// The "choose a new password" page of a temporary-password login.
 pub(crate) const PASSWORD_PATH: &str = "/.otpgate/password";
+/// The identity assertions' public keys (stable path: apps are configured with it).
+pub(crate) const CERTS_PATH: &str = "/.otpgate/certs";
 
 /// The answer to "send me a code" (or a link, or a temporary password) is never faster than
 /// this, so the time it takes says nothing about the address (the work behind it takes
@@ -106,6 +111,8 @@ pub(crate) struct Services<'a> {
     pub(crate) clock: &'a Arc<dyn Clock>,
     /// Randomness.
     pub(crate) random: &'a Arc<dyn Random>,
+    /// The identity-assertion keys (for the JWKS).
+    pub(crate) assertions: &'a Assertions,
 }
 
 /// What the login pages know of the app a request is for, from the config serving now.
@@ -188,7 +195,8 @@ pub(crate) async fn handle(
         CODE_PATH | LINK_PATH | PASSWORD_PATH if read => to_login(),
         LOGOUT_PATH if read => Ok(c.logout_page(req.headers())),
         LOGOUT_PATH if post => c.logout(req).await,
-        LOGIN_PATH | CODE_PATH | LOGOUT_PATH | LINK_PATH | PASSWORD_PATH => {
+        CERTS_PATH if read => c.certs(),
+        LOGIN_PATH | CODE_PATH | LOGOUT_PATH | LINK_PATH | PASSWORD_PATH | CERTS_PATH => {
             Err(LoginError::MethodNotAllowed)
         }
         _ => Err(LoginError::NotFound),

@@ -224,7 +224,10 @@ fn check_config_exit_codes_and_key_paths() {
             "{f}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(": ok ("));
+        // The assertion audience of every app is shown.
+        assert!(stdout.contains("audience otpgate:app:"), "{stdout}");
     }
     // A broken file: exit 1, one line per problem, each with its key path.
     let dir = tempfile::tempdir().unwrap();
@@ -603,6 +606,21 @@ apps:
         .to_owned();
     let out = otpgate(&["keys", "retire", &current, "--config", c]);
     assert_eq!(out.status.code(), Some(1));
+
+    // keys --jwt: the assertion signing keys, beside the cookie keys, mode 0600; rotate keeps
+    // the previous key listed (published) beside the new current one.
+    let out = otpgate(&["keys", "rotate", "--jwt", "--config", c]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = otpgate(&["keys", "list", "--jwt", "--config", c]);
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert_eq!(list.lines().filter(|l| l.ends_with("(current)")).count(), 1);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(dir.path().join("data/jwt_keys.json")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
 }
 
 /// docs/product.md#s2, the newcomer's path: the binary on the committed config, a browser at

@@ -145,12 +145,27 @@ fn identity_upstream(page: &Page) -> serde_json::Map<String, serde_json::Value> 
         .collect()
 }
 
+/// The identity assertions the upstream received, in any spelling of the header.
+fn assertions_upstream(page: &Page) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(&page.body).unwrap();
+    v["headers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.replace('_', "-") == "otpgate-jwt-assertion")
+        .flat_map(|(_, v)| v.as_array().unwrap().clone())
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// What a client sends to pass as someone else.
 const SPOOFS: &[(&str, &str)] = &[
     ("X-Otpgate-Email", "ceo@corp.example"),
     ("x-otpgate-user", "ceo"),
     ("X-Otpgate-Groups", "admins"),
     ("X-Otpgate_Email", "ceo@corp.example"),
+    ("Otpgate-Jwt-Assertion", "forged.by.client"),
+    ("Otpgate_Jwt_Assertion", "forged.by.client"),
 ];
 
 /// Paths that could mean two things (docs/security.md#35), spelt so an HTTP client sends them
@@ -168,6 +183,17 @@ fn assert_alice_upstream(page: &Page) {
             "x-otpgate-groups": ["engineering"],
         })
     );
+    // Only otpgate's own assertion, copied by the front proxy from the 200 (docs/product.md#s4).
+    let tokens = assertions_upstream(page);
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    let payload = tokens[0].split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "alice@corp.example", "{claims}");
+    assert_eq!(claims["aud"], "otpgate:app:app", "{claims}");
 }
 
 /// The whole PIN login through nginx in a real browser: the login page, the code from the
@@ -240,6 +266,7 @@ async fn nginx_front_forwards_identity_and_refuses_what_it_must() {
     // A bypass sends no identity; what the client sent is gone all the same.
     let page = site.get("/public/x", SPOOFS).await;
     assert!(identity_upstream(&page).is_empty(), "{}", page.body);
+    assert!(assertions_upstream(&page).is_empty(), "{}", page.body);
 
     let hits = site.up.hits();
     let mallory = site.gw.mint("app", "mallory@corp.example");

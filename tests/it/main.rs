@@ -14,6 +14,7 @@ mod smtp;
 mod timing;
 
 mod abuse;
+mod assertion;
 mod cli;
 mod directory;
 mod forward_auth;

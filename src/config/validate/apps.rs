@@ -55,10 +55,12 @@ pub(super) fn apps(
         };
         let identity_headers = super::headers::identity_headers(c, &at, a.identity_headers);
         let policies = policies(c, &at, a.policies, &a.name);
+        let audience = audience(c, &at, a.audience, &a.name);
         out.push(AppConfig {
             name: a.name,
             hosts,
             public_url,
+            audience,
             mode,
             upstream,
             upstream_ca,
@@ -72,6 +74,21 @@ pub(super) fn apps(
         });
     }
     out
+}
+
+/// The assertion audience: printable ASCII without spaces, so apps can compare it exactly.
+fn audience(c: &mut Ctx<'_>, at: &str, audience: Option<String>, name: &str) -> String {
+    let audience = audience.unwrap_or_else(|| format!("otpgate:app:{name}"));
+    if audience.is_empty()
+        || audience.len() > 256
+        || !audience.bytes().all(|b| b.is_ascii_graphic())
+    {
+        c.err(
+            format!("{at}.audience"),
+            "must be 1 to 256 printable characters without spaces",
+        );
+    }
+    audience
 }
 
 fn app_name(c: &mut Ctx<'_>, at: &str, name: &str, names: &mut HashSet<String>) {

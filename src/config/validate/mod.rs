@@ -7,6 +7,7 @@
 
 mod app_mode;
 mod apps;
+mod assertion;
 mod directory;
 mod headers;
 mod limits;
@@ -178,6 +179,8 @@ pub(super) fn validate(
     backends(&mut c, f.credentials.as_deref());
 
     let session = limits::session(&mut c, &f.session, &data_dir);
+    let identity_assertion =
+        assertion::identity_assertion(&mut c, &f.identity_assertion, &session.keys_file);
     let mail = mail::mail(&mut c, f.mail, &data_dir);
     let rate_limits = limits::rate_limits(&mut c, &f.rate_limits);
     let audit = match f.audit {
@@ -224,6 +227,7 @@ pub(super) fn validate(
         data_dir,
         state,
         session,
+        identity_assertion,
         mail,
         rate_limits,
         audit,

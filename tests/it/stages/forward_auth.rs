@@ -445,3 +445,36 @@ async fn the_answer_uses_the_apps_identity_header_names() {
     assert_eq!(r.header("x-otpgate-user"), Some("alice@corp.example"));
     assert_eq!(r.header("x-otpgate-email"), None);
 }
+
+/// The payload of a signed assertion (its signature is checked in `tests/it/assertion.rs`).
+fn assertion_claims(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = token.split('.').nth(1).unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&json).unwrap()
+}
+
+#[tokio::test]
+async fn the_200_carries_the_signed_assertion_for_the_front_proxy_to_copy() {
+    let stage = apps();
+    let alice = stage.cookie_for("wiki", "alice@corp.example");
+    let r = stage
+        .send_on(with(traefik("/docs/a?x=1"), Some(&alice)), &conn(FRONT))
+        .await;
+    assert_allowed_as(&r, "alice@corp.example", "engineering,ops");
+    let c = assertion_claims(r.header("otpgate-jwt-assertion").unwrap());
+    assert_eq!(c["iss"], "http://wiki.test");
+    assert_eq!(c["aud"], "otpgate:app:wiki");
+    assert_eq!(c["sub"], "alice@corp.example");
+    assert_eq!(c["email"], "alice@corp.example");
+    assert_eq!(c["groups"], serde_json::json!(["engineering", "ops"]));
+
+    // A bypass has no session, so no assertion either.
+    let r = stage
+        .send_on(with(traefik("/public/x"), None), &conn(FRONT))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("otpgate-jwt-assertion"), None);
+}

@@ -4,6 +4,7 @@
 //! `proxy.rs` and `sessions.rs` check the same rules end to end; these pin each stage on its
 //! own, with the connection facts (peer, TLS, SNI) and the clock under the test's control.
 
+mod assertion;
 mod forward_auth;
 mod headers;
 mod login_dispatch;
@@ -71,8 +72,14 @@ impl Stage {
             mailer,
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
+        let gateway = Gateway::new(runtime, bound, parts);
+        // Signing keys in memory, as `lifecycle::start` would read them: with assertions on
+        // (the default) every session request gets one, and nothing is written to disk.
+        gateway
+            .assertions()
+            .replace_keys(otpgate::assertion::SigningKeys::ephemeral("stage").unwrap());
         Self {
-            gateway: Gateway::new(runtime, bound, parts),
+            gateway,
             clock,
             _dir: dir,
         }

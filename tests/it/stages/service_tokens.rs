@@ -123,6 +123,8 @@ async fn sec_34_a_valid_token_reaches_the_upstream_as_the_service_and_neither_he
         "a service has no address"
     );
     assert!(r.echoed("x-otpgate-groups").is_empty());
+    // The assertion names a person who logged in: a service gets none (docs/product.md#s4).
+    assert!(r.echoed("otpgate-jwt-assertion").is_empty());
     let echo = r.echo().to_string();
     assert!(
         !echo.to_ascii_lowercase().contains("otpgate-client"),
