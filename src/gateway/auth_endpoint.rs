@@ -9,7 +9,7 @@ use http::header::SET_COOKIE;
 use http::{HeaderMap, Request, Response};
 
 use super::error::GateError;
-use super::pipeline::{login_required, login_url};
+use super::pipeline::{invalid_service_token, login_required, login_url};
 use super::route::{self, RouteError};
 use super::runtime::{App, Runtime};
 use super::{ConnInfo, Gateway, RESERVED_PREFIX, forwarded};
@@ -59,19 +59,7 @@ impl Gateway {
         }
         let client = forwarded::downstream(conn, headers, &rt.config.trusted_proxies);
         let users = self.users();
-        let deps = access::Deps {
-            sessions: &self.sessions,
-            users: &users,
-            now_ms: self.clock.now_ms(),
-            idle: rt.config.session.idle_timeout,
-            assertion: rt
-                .config
-                .identity_assertion
-                .as_ref()
-                .map(|c| (&self.assertions, c)),
-            service_tokens: &rt.service_tokens,
-            audit: &rt.audit,
-        };
+        let deps = self.access_deps(rt, &users);
         let facts = policy::Request {
             path: &path,
             ip: client.ip,
@@ -80,10 +68,7 @@ impl Gateway {
             Ok(permit) => Ok(forward_auth::allowed(permit, &app.config.identity_headers)),
             Err(Refusal::Forbidden) => Err(GateError::Forbidden),
             // A script gets JSON it can read, as in proxy mode (docs/product.md#s4).
-            Err(Refusal::InvalidServiceToken) => Ok(rt.pages.json(
-                http::StatusCode::UNAUTHORIZED,
-                &serde_json::json!({ "error": "invalid_service_token" }),
-            )),
+            Err(Refusal::InvalidServiceToken) => Ok(invalid_service_token(rt)),
             Err(Refusal::LoginRequired { clear_cookie }) => Ok(match original.answer {
                 Answer::Redirect => {
                     login_required(rt, app, &path, original.query, headers, clear_cookie)

@@ -152,9 +152,30 @@ impl Gateway {
 
         // 6. The policy stage: a `Permitted`, or why not.
         let users = self.users();
-        let deps = access::Deps {
+        let facts = policy::Request {
+            path,
+            ip: client.ip,
+        };
+        let deps = self.access_deps(rt, &users);
+        let permit = match access::authorize(deps, app.access(), &facts, req.headers()) {
+            Ok(p) => p,
+            Err(r) => return refused(rt, app, (path, req.uri().query()), req.headers(), r),
+        };
+        drop(users);
+
+        // 7. The proxy stage.
+        let tunnel = self.tunnel_limits(rt, &permit, req.headers())?;
+        let route = route_of(rt, app, tunnel);
+        let changed = normalised.is_some();
+        let path = normalised.unwrap_or_default();
+        Ok(proxy::forward(permit, route, req, &path, changed, client).await?)
+    }
+
+    /// What the policy stage reads, from this gateway and the runtime serving now.
+    pub(super) fn access_deps<'a>(&'a self, rt: &'a Runtime, users: &'a Users) -> access::Deps<'a> {
+        access::Deps {
             sessions: &self.sessions,
-            users: &users,
+            users,
             now_ms: self.clock.now_ms(),
             idle: rt.config.session.idle_timeout,
             assertion: rt
@@ -164,53 +185,7 @@ impl Gateway {
                 .map(|c| (&self.assertions, c)),
             service_tokens: &rt.service_tokens,
             audit: &rt.audit,
-        };
-        let facts = policy::Request {
-            path,
-            ip: client.ip,
-        };
-        let permit = match access::authorize(deps, app.access(), &facts, req.headers()) {
-            Ok(p) => p,
-            Err(Refusal::Forbidden) => return Err(GateError::Forbidden),
-            // docs/product.md#s4: a script gets JSON it can read, never a login page.
-            Err(Refusal::InvalidServiceToken) => {
-                return Ok(rt.pages.json(
-                    StatusCode::UNAUTHORIZED,
-                    &serde_json::json!({ "error": "invalid_service_token" }),
-                ));
-            }
-            Err(Refusal::LoginRequired { clear_cookie }) => {
-                let query = req.uri().query();
-                return Ok(login_required(
-                    rt,
-                    app,
-                    path,
-                    query,
-                    req.headers(),
-                    clear_cookie,
-                ));
-            }
-        };
-        drop(users);
-
-        // 7. The proxy stage.
-        let tunnel = self.tunnel_limits(rt, &permit, req.headers())?;
-        let route = Route {
-            app: &app.config.name,
-            upstream: &app.upstream,
-            timeout: app.config.timeout,
-            max_body: app.config.max_request_body,
-            preserve_host: app.config.preserve_host,
-            strip: &app.strip,
-            identity: &app.config.identity_headers,
-            metrics: &app.metrics,
-            tunnel,
-            assertion_header: rt.config.identity_assertion.as_ref().map(|c| &c.header),
-            credential_headers: rt.service_tokens.headers(),
-        };
-        let changed = normalised.is_some();
-        let path = normalised.unwrap_or_default();
-        Ok(proxy::forward(permit, route, req, &path, changed, client).await?)
+        }
     }
 
     /// A WebSocket upgrade needs a tunnel slot; the tunnel ends with the session.
@@ -276,6 +251,49 @@ impl Gateway {
             client.ip,
         )
     }
+}
+
+/// How the app's requests are forwarded.
+fn route_of<'a>(rt: &'a Runtime, app: &'a App, tunnel: Option<TunnelLimits>) -> Route<'a> {
+    Route {
+        app: &app.config.name,
+        upstream: &app.upstream,
+        timeout: app.config.timeout,
+        max_body: app.config.max_request_body,
+        preserve_host: app.config.preserve_host,
+        strip: &app.strip,
+        identity: &app.config.identity_headers,
+        metrics: &app.metrics,
+        tunnel,
+        assertion_header: rt.config.identity_assertion.as_ref().map(|c| &c.header),
+        credential_headers: rt.service_tokens.headers(),
+    }
+}
+
+/// The answer to a request the policy stage refused; `at` is its path and query.
+fn refused(
+    rt: &Runtime,
+    app: &App,
+    (path, query): (&str, Option<&str>),
+    headers: &HeaderMap,
+    refusal: Refusal,
+) -> Result<Response<Body>, GateError> {
+    match refusal {
+        Refusal::Forbidden => Err(GateError::Forbidden),
+        Refusal::InvalidServiceToken => Ok(invalid_service_token(rt)),
+        Refusal::LoginRequired { clear_cookie } => {
+            Ok(login_required(rt, app, path, query, headers, clear_cookie))
+        }
+    }
+}
+
+/// A bad service token: a script gets JSON it can read, never a login page
+/// (docs/product.md#s4).
+pub(super) fn invalid_service_token(rt: &Runtime) -> Response<Body> {
+    rt.pages.json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({ "error": "invalid_service_token" }),
+    )
 }
 
 /// No usable session: browsers are sent to the login page, API clients get 401 JSON

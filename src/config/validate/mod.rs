@@ -157,23 +157,10 @@ pub(super) fn validate(
         token_names: std::collections::HashSet::new(),
     };
 
-    if f.version != VERSION {
-        c.err(
-            "version",
-            format!("this build reads version {VERSION}, found {}", f.version),
-        );
-    }
-
+    refused_keys(&mut c, &f);
     let listen = listen::listen(&mut c, f.listen);
     let admin = admin(&mut c, &f.admin);
     let tls = listen::tls(&mut c, &f.tls, &listen);
-
-    if f.portal_host.is_some() {
-        c.err(
-            "portal_host",
-            "single sign-on through a portal host is not available in this version yet",
-        );
-    }
     let data_dir = c.resolve(f.data_dir.as_deref().unwrap_or("data"));
     let state = state::state(&mut c, f.state);
     backends(&mut c, f.credentials.as_deref());
@@ -183,11 +170,7 @@ pub(super) fn validate(
         assertion::identity_assertion(&mut c, &f.identity_assertion, &session.keys_file);
     let mail = mail::mail(&mut c, f.mail, &data_dir);
     let rate_limits = limits::rate_limits(&mut c, &f.rate_limits);
-    let audit = match f.audit {
-        None => AuditSink::File(data_dir.join("audit.log")),
-        Some(file::AuditFile::Stdout) => AuditSink::Stdout,
-        Some(file::AuditFile::Path(p)) => AuditSink::File(c.resolve(&p)),
-    };
+    let audit = audit(&mut c, f.audit, &data_dir);
     let trusted_proxies = trusted_proxies(&mut c, &f.trusted_proxies);
     let strip_request_headers = headers::strip_request_headers(&mut c, &f.strip_request_headers);
     let templates_dir = templates_dir(&mut c, f.templates_dir.as_deref());
@@ -209,6 +192,7 @@ pub(super) fn validate(
         &f.service_token_headers,
         &data_dir,
     );
+    // Policies may name only the tokens that exist.
     c.token_names = service_tokens
         .tokens
         .iter()
@@ -244,6 +228,31 @@ pub(super) fn validate(
         service_tokens,
     });
     (config, c.warnings, c.errors)
+}
+
+/// Keys this version reads but refuses: a wrong version, and settings of features to come.
+fn refused_keys(c: &mut Ctx<'_>, f: &FileConfig) {
+    if f.version != VERSION {
+        c.err(
+            "version",
+            format!("this build reads version {VERSION}, found {}", f.version),
+        );
+    }
+    if f.portal_host.is_some() {
+        c.err(
+            "portal_host",
+            "single sign-on through a portal host is not available in this version yet",
+        );
+    }
+}
+
+/// Where audit events go: `audit.log` in `data_dir` unless said otherwise.
+fn audit(c: &mut Ctx<'_>, a: Option<file::AuditFile>, data_dir: &Path) -> AuditSink {
+    match a {
+        None => AuditSink::File(data_dir.join("audit.log")),
+        Some(file::AuditFile::Stdout) => AuditSink::Stdout,
+        Some(file::AuditFile::Path(p)) => AuditSink::File(c.resolve(&p)),
+    }
 }
 
 fn admin(c: &mut Ctx<'_>, a: &file::AdminFile) -> AdminConfig {
