@@ -15,7 +15,7 @@
 //! assertion                       the signed identity assertion (ES256 JWS), its keys and JWKS
 //! leaves                          config, policy, store, state, mailer, audit, metrics, http,
 //!                                 pages, body, io, clock, random, email, path, return_to, dn,
-//!                                 trust
+//!                                 trust, private_file
 //! ```
 
 pub(crate) mod access;
@@ -40,6 +40,7 @@ pub mod metrics;
 pub(crate) mod pages;
 pub mod path;
 pub mod policy;
+pub(crate) mod private_file;
 pub mod proxy;
 pub mod random;
 pub(crate) mod return_to;

@@ -62,6 +62,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("return_to", 0),
     ("dn", 0),
     ("trust", 0),
+    ("private_file", 0),
 ];
 
 /// The library's name: the binary root reaches the library through it.

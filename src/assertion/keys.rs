@@ -17,7 +17,6 @@
 //! by comparing bytes.
 
 use std::fmt;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -326,39 +325,19 @@ fn serialize(file: &KeysFile) -> Vec<u8> {
     v
 }
 
-/// Writes the file with mode 0600: a new file only if `create_new`, else through a temporary
-/// file renamed over the old one, so a replica reading it never sees half a file.
+/// Writes the file, readable by the owner only: a new file only if `create_new`, else replaced
+/// whole, so a replica reading it never sees half a file.
 fn write_file(path: &Path, file: &KeysFile, create_new: bool) -> Result<(), SigningKeyError> {
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let io = |source| SigningKeyError::Io {
+    let bytes = serialize(file);
+    let written = if create_new {
+        crate::private_file::create_new(path, &bytes)
+    } else {
+        crate::private_file::replace(path, &bytes)
+    };
+    written.map_err(|source| SigningKeyError::Io {
         path: path.into(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let target = if create_new {
-        path.to_path_buf()
-    } else {
-        path.with_extension("json.tmp")
-    };
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true);
-    if create_new {
-        o.create_new(true);
-    } else {
-        o.create(true).truncate(true);
-    }
-    #[cfg(unix)]
-    o.mode(0o600);
-    let mut f = o.open(&target).map_err(io)?;
-    f.write_all(&serialize(file)).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    if !create_new {
-        std::fs::rename(&target, path).map_err(io)?;
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -151,27 +151,12 @@ fn self_signed(dir: &Path, names: &[String]) -> Result<CertifiedKey, TlsError> {
     let key = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
     let cert = params.self_signed(&key).map_err(|e| fail(e.to_string()))?;
     std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-    write_private(&key_path, key.serialize_pem().as_bytes()).map_err(|e| fail(e.to_string()))?;
+    crate::private_file::replace(&key_path, key.serialize_pem().as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
     std::fs::write(&cert_path, cert.pem()).map_err(|e| fail(e.to_string()))?;
     tracing::info!(path = %cert_path.display(), names = ?names, "generated a self-signed development certificate");
     let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| fail(e.to_owned()))?;
     certified(vec![cert.der().clone()], &key_der, &key_path)
-}
-
-/// Writes a file readable by its owner only.
-pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let mut f = opts.open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Picks certificates by SNI from a store that config reloads can replace.

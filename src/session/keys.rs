@@ -8,7 +8,6 @@
 //! ```
 
 use std::fmt;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -320,44 +319,18 @@ fn serialize(file: &KeysFile) -> Vec<u8> {
     v
 }
 
-pub(super) fn open_private(path: &Path, create_new: bool) -> std::io::Result<std::fs::File> {
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true);
-    if create_new {
-        o.create_new(true);
-    } else {
-        o.create(true).truncate(true);
-    }
-    #[cfg(unix)]
-    o.mode(0o600);
-    o.open(path)
-}
-
 fn write_new(path: &Path, file: &KeysFile) -> Result<(), KeyError> {
-    let io = |source| KeyError::Io {
+    crate::private_file::create_new(path, &serialize(file)).map_err(|source| KeyError::Io {
         path: path.into(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let mut f = open_private(path, true).map_err(io)?;
-    f.write_all(&serialize(file)).map_err(io)?;
-    f.sync_all().map_err(io)
+    })
 }
 
 fn replace(path: &Path, file: &KeysFile) -> Result<(), KeyError> {
-    let io = |source| KeyError::Io {
+    crate::private_file::replace(path, &serialize(file)).map_err(|source| KeyError::Io {
         path: path.into(),
         source,
-    };
-    let tmp = path.with_extension("json.tmp");
-    let mut f = open_private(&tmp, false).map_err(io)?;
-    f.write_all(&serialize(file)).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 #[cfg(test)]

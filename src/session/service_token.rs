@@ -12,7 +12,6 @@
 //! HMAC and two constant-time comparisons, whatever the outcome of the first.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -345,15 +344,8 @@ pub fn load_or_create_key(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let text =
                 base64::engine::general_purpose::STANDARD.encode(random::bytes::<32>(random)?);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(io)?;
-            }
-            match super::keys::open_private(path, true) {
-                Ok(mut f) => {
-                    f.write_all(format!("{text}\n").as_bytes()).map_err(io)?;
-                    f.sync_all().map_err(io)?;
-                    text
-                }
+            match crate::private_file::create_new(path, format!("{text}\n").as_bytes()) {
+                Ok(()) => text,
                 // Another process made it meanwhile: use theirs.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     std::fs::read_to_string(path).map_err(io)?

@@ -13,7 +13,6 @@
 //! `{"code":{"payload":"<base64>","digest":"<base64>","attempts":n}}`. Times are Unix ms by the
 //! injected clock. Keys are opaque: whatever key the login code uses is saved.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -216,7 +215,7 @@ impl StateFile {
             entries,
         };
         let bytes = serde_json::to_vec(&snapshot).map_err(|e| self.format(e))?;
-        write_private(&self.path, &bytes).map_err(|e| self.io(e))?;
+        crate::private_file::replace(&self.path, &bytes).map_err(|e| self.io(e))?;
         *saved = changes;
         Ok(Saved::Written(count))
     }
@@ -234,40 +233,6 @@ impl StateFile {
             source: Arc::new(e),
         }
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, readable by the owner only
-/// (the entries name addresses and client IPs): a crash mid-save leaves the previous file whole.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    // A leftover of an interrupted save could carry other permissions; start from nothing.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        o.mode(0o600);
-    }
-    let result = o
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result?;
-    // The rename survives a power loss only once the folder is synced; where a folder cannot
-    // be opened for that, the rename still happened and the next save tries again.
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
