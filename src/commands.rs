@@ -387,20 +387,24 @@ pub fn keys_list(
     random: &dyn Random,
 ) -> Result<String, CommandError> {
     let ring = KeyRing::load_or_create(&config.session.keys_file, random, clock.unix_secs())?;
+    let current = &ring.current().id;
+    Ok(key_lines(
+        ring.keys().map(|k| (k.id.as_str(), k.created)),
+        current,
+    ))
+}
+
+/// One line per key: its id, when it was made, and which one is current.
+fn key_lines<'a>(keys: impl Iterator<Item = (&'a str, u64)>, current: &str) -> String {
     let mut out = String::new();
-    for k in ring.keys() {
-        let current = if k.id == ring.current().id {
-            "  (current)"
-        } else {
-            ""
-        };
+    for (id, created) in keys {
+        let mark = if id == current { "  (current)" } else { "" };
         out.push_str(&format!(
-            "{}  created {}{current}\n",
-            k.id,
-            crate::audit::rfc3339(Duration::from_secs(k.created))
+            "{id}  created {}{mark}\n",
+            crate::audit::rfc3339(Duration::from_secs(created))
         ));
     }
-    Ok(out)
+    out
 }
 
 /// `otpgate keys rotate`: a new current key; the old ones stay valid until retired.
@@ -435,20 +439,8 @@ pub fn keys_list_jwt(
 ) -> Result<String, CommandError> {
     let path = signing_keys_file(config)?;
     let keys = SigningKeys::load_or_create(path, random, clock.unix_secs())?;
-    let mut out = String::new();
-    for k in keys.keys() {
-        let current = if k.id == keys.current().id {
-            "  (current)"
-        } else {
-            ""
-        };
-        out.push_str(&format!(
-            "{}  created {}{current}\n",
-            k.id,
-            crate::audit::rfc3339(Duration::from_secs(k.created))
-        ));
-    }
-    Ok(out)
+    let current = &keys.current().id;
+    Ok(key_lines(keys.keys().map(|k| (&*k.id, k.created)), current))
 }
 
 /// `otpgate keys rotate --jwt`: a new current signing key; the previous one stays published

@@ -132,7 +132,8 @@ async fn the_gateway_cookies_never_reach_the_upstream_but_others_do() {
                 .header("cookie", format!("theme=dark; {cookie}; lang=en"))
                 .header(
                     "cookie",
-                    "otpgate-login=v1.tx; otpgate-pw=v1.pw; __Host-otpgate=v1.x; n=1",
+                    "otpgate-login=v1.tx; otpgate-pw=v1.pw; __Host-otpgate=v1.x; n=1; \
+                     __Host-otpgate-device=v1.d; otpgate-device=v1.d",
                 )
                 .body(())
                 .unwrap(),
