@@ -186,26 +186,37 @@ async fn send(gw: &Gateway, rt: &Runtime, job: &Job<'_>) -> Vec<(String, Outcome
     operator.send(job).await
 }
 
-/// `/readyz`: started, not stopping, and the shared state answers (a replica whose Redis is
-/// unreachable cannot log anyone in, so the load balancer should prefer another).
+/// `/readyz`: started, not stopping, and the shared state and the credentials store answer (a
+/// replica whose Redis or PostgreSQL is unreachable cannot log anyone in, so the load balancer
+/// should prefer another).
 async fn readyz(gw: &Gateway) -> Response<Body> {
     let plain = "text/plain; charset=utf-8";
     if !gw.is_ready() {
         return text(StatusCode::SERVICE_UNAVAILABLE, plain, "not ready\n");
     }
-    match gw.state().ready().await {
-        Ok(()) => text(StatusCode::OK, plain, "ready\n"),
-        Err(e) => {
-            let mut why = String::from("not ready: ");
-            let mut cause: Option<&dyn std::error::Error> = Some(&e);
-            while let Some(c) = cause {
-                why.push_str(&c.to_string());
-                why.push_str(if c.source().is_some() { ": " } else { "\n" });
-                cause = c.source();
-            }
-            text(StatusCode::SERVICE_UNAVAILABLE, plain, why)
-        }
+    if let Err(e) = gw.state().ready().await {
+        return not_ready(&e);
     }
+    match gw.store().ping().await {
+        Ok(()) => text(StatusCode::OK, plain, "ready\n"),
+        Err(e) => not_ready(&e),
+    }
+}
+
+/// 503 naming the cause and its sources.
+fn not_ready(e: &dyn std::error::Error) -> Response<Body> {
+    let mut why = String::from("not ready: ");
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cause {
+        why.push_str(&c.to_string());
+        why.push_str(if c.source().is_some() { ": " } else { "\n" });
+        cause = c.source();
+    }
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "text/plain; charset=utf-8",
+        why,
+    )
 }
 
 /// Answers one admin request.

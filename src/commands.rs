@@ -1,15 +1,17 @@
 //! The administrative commands behind the command line (`mint-cookie`, `policy explain`,
-//! `sessions revoke`, `users`, `keys`). They work on the config and the store directly, so they
+//! `sessions revoke`, `users`, `keys`, `store copy`). They work on the config and the store directly, so they
 //! run beside a live gateway; `main.rs` only parses arguments and prints. The user table they
 //! see is the one the gateway serves: the config's users merged with the directory snapshot the
 //! gateway last persisted ([`load_users`]).
 
 mod service_token;
+mod store_copy;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 pub use service_token::{policy_explain_service, service_token_create, service_token_rotate};
+pub use store_copy::{Side, store_copy};
 
 use crate::assertion::SigningKeys;
 use crate::audit::{Audit, AuditError, Event};
@@ -123,7 +125,7 @@ pub fn mint_cookie(
 }
 
 /// `otpgate policy explain`: which policy decides a request, and why.
-pub fn policy_explain(
+pub async fn policy_explain(
     config: &Config,
     app_name: &str,
     address: &str,
@@ -135,7 +137,7 @@ pub fn policy_explain(
     let email = email(address)?;
     let path = crate::path::normalise(path)
         .map_err(|e| CommandError::Refused(format!("{path:?}: {e} (the gateway answers 400)")))?;
-    let users = load_users(config)?;
+    let users = load_users(config).await?;
     let user = users.by_email(email.as_str());
     let groups = user.map_or(&[][..], |u| &u.groups[..]);
     let who = policy::Identity {
@@ -202,21 +204,23 @@ fn steps_text(steps: &[policy::Step]) -> String {
 
 /// `otpgate sessions revoke --user ID`: ends every session of a user issued before now
 /// ("log out everywhere"). Running gateways apply it within the revocation poll interval.
-pub fn revoke_user(
+pub async fn revoke_user(
     config: &Config,
     user: &str,
     clock: &dyn Clock,
     random: &dyn Random,
 ) -> Result<String, CommandError> {
-    let store = Store::open_embedded(&config.data_dir)?;
-    let addresses = addresses_of(config, &store, user)?;
+    let store = open_store(config).await?;
+    let addresses = addresses_of(config, &store, user).await?;
     let audit = Audit::open(&config.audit)?;
     let now_ms = u64::try_from(clock.now().as_millis()).unwrap_or(u64::MAX);
     let until =
         now_ms + u64::try_from(MAX_SESSION.as_millis()).unwrap_or(0) + session::cookie::SKEW_MS;
     let request_id = crate::random::request_id(random);
     for a in &addresses {
-        store.revoke(RevocationKind::User, a, now_ms, until, now_ms)?;
+        store
+            .revoke(RevocationKind::User, a, now_ms, until, now_ms)
+            .await?;
         audit.record(
             clock.now(),
             Event::new("session.revoked")
@@ -236,19 +240,19 @@ pub fn revoke_user(
 
 /// `otpgate users unlock ID`: clears the failed-login count and lock of a user (by address,
 /// or every address of a configured user id).
-pub fn unlock_user(
+pub async fn unlock_user(
     config: &Config,
     user: &str,
     clock: &dyn Clock,
     random: &dyn Random,
 ) -> Result<String, CommandError> {
-    let store = Store::open_embedded(&config.data_dir)?;
-    let addresses = addresses_of(config, &store, user)?;
+    let store = open_store(config).await?;
+    let addresses = addresses_of(config, &store, user).await?;
     let audit = Audit::open(&config.audit)?;
     let request_id = crate::random::request_id(random);
     let mut cleared = Vec::new();
     for a in &addresses {
-        if store.reset_failures(a)? {
+        if store.reset_failures(a).await? {
             cleared.push(a.as_str());
         }
         audit.record(
@@ -271,21 +275,27 @@ pub fn unlock_user(
 
 /// The user table the gateway serves: the config's users merged with the persisted directory
 /// snapshot (when a directory is configured and the snapshot was taken with its settings).
-pub fn load_users(config: &Config) -> Result<Users, CommandError> {
+pub async fn load_users(config: &Config) -> Result<Users, CommandError> {
     match &config.directory {
         None => Ok(Users::from_config(&config.users)),
         Some(_) => {
-            let store = Store::open_embedded(&config.data_dir)?;
-            users_with_store(config, &store)
+            let store = open_store(config).await?;
+            users_with_store(config, &store).await
         }
     }
 }
 
-fn users_with_store(config: &Config, store: &Store) -> Result<Users, CommandError> {
+/// The configured store (`credentials`): SQLite in `data_dir` or PostgreSQL.
+pub async fn open_store(config: &Config) -> Result<Store, CommandError> {
+    Ok(Store::open(&config.credentials, &config.data_dir).await?)
+}
+
+async fn users_with_store(config: &Config, store: &Store) -> Result<Users, CommandError> {
     let snapshot = match &config.directory {
         None => None,
         Some(d) => store
-            .directory_snapshot()?
+            .directory_snapshot()
+            .await?
             .filter(|s| s.fingerprint == d.fingerprint()),
     };
     Ok(Users::merged(&config.users, snapshot.as_ref()))
@@ -294,10 +304,10 @@ fn users_with_store(config: &Config, store: &Store) -> Result<Users, CommandErro
 /// `otpgate users list`: one line per user (sorted by id): id, the address one-time links and
 /// temporary passwords go to (or `-`), groups (or `-`), source, `password` / `no password`, and
 /// `locked` while too many failed logins have the account locked.
-pub fn users_list(config: &Config, clock: &dyn Clock) -> Result<String, CommandError> {
+pub async fn users_list(config: &Config, clock: &dyn Clock) -> Result<String, CommandError> {
     let now_ms = clock.now_ms();
-    let store = Store::open_embedded(&config.data_dir)?;
-    let users = users_with_store(config, &store)?;
+    let store = open_store(config).await?;
+    let users = users_with_store(config, &store).await?;
     let mut rows: Vec<[String; 6]> = Vec::with_capacity(users.len());
     for u in users.all() {
         // Passwords and failure counts are kept per address: the login address and the
@@ -312,8 +322,8 @@ pub fn users_list(config: &Config, clock: &dyn Clock) -> Result<String, CommandE
         let mut password = false;
         let mut locked = false;
         for a in &addresses {
-            password |= store.has_password(a)?;
-            locked |= store.failures(a, now_ms)?.locked;
+            password |= store.has_password(a).await?;
+            locked |= store.failures(a, now_ms).await?.locked;
         }
         let groups: Vec<&str> = u.groups.iter().map(AsRef::as_ref).collect();
         rows.push([
@@ -356,8 +366,12 @@ pub fn users_list(config: &Config, clock: &dyn Clock) -> Result<String, CommandE
 }
 
 /// The addresses a user id or address stands for.
-fn addresses_of(config: &Config, store: &Store, user: &str) -> Result<Vec<String>, CommandError> {
-    let users = users_with_store(config, store)?;
+async fn addresses_of(
+    config: &Config,
+    store: &Store,
+    user: &str,
+) -> Result<Vec<String>, CommandError> {
+    let users = users_with_store(config, store).await?;
     let mut addresses: Vec<String> = Vec::new();
     if let Ok(e) = Email::parse(user) {
         addresses.push(e.to_string());
@@ -497,11 +511,11 @@ pub async fn send_auth_email(
         random.as_ref(),
         clock.unix_secs(),
     )?;
-    let store = Store::open_embedded(&config.data_dir)?;
+    let store = open_store(config).await?;
     let pages = crate::pages::Pages::load(config.templates_dir.as_deref())?;
     let audit = Audit::open(&config.audit)?;
     let mailer = crate::mailer::Mailer::start(&config.mail)?;
-    let table = users_with_store(config, &store)?;
+    let table = users_with_store(config, &store).await?;
     let operator = crate::login::send::Operator {
         issuer: crate::login::send::Issuer {
             pages: &pages,

@@ -94,6 +94,38 @@ enum Command {
         #[command(subcommand)]
         command: ServiceTokenCommand,
     },
+    /// The credentials store (passwords, links, revocations, failure counts).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy every record from one store into another (`embedded` or a postgres:// URL); the
+    /// target must be empty unless --force, which replaces its contents. Prints the counts.
+    Copy {
+        /// `embedded` or postgres://user@host/db?sslmode=...
+        #[arg(long)]
+        from: String,
+        /// `embedded` or postgres://user@host/db?sslmode=...
+        #[arg(long)]
+        to: String,
+        /// The embedded store's folder (default: the config's data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The password of the --from database (default: the config's credentials
+        /// password_file when the URL is the config's).
+        #[arg(long)]
+        from_password_file: Option<PathBuf>,
+        /// The password of the --to database (default as for --from-password-file).
+        #[arg(long)]
+        to_password_file: Option<PathBuf>,
+        /// Replace the contents of a target that is not empty.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -288,8 +320,13 @@ fn admin(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let c = &loaded.config;
+    // The store may be PostgreSQL, whose client is asynchronous.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     let out = match command {
-        Command::Policy { command } => policy(c, command),
+        Command::Policy { command } => runtime.block_on(policy(c, command)),
         Command::MintCookie {
             app,
             email,
@@ -304,8 +341,31 @@ fn admin(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
             &SystemClock,
             &random::system(),
         ),
-        Command::Sessions { command } => sessions(c, command),
-        Command::Users { command } => users(c, command),
+        Command::Sessions { command } => runtime.block_on(sessions(c, command)),
+        Command::Users { command } => runtime.block_on(users(c, command)),
+        Command::Store {
+            command:
+                StoreCommand::Copy {
+                    from,
+                    to,
+                    data_dir,
+                    from_password_file,
+                    to_password_file,
+                    force,
+                },
+        } => runtime.block_on(commands::store_copy(
+            c,
+            commands::Side {
+                store: &from,
+                password_file: from_password_file.as_deref(),
+            },
+            commands::Side {
+                store: &to,
+                password_file: to_password_file.as_deref(),
+            },
+            data_dir.as_deref(),
+            force,
+        )),
         Command::Keys { command } => keys(c, command),
         Command::ServiceToken { command } => service_token(c, command),
         Command::SendAuthEmail {
@@ -333,7 +393,7 @@ fn print_result(out: CommandResult) -> ExitCode {
     }
 }
 
-fn policy(c: &config::Config, command: PolicyCommand) -> CommandResult {
+async fn policy(c: &config::Config, command: PolicyCommand) -> CommandResult {
     match command {
         PolicyCommand::Explain {
             app,
@@ -344,7 +404,9 @@ fn policy(c: &config::Config, command: PolicyCommand) -> CommandResult {
             method,
         } => match (email, service_token) {
             (_, Some(token)) => commands::policy_explain_service(c, &app, &token, &path, ip),
-            (Some(email), None) => commands::policy_explain(c, &app, &email, &path, ip, method),
+            (Some(email), None) => {
+                commands::policy_explain(c, &app, &email, &path, ip, method).await
+            }
             (None, None) => Err(CommandError::Refused(
                 "give --email or --service-token".into(),
             )),
@@ -364,19 +426,19 @@ fn service_token(c: &config::Config, command: ServiceTokenCommand) -> CommandRes
     }
 }
 
-fn sessions(c: &config::Config, command: SessionsCommand) -> CommandResult {
+async fn sessions(c: &config::Config, command: SessionsCommand) -> CommandResult {
     match command {
         SessionsCommand::Revoke { user } => {
-            commands::revoke_user(c, &user, &SystemClock, random::system().as_ref())
+            commands::revoke_user(c, &user, &SystemClock, random::system().as_ref()).await
         }
     }
 }
 
-fn users(c: &config::Config, command: UsersCommand) -> CommandResult {
+async fn users(c: &config::Config, command: UsersCommand) -> CommandResult {
     match command {
-        UsersCommand::List => commands::users_list(c, &SystemClock),
+        UsersCommand::List => commands::users_list(c, &SystemClock).await,
         UsersCommand::Unlock { id } => {
-            commands::unlock_user(c, &id, &SystemClock, random::system().as_ref())
+            commands::unlock_user(c, &id, &SystemClock, random::system().as_ref()).await
         }
     }
 }

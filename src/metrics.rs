@@ -83,6 +83,12 @@ pub const AUDIT_WRITE_FAILURES: &str = "otpgate_audit_write_failures_total";
 /// closed while they fail.
 pub const STATE_ERRORS: &str = "otpgate_state_errors_total";
 
+// The credentials store.
+
+/// Calls to the credentials store (SQLite or PostgreSQL) that failed or timed out, by
+/// operation; logins that need the store fail closed while they fail.
+pub const STORE_ERRORS: &str = "otpgate_store_errors_total";
+
 #[derive(Debug, Clone, Copy)]
 enum TokenKind {
     Counter,
@@ -206,6 +212,10 @@ const DESCRIPTIONS: &[Description] = &[
     counter(
         STATE_ERRORS,
         "Shared-state (Redis) calls that failed or timed out, by operation (logins fail closed).",
+    ),
+    counter(
+        STORE_ERRORS,
+        "Credentials-store calls that failed or timed out, by operation (logins fail closed).",
     ),
 ];
 

@@ -26,7 +26,7 @@ pub(crate) struct FileConfig {
     pub(crate) portal_host: Option<String>,
     pub(crate) data_dir: Option<String>,
     pub(crate) state: Option<super::state::StateFile>,
-    pub(crate) credentials: Option<String>,
+    pub(crate) credentials: Option<super::credentials::CredentialsFile>,
     #[serde(default)]
     pub(crate) session: SessionFile,
     #[serde(default)]

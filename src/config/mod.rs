@@ -11,6 +11,7 @@
 
 mod app;
 mod assertion;
+mod credentials;
 mod directory;
 mod env;
 mod file;
@@ -35,6 +36,7 @@ use serde_json::Value;
 
 pub use app::{AppConfig, HeaderPattern, HostPattern, IdentityHeaders, Origin, Upstream};
 pub use assertion::{AssertionConfig, DEFAULT_ASSERTION_HEADER, MAX_ASSERTION_LIFETIME};
+pub use credentials::{CredentialsConfig, PgSslMode, PostgresConfig, postgres_config};
 pub use directory::{DirectoryConfig, DirectoryGroups, DirectoryUsers};
 pub use file::LogFormat;
 pub use mode::AppMode;
@@ -78,6 +80,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where codes, limits and cooldowns live (`state`).
     pub state: StateConfig,
+    /// Where passwords, links, revocations and failure counts live (`credentials`).
+    pub credentials: CredentialsConfig,
     /// Gateway session (cookie) settings.
     pub session: SessionConfig,
     /// The signed identity assertion; `None` when switched off.

@@ -303,10 +303,7 @@ apps:
 
 #[test]
 fn not_yet_available_features_are_refused_not_ignored() {
-    for (snippet, key) in [
-        ("credentials: postgres://db/otpgate", "credentials"),
-        ("portal_host: gw.example.test", "portal_host"),
-    ] {
+    for (snippet, key) in [("portal_host: gw.example.test", "portal_host")] {
         let errs = errors(&format!("{MINIMAL}{snippet}\n"));
         assert!(
             errs.iter()
@@ -349,6 +346,56 @@ fn state_takes_redis_urls_and_refuses_passwords_in_them() {
         assert!(
             errs.iter()
                 .any(|e| e.starts_with("state") && e.contains(says)),
+            "{snippet}: {errs:?}"
+        );
+        assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:?}");
+    }
+}
+
+#[test]
+fn credentials_take_postgres_urls_and_refuse_passwords_in_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pg-pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    for snippet in [
+        "credentials: embedded".to_owned(),
+        "credentials: postgres://otpgate@127.0.0.1:5432/otpgate?sslmode=disable".to_owned(),
+        "credentials: postgresql://otpgate@db.example.test/gate".to_owned(),
+        format!(
+            "credentials: {{ url: \"postgres://otpgate@db:5432/gate?sslmode=require\", password_file: {pw:?} }}"
+        ),
+    ] {
+        let loaded = load_text(&format!("{MINIMAL}{snippet}\n"));
+        let loaded = loaded.unwrap_or_else(|e| panic!("{snippet}: {:?}", e.errors));
+        if snippet.contains("password_file") {
+            let CredentialsConfig::Postgres(p) = &loaded.config.credentials else {
+                panic!("{snippet}: not postgres");
+            };
+            assert_eq!(p.password.as_ref().map(|s| s.expose()), Some("s3cret"));
+            assert_eq!(p.ssl_mode, PgSslMode::Require);
+        }
+    }
+    for (snippet, says) in [
+        (
+            "credentials: postgres://otpgate:hunter2@db/gate",
+            "password_file",
+        ),
+        (
+            "credentials: postgres://otpgate@db/gate?password=hunter2",
+            "password_file",
+        ),
+        ("credentials: postgres://db/gate", "role"),
+        (
+            "credentials: { url: postgres://u@db/gate, password_file: /nonexistent/pw }",
+            "cannot read",
+        ),
+        ("credentials: mysql://u@db/gate", "expected embedded"),
+        ("credentials: postgres://u@db/gate?sslmode=allow", "sslmode"),
+    ] {
+        let errs = errors(&format!("{MINIMAL}{snippet}\n"));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("credentials") && e.contains(says)),
             "{snippet}: {errs:?}"
         );
         assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:?}");

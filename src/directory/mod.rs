@@ -135,12 +135,7 @@ async fn publish(sink: &Sink, snapshot: DirectorySnapshot) {
         );
     }
     let snapshot = Arc::new(snapshot);
-    let to_store = snapshot.clone();
-    if let Err(e) = sink
-        .store
-        .run(move |c| c.save_directory_snapshot(&to_store))
-        .await
-    {
+    if let Err(e) = sink.store.save_directory_snapshot(&snapshot).await {
         tracing::error!(error = %e, "cannot persist the directory snapshot; it serves from memory");
     }
     if sink.table.set_snapshot(Some(snapshot.clone())) {

@@ -97,7 +97,8 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         options.random.as_ref(),
         options.clock.unix_secs(),
     )?;
-    let store = Store::open_embedded(&config.data_dir)?;
+    // PostgreSQL must answer at start: its schema is checked and migrated before serving.
+    let store = Store::open(&config.credentials, &config.data_dir).await?;
     // Redis is connected lazily: one that is down now does not stop the start.
     let state = State::open(&config.state, options.clock.clone())?;
     let state_file = state
@@ -108,7 +109,9 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     }
     let sessions = Sessions::new(keys, options.random.clone());
     // Revocations are in memory before the first request is served.
-    sessions.revocations().apply(&store.revocations_since(0)?);
+    sessions
+        .revocations()
+        .apply(&store.revocations_since(0).await?);
     let listeners = Listeners::bind(&config.listen).await?;
     let bound = listeners.addrs();
     let (resolver, acceptor) = if listeners.https.is_some() {
@@ -122,7 +125,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     let mailer = Mailer::start(&config.mail)?;
     // The last good directory snapshot serves until the first sync (the directory may be down).
     let snapshot = match &config.directory {
-        Some(d) => stored_snapshot(&store, d)?,
+        Some(d) => stored_snapshot(&store, d).await?,
         None => None,
     };
     let directory_config = config.directory.clone();

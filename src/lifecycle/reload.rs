@@ -54,6 +54,9 @@ impl Running {
         if loaded.config.state.url() != current.config.state.url() {
             tracing::warn!("state changes only on restart; the old backend stays in use");
         }
+        if loaded.config.credentials.url() != current.config.credentials.url() {
+            tracing::warn!("credentials change only on restart; the old store stays in use");
+        }
         let store = match &self.resolver {
             Some(_) => Some(CertStore::load(&loaded.config.tls)?),
             None => None,
@@ -113,11 +116,20 @@ impl Running {
             }
             Some(cfg) => {
                 if old_fingerprint.as_deref() != Some(cfg.fingerprint().as_str()) {
-                    let stored = stored_snapshot(self.gateway.store(), &cfg).unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "cannot read the stored directory snapshot");
-                        None
+                    self.gateway.set_directory_snapshot(None);
+                    // The store is read in the background (it may be PostgreSQL); a sync that
+                    // finishes first wins, as its snapshot is the newer one.
+                    let (gw, wanted) = (self.gateway.clone(), cfg.clone());
+                    tokio::spawn(async move {
+                        match stored_snapshot(gw.store(), &wanted).await {
+                            Ok(Some(s)) if gw.directory_snapshot().is_none() => {
+                                gw.set_directory_snapshot(Some(s));
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e,
+                                "cannot read the stored directory snapshot"),
+                        }
                     });
-                    self.gateway.set_directory_snapshot(stored);
                 }
                 tasks.current = Some(DirectoryTask::spawn(&self.gateway, cfg, &self.cancel));
             }

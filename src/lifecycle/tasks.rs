@@ -53,11 +53,11 @@ impl DirectoryTask {
 }
 
 /// The persisted directory snapshot, when it was taken with the settings of `cfg`.
-pub(super) fn stored_snapshot(
+pub(super) async fn stored_snapshot(
     store: &Store,
     cfg: &DirectoryConfig,
 ) -> Result<Option<Arc<DirectorySnapshot>>, StoreError> {
-    Ok(match store.directory_snapshot()? {
+    Ok(match store.directory_snapshot().await? {
         Some(s) if s.fingerprint == cfg.fingerprint() => {
             tracing::info!(
                 users = s.users.len(),
@@ -168,7 +168,7 @@ async fn sync_revocations(gw: Arc<Gateway>, cancel: CancellationToken) {
         }
         rounds += 1;
         let since = gw.sessions().revocations().last_seq();
-        match gw.store().run(move |c| c.revocations_since(since)).await {
+        match gw.store().revocations_since(since).await {
             Ok(rows) => gw.sessions().revocations().apply(&rows),
             Err(e) => tracing::error!(error = %e, "cannot read revocations; retrying"),
         }
@@ -177,7 +177,7 @@ async fn sync_revocations(gw: Arc<Gateway>, cancel: CancellationToken) {
             let max_ms = 30 * 86_400_000;
             gw.sessions().revocations().prune(now_ms, max_ms);
             let cutoff = now_ms.saturating_sub(session::cookie::SKEW_MS);
-            if let Err(e) = gw.store().run(move |c| c.prune(cutoff)).await {
+            if let Err(e) = gw.store().prune(cutoff).await {
                 tracing::warn!(error = %e, "cannot prune old revocations");
             }
         }

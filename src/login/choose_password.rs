@@ -188,8 +188,7 @@ impl Flow<'_> {
         email: &Email,
         password: &str,
     ) -> Result<bool, LoginError> {
-        let e = email.to_string();
-        let temp = self.svc.store.run(move |s| s.temp_password(&e)).await?;
+        let temp = self.svc.store.temp_password(email.as_str()).await?;
         Ok(temp.is_some_and(|t| {
             keys.get(&t.kid).is_some_and(|k| {
                 bool::from(secret::temp_digest(k, email.as_str(), password).ct_eq(&t.digest))
@@ -207,15 +206,13 @@ impl Flow<'_> {
         let until = now
             .saturating_add(u64::try_from(crate::config::MAX_SESSION.as_millis()).unwrap_or(0))
             .saturating_add(session::cookie::SKEW_MS);
-        let e = email.to_string();
+        let e = email.as_str();
         // One transaction would be neater, but the order is what matters: the password is
         // committed first (a crash after it keeps it), then the other sessions end.
+        self.svc.store.set_password(e, &hash, now).await?;
         self.svc
             .store
-            .run(move |s| {
-                s.set_password(&e, &hash, now)?;
-                s.revoke(RevocationKind::User, &e, now, until, now)
-            })
+            .revoke(RevocationKind::User, e, now, until, now)
             .await?;
         self.svc.sessions.revocations().apply(&[Revocation {
             seq: 0,

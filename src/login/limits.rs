@@ -213,8 +213,7 @@ impl Flow<'_> {
 
     /// The account's failed logins so far.
     pub(super) async fn failures(&self, email: &str) -> Result<Failures, LoginError> {
-        let (e, now) = (email.to_owned(), self.now_ms());
-        Ok(self.svc.store.run(move |s| s.failures(&e, now)).await?)
+        Ok(self.svc.store.failures(email, self.now_ms()).await?)
     }
 
     /// How strangers' failures lock accounts here.
@@ -243,12 +242,12 @@ impl Flow<'_> {
             self.device_failed(email, id).await?;
             return Ok(before);
         }
-        let (e, now, policy) = (email.to_owned(), self.now_ms(), self.lock_policy());
+        let (now, policy) = (self.now_ms(), self.lock_policy());
         let count = !(blocked || before.locked);
         let after = self
             .svc
             .store
-            .run(move |s| s.record_failure(&e, now, policy, count))
+            .record_failure(email, now, policy, count)
             .await?;
         if after.locks > before.locks || (after.locked && !before.locked) {
             self.audit(

@@ -41,7 +41,7 @@ impl Flow<'_> {
                 let now = self.now_ms();
                 self.svc
                     .store
-                    .run(move |s| s.link(&digest, now))
+                    .link(&digest, now)
                     .await?
                     .filter(|l| l.app == self.name())
             }
@@ -116,12 +116,7 @@ impl Flow<'_> {
             return Ok(self.link_failed(None, "malformed", &request_id));
         };
         let now = self.now_ms();
-        let Some(link) = self
-            .svc
-            .store
-            .run(move |s| s.use_link(&digest, now))
-            .await?
-        else {
+        let Some(link) = self.svc.store.use_link(&digest, now).await? else {
             return Ok(self.link_failed(None, "unknown_or_used", &request_id));
         };
         let Ok(email) = Email::parse(&link.email) else {

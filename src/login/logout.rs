@@ -73,7 +73,7 @@ impl Flow<'_> {
                 let (hex, expires) = (c.id.hex(), c.expires_ms);
                 self.svc
                     .store
-                    .run(move |s| s.revoke(RevocationKind::Session, &hex, 0, expires, now))
+                    .revoke(RevocationKind::Session, &hex, 0, expires, now)
                     .await?;
                 self.svc
                     .sessions

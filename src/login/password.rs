@@ -81,14 +81,12 @@ impl Flow<'_> {
         let verdict = block.map_or(verdict, Verdict::Failed);
         match verdict {
             Verdict::Password => {
-                let e = email.to_string();
-                self.svc.store.run(move |s| s.reset_failures(&e)).await?;
+                self.svc.store.reset_failures(email.as_str()).await?;
                 state.delete(&key_pw_failures(email)).await?;
                 self.start_session(email, LoginMethod::OneTimeToken, &tx.rd, &request_id)
             }
             Verdict::Temporary => {
-                let e = email.to_string();
-                self.svc.store.run(move |s| s.reset_failures(&e)).await?;
+                self.svc.store.reset_failures(email.as_str()).await?;
                 self.restricted(email, &request_id)
             }
             Verdict::Failed(reason) => {
@@ -115,12 +113,7 @@ impl Flow<'_> {
         if typed.is_empty() || typed.chars().count() > secret::MAX_PASSWORD_CHARS {
             return Ok(Verdict::Failed("wrong_password"));
         }
-        let e = email.to_string();
-        let (hash, temp) = self
-            .svc
-            .store
-            .run(move |s| Ok((s.password_hash(&e)?, s.temp_password(&e)?)))
-            .await?;
+        let (hash, temp) = self.svc.store.passwords(email.as_str()).await?;
         let own = secret::verify(typed.to_owned(), hash).await;
         let keys = self.svc.sessions.keys();
         let now = self.now_ms();
@@ -142,11 +135,10 @@ impl Flow<'_> {
         if !use_temporary {
             return Ok(Verdict::Temporary);
         }
-        let e = email.to_string();
         let used = self
             .svc
             .store
-            .run(move |s| s.use_temp_password(&e, &digest, now))
+            .use_temp_password(email.as_str(), &digest, now)
             .await?;
         Ok(if used {
             Verdict::Temporary

@@ -302,8 +302,7 @@ impl Flow<'_> {
             let e = Some(email.as_str());
             return Ok(self.failed(tx, e, e, "policy", request_id));
         }
-        let e = email.to_string();
-        self.svc.store.run(move |s| s.reset_failures(&e)).await?;
+        self.svc.store.reset_failures(email.as_str()).await?;
         self.svc.state.delete(&key_index(&email, client)).await?;
         self.start_session(&email, LoginMethod::OneTimePin, &tx.rd, request_id)
     }

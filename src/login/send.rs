@@ -167,7 +167,7 @@ impl Issuer<'_> {
             issued_ms: o.now_ms,
             expires_ms: o.now_ms.saturating_add(ms(idp.ttl)),
         };
-        self.store.run(move |s| s.put_link(&record)).await?;
+        self.store.put_link(&record).await?;
         let link = format!("{}{LINK_PATH}?t={param}", o.origin);
         let hours = idp.ttl.as_secs().div_ceil(3600);
         let ctx = context! { app => o.app, link, hours, email => o.identity.as_str() };
@@ -194,7 +194,7 @@ impl Issuer<'_> {
         let (reissue, force) = (ms(idp.reissue_after), o.force);
         let recorded = self
             .store
-            .run(move |s| s.issue_temp_password(&record, reissue, force))
+            .issue_temp_password(&record, reissue, force)
             .await?;
         if !recorded {
             return Ok(Prepared::Skipped);

@@ -1,16 +1,26 @@
 //! Durable data (`credentials`): revocations, login failures, passwords and the last good
-//! directory snapshot. An enum rather than a trait object: each backend is a variant, calls are static, and
-//! the async wrappers run the synchronous database work on blocking threads.
+//! directory snapshot. An enum rather than a trait object: each backend is a variant, calls are
+//! static. The methods are async: the SQLite backend's synchronous work runs on a blocking
+//! thread, PostgreSQL is asynchronous already.
 //!
-//! Backends: `embedded` (SQLite in `data_dir`); `postgres://` arrives for several replicas.
+//! Backends: `embedded` (SQLite in `data_dir`, one replica) and `postgres://` (shared by
+//! several replicas). `otpgate store copy` moves the data between them ([`copy`]).
 
+pub mod copy;
+mod dump;
+mod postgres;
 mod sqlite;
+mod sqlite_dump;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use dump::{Counts, Dump, FailureRow, LinkRow, PasswordRow, RevocationRow, TempPasswordRow};
+pub use postgres::{PgError, PgStore};
 pub use sqlite::SqliteStore;
 
+use crate::config::CredentialsConfig;
+use crate::metrics;
 use crate::users::DirectorySnapshot;
 
 /// Store failures. Callers fail closed.
@@ -41,6 +51,15 @@ pub enum StoreError {
     /// The blocking task did not complete.
     #[error("database task failed: {0}")]
     Task(String),
+    /// PostgreSQL refused, is unreachable or did not answer in time.
+    #[error("credentials store (PostgreSQL {op})")]
+    Postgres {
+        /// The operation.
+        op: &'static str,
+        /// Why.
+        #[source]
+        source: PgError,
+    },
 }
 
 /// What a revocation covers.
@@ -53,10 +72,20 @@ pub enum RevocationKind {
 }
 
 impl RevocationKind {
-    fn as_str(self) -> &'static str {
+    /// The name stored in the database (text, so new kinds need no schema change).
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Session => "session",
             Self::User => "user",
+        }
+    }
+
+    /// The kind a stored name stands for (`None` for a name this build does not know).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "session" => Some(Self::Session),
+            "user" => Some(Self::User),
+            _ => None,
         }
     }
 }
@@ -175,16 +204,79 @@ pub struct Link {
 pub enum Store {
     /// SQLite in `data_dir`.
     Embedded(Arc<SqliteStore>),
+    /// PostgreSQL, shared by several replicas.
+    Postgres(Arc<PgStore>),
+}
+
+/// Runs SQLite work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    db: &Arc<SqliteStore>,
+    f: impl FnOnce(&SqliteStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let db = Arc::clone(db);
+    tokio::task::spawn_blocking(move || f(&db))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// Counts a failed call (`otpgate_store_errors_total`), whichever the backend.
+fn counted<T>(op: &'static str, r: Result<T, StoreError>) -> Result<T, StoreError> {
+    if r.is_err() {
+        ::metrics::counter!(metrics::STORE_ERRORS, "op" => op).increment(1);
+    }
+    r
+}
+
+/// Dispatches one call: SQLite on a blocking thread (with the owned arguments `$arg`), PostgreSQL
+/// natively; failures counted under `$op`.
+macro_rules! dispatch {
+    ($self:ident, $op:literal, |$db:ident| $sqlite:expr, |$pg:ident| $postgres:expr) => {
+        counted(
+            $op,
+            match $self {
+                Self::Embedded(db) => blocking(db, move |$db| $sqlite).await,
+                Self::Postgres($pg) => $postgres.await,
+            },
+        )
+    };
 }
 
 impl Store {
-    /// Opens the embedded store in `data_dir`.
+    /// Opens the embedded store in `data_dir` (blocking: call before serving or on a blocking
+    /// thread).
     pub fn open_embedded(data_dir: &std::path::Path) -> Result<Self, StoreError> {
         Ok(Self::Embedded(Arc::new(SqliteStore::open(data_dir)?)))
     }
 
-    /// Records a revocation (blocking; see [`Store::run`] for async callers).
-    pub fn revoke(
+    /// Opens the configured store: SQLite in `data_dir`, or PostgreSQL (connects, and applies
+    /// the migrations this build knows under an advisory lock).
+    pub async fn open(
+        credentials: &CredentialsConfig,
+        data_dir: &std::path::Path,
+    ) -> Result<Self, StoreError> {
+        match credentials {
+            CredentialsConfig::Embedded => {
+                let dir = data_dir.to_path_buf();
+                tokio::task::spawn_blocking(move || Self::open_embedded(&dir))
+                    .await
+                    .map_err(|e| StoreError::Task(e.to_string()))?
+            }
+            CredentialsConfig::Postgres(pg) => {
+                Ok(Self::Postgres(Arc::new(PgStore::connect(pg).await?)))
+            }
+        }
+    }
+
+    /// Which backend, for messages: `embedded (PATH)` or the URL (no secret in either).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Embedded(db) => format!("embedded ({})", db.path().display()),
+            Self::Postgres(pg) => pg.url().to_owned(),
+        }
+    }
+
+    /// Records a revocation; returns its sequence number.
+    pub async fn revoke(
         &self,
         kind: RevocationKind,
         subject: &str,
@@ -192,170 +284,224 @@ impl Store {
         expires_ms: u64,
         now_ms: u64,
     ) -> Result<i64, StoreError> {
-        match self {
-            Self::Embedded(db) => {
-                db.add_revocation(kind, subject, not_before_ms, expires_ms, now_ms)
-            }
-        }
+        let s = subject.to_owned();
+        dispatch!(
+            self,
+            "revoke",
+            |db| db.add_revocation(kind, &s, not_before_ms, expires_ms, now_ms),
+            |pg| pg.add_revocation(kind, subject, not_before_ms, expires_ms, now_ms)
+        )
     }
 
-    /// Revocations recorded after `seq` (blocking).
-    pub fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>, StoreError> {
-        match self {
-            Self::Embedded(db) => db.revocations_since(seq),
-        }
+    /// Revocations recorded after `seq`.
+    pub async fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>, StoreError> {
+        dispatch!(
+            self,
+            "revocations_since",
+            |db| db.revocations_since(seq),
+            |pg| pg.revocations_since(seq)
+        )
     }
 
-    /// Deletes revocations that no longer matter (blocking).
-    pub fn prune(&self, now_ms: u64) -> Result<usize, StoreError> {
-        match self {
-            Self::Embedded(db) => db.prune(now_ms),
-        }
+    /// Deletes revocations that no longer matter.
+    pub async fn prune(&self, now_ms: u64) -> Result<usize, StoreError> {
+        dispatch!(self, "prune", |db| db.prune(now_ms), |pg| pg.prune(now_ms))
     }
 
-    /// The failure count of an account as of `now_ms` (blocking).
-    pub fn failures(&self, email: &str, now_ms: u64) -> Result<Failures, StoreError> {
-        match self {
-            Self::Embedded(db) => db.failures(email, now_ms),
-        }
+    /// The failure count of an account as of `now_ms`.
+    pub async fn failures(&self, email: &str, now_ms: u64) -> Result<Failures, StoreError> {
+        let e = email.to_owned();
+        dispatch!(self, "failures", |db| db.failures(&e, now_ms), |pg| pg
+            .failures(email, now_ms))
     }
 
     /// Writes a failed login; `count` is false for a failure during a lock or ban, which is
-    /// written the same way but not counted again. Locks the account as `policy` says
-    /// (blocking).
-    pub fn record_failure(
+    /// written the same way but not counted again. Locks the account as `policy` says; atomic
+    /// (one transaction), so replicas counting at once lose no failure.
+    pub async fn record_failure(
         &self,
         email: &str,
         now_ms: u64,
         policy: LockPolicy,
         count: bool,
     ) -> Result<Failures, StoreError> {
-        match self {
-            Self::Embedded(db) => db.record_failure(email, now_ms, policy, count),
-        }
+        let e = email.to_owned();
+        dispatch!(
+            self,
+            "record_failure",
+            |db| db.record_failure(&e, now_ms, policy, count),
+            |pg| pg.record_failure(email, now_ms, policy, count)
+        )
     }
 
-    /// Clears the failure count and any lock (a success, or `users unlock`) (blocking). Returns
-    /// whether there was anything to clear.
-    pub fn reset_failures(&self, email: &str) -> Result<bool, StoreError> {
-        match self {
-            Self::Embedded(db) => db.reset_failures(email),
-        }
+    /// Clears the failure count and any lock (a success, or `users unlock`). Returns whether
+    /// there was anything to clear.
+    pub async fn reset_failures(&self, email: &str) -> Result<bool, StoreError> {
+        let e = email.to_owned();
+        dispatch!(self, "reset_failures", |db| db.reset_failures(&e), |pg| pg
+            .reset_failures(email))
     }
 
-    /// The Argon2id PHC string of an address's password (blocking).
-    pub fn password_hash(&self, email: &str) -> Result<Option<String>, StoreError> {
-        match self {
-            Self::Embedded(db) => db.password_hash(email),
-        }
+    /// The Argon2id PHC string of an address's password.
+    pub async fn password_hash(&self, email: &str) -> Result<Option<String>, StoreError> {
+        let e = email.to_owned();
+        dispatch!(self, "password_hash", |db| db.password_hash(&e), |pg| pg
+            .password_hash(email))
     }
 
-    /// Stores a password hash; committed (durable) when this returns (blocking).
-    pub fn set_password(&self, email: &str, hash: &str, now_ms: u64) -> Result<(), StoreError> {
-        match self {
-            Self::Embedded(db) => db.set_password(email, hash, now_ms),
-        }
+    /// Stores a password hash; committed (durable) when this returns.
+    pub async fn set_password(
+        &self,
+        email: &str,
+        hash: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (e, h) = (email.to_owned(), hash.to_owned());
+        dispatch!(
+            self,
+            "set_password",
+            |db| db.set_password(&e, &h, now_ms),
+            |pg| pg.set_password(email, hash, now_ms)
+        )
     }
 
     /// Records a new temporary password unless one was issued within `reissue_after_ms` (then
-    /// nothing changes and the earlier one stays valid); `force` overrides (blocking). Returns
-    /// whether it was recorded.
-    pub fn issue_temp_password(
+    /// nothing changes and the earlier one stays valid); `force` overrides. Atomic: of two
+    /// replicas issuing at once, one records. Returns whether it was recorded.
+    pub async fn issue_temp_password(
         &self,
         t: &TempPassword,
         reissue_after_ms: u64,
         force: bool,
     ) -> Result<bool, StoreError> {
-        match self {
-            Self::Embedded(db) => db.issue_temp_password(t, reissue_after_ms, force),
-        }
+        let owned = t.clone();
+        dispatch!(
+            self,
+            "issue_temp_password",
+            |db| db.issue_temp_password(&owned, reissue_after_ms, force),
+            |pg| pg.issue_temp_password(t, reissue_after_ms, force)
+        )
     }
 
-    /// The current temporary password record of an address (blocking).
-    pub fn temp_password(&self, email: &str) -> Result<Option<TempPassword>, StoreError> {
-        match self {
-            Self::Embedded(db) => db.temp_password(email),
-        }
+    /// The current temporary password record of an address.
+    pub async fn temp_password(&self, email: &str) -> Result<Option<TempPassword>, StoreError> {
+        let e = email.to_owned();
+        dispatch!(self, "temp_password", |db| db.temp_password(&e), |pg| pg
+            .temp_password(email))
+    }
+
+    /// The password hash and the temporary password of an address, read together.
+    pub async fn passwords(
+        &self,
+        email: &str,
+    ) -> Result<(Option<String>, Option<TempPassword>), StoreError> {
+        let e = email.to_owned();
+        dispatch!(
+            self,
+            "passwords",
+            |db| Ok((db.password_hash(&e)?, db.temp_password(&e)?)),
+            |pg| pg.passwords(email)
+        )
     }
 
     /// Marks the temporary password used if `digest` is its digest and it is unused and
-    /// unexpired; atomic (blocking). Returns whether it was.
-    pub fn use_temp_password(
+    /// unexpired; atomic across replicas. Returns whether it was.
+    pub async fn use_temp_password(
         &self,
         email: &str,
         digest: &[u8; 32],
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        match self {
-            Self::Embedded(db) => db.use_temp_password(email, digest, now_ms),
-        }
+        let (e, d) = (email.to_owned(), *digest);
+        dispatch!(
+            self,
+            "use_temp_password",
+            |db| db.use_temp_password(&e, &d, now_ms),
+            |pg| pg.use_temp_password(email, digest, now_ms)
+        )
     }
 
-    /// Stores a one-time link (blocking).
-    pub fn put_link(&self, link: &Link) -> Result<(), StoreError> {
-        match self {
-            Self::Embedded(db) => db.put_link(link),
-        }
+    /// Stores a one-time link.
+    pub async fn put_link(&self, link: &Link) -> Result<(), StoreError> {
+        let l = link.clone();
+        dispatch!(self, "put_link", |db| db.put_link(&l), |pg| pg
+            .put_link(link))
     }
 
-    /// A live (unused, unexpired) link, without using it (blocking).
-    pub fn link(&self, digest: &[u8; 32], now_ms: u64) -> Result<Option<Link>, StoreError> {
-        match self {
-            Self::Embedded(db) => db.link(digest, now_ms),
-        }
+    /// A live (unused, unexpired) link, without using it.
+    pub async fn link(&self, digest: &[u8; 32], now_ms: u64) -> Result<Option<Link>, StoreError> {
+        let d = *digest;
+        dispatch!(self, "link", |db| db.link(&d, now_ms), |pg| pg
+            .link(digest, now_ms))
     }
 
-    /// Uses a live link: atomic, so it works once (blocking).
-    pub fn use_link(&self, digest: &[u8; 32], now_ms: u64) -> Result<Option<Link>, StoreError> {
-        match self {
-            Self::Embedded(db) => db.use_link(digest, now_ms),
-        }
-    }
-
-    /// Deletes expired links (blocking).
-    pub fn prune_links(&self, now_ms: u64) -> Result<usize, StoreError> {
-        match self {
-            Self::Embedded(db) => db.prune_links(now_ms),
-        }
-    }
-
-    /// Whether the address has a password of its own (blocking).
-    pub fn has_password(&self, email: &str) -> Result<bool, StoreError> {
-        match self {
-            Self::Embedded(db) => db.has_password(email),
-        }
-    }
-
-    /// Replaces the persisted directory snapshot with `snapshot` (blocking).
-    pub fn save_directory_snapshot(&self, snapshot: &DirectorySnapshot) -> Result<(), StoreError> {
-        match self {
-            Self::Embedded(db) => db.save_directory_snapshot(snapshot),
-        }
-    }
-
-    /// The persisted directory snapshot, if a sync ever succeeded (blocking).
-    pub fn directory_snapshot(&self) -> Result<Option<DirectorySnapshot>, StoreError> {
-        match self {
-            Self::Embedded(db) => db.directory_snapshot(),
-        }
-    }
-
-    /// Checks that the store answers (blocking).
-    pub fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Self::Embedded(db) => db.ping(),
-        }
-    }
-
-    /// Runs blocking store work on a blocking thread.
-    pub async fn run<T: Send + 'static>(
+    /// Uses a live link: atomic across replicas, so it works once.
+    pub async fn use_link(
         &self,
-        f: impl FnOnce(&Self) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || f(&me))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        digest: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Option<Link>, StoreError> {
+        let d = *digest;
+        dispatch!(self, "use_link", |db| db.use_link(&d, now_ms), |pg| pg
+            .use_link(digest, now_ms))
+    }
+
+    /// Deletes expired links.
+    pub async fn prune_links(&self, now_ms: u64) -> Result<usize, StoreError> {
+        dispatch!(self, "prune_links", |db| db.prune_links(now_ms), |pg| pg
+            .prune_links(now_ms))
+    }
+
+    /// Whether the address has a password of its own.
+    pub async fn has_password(&self, email: &str) -> Result<bool, StoreError> {
+        let e = email.to_owned();
+        dispatch!(self, "has_password", |db| db.has_password(&e), |pg| pg
+            .has_password(email))
+    }
+
+    /// Replaces the persisted directory snapshot with `snapshot`.
+    pub async fn save_directory_snapshot(
+        &self,
+        snapshot: &DirectorySnapshot,
+    ) -> Result<(), StoreError> {
+        let s = snapshot.clone();
+        dispatch!(
+            self,
+            "save_directory_snapshot",
+            |db| db.save_directory_snapshot(&s),
+            |pg| pg.save_directory_snapshot(snapshot)
+        )
+    }
+
+    /// The persisted directory snapshot, if a sync ever succeeded.
+    pub async fn directory_snapshot(&self) -> Result<Option<DirectorySnapshot>, StoreError> {
+        dispatch!(
+            self,
+            "directory_snapshot",
+            |db| db.directory_snapshot(),
+            |pg| pg.directory_snapshot()
+        )
+    }
+
+    /// Checks that the store answers (one round trip, under the call deadline).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, "ping", |db| db.ping(), |pg| pg.ping())
+    }
+
+    /// Every durable record, for `store copy`.
+    pub async fn dump(&self) -> Result<Dump, StoreError> {
+        dispatch!(self, "dump", |db| db.dump(), |pg| pg.dump())
+    }
+
+    /// How many records of each kind the store holds.
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        dispatch!(self, "counts", |db| db.counts(), |pg| pg.counts())
+    }
+
+    /// Replaces every durable record with `dump`'s, in one transaction.
+    pub async fn restore(&self, dump: &Dump) -> Result<(), StoreError> {
+        let d = dump.clone();
+        dispatch!(self, "restore", |db| db.restore(&d), |pg| pg.restore(dump))
     }
 }
 

@@ -2,12 +2,13 @@
 
 use super::*;
 
-#[test]
-fn revocations_persist_across_reopen_and_prune() {
+#[tokio::test]
+async fn revocations_persist_across_reopen_and_prune() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open_embedded(dir.path()).unwrap();
     let a = s
         .revoke(RevocationKind::Session, "00ff", 0, 5_000, 1_000)
+        .await
         .unwrap();
     let b = s
         .revoke(
@@ -17,18 +18,19 @@ fn revocations_persist_across_reopen_and_prune() {
             90_000,
             1_000,
         )
+        .await
         .unwrap();
     assert!(b > a);
     drop(s);
     let s = Store::open_embedded(dir.path()).unwrap();
-    let all = s.revocations_since(0).unwrap();
+    let all = s.revocations_since(0).await.unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(all[1].kind, RevocationKind::User);
     assert_eq!(all[1].subject, "alice@corp.example");
-    assert_eq!(s.revocations_since(a).unwrap().len(), 1);
-    assert_eq!(s.prune(10_000).unwrap(), 1);
-    assert_eq!(s.revocations_since(0).unwrap().len(), 1);
-    s.ping().unwrap();
+    assert_eq!(s.revocations_since(a).await.unwrap().len(), 1);
+    assert_eq!(s.prune(10_000).await.unwrap(), 1);
+    assert_eq!(s.revocations_since(0).await.unwrap().len(), 1);
+    s.ping().await.unwrap();
 }
 
 const POLICY: LockPolicy = LockPolicy {
@@ -38,56 +40,59 @@ const POLICY: LockPolicy = LockPolicy {
     hard_cap: 6,
 };
 
-#[test]
-fn failures_lock_for_a_growing_time_and_reset() {
+#[tokio::test]
+async fn failures_lock_for_a_growing_time_and_reset() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open_embedded(dir.path()).unwrap();
     let a = "a@b.example";
-    assert_eq!(s.failures(a, 0).unwrap(), Failures::default());
+    assert_eq!(s.failures(a, 0).await.unwrap(), Failures::default());
     for i in 1..=3 {
-        let f = s.record_failure(a, 1_000, POLICY, true).unwrap();
+        let f = s.record_failure(a, 1_000, POLICY, true).await.unwrap();
         assert_eq!(f.consecutive, i);
         assert_eq!(f.locked, i == 3);
     }
-    assert_eq!(s.failures(a, 1_000).unwrap().lock_until_ms, Some(301_000));
+    assert_eq!(
+        s.failures(a, 1_000).await.unwrap().lock_until_ms,
+        Some(301_000)
+    );
     // Failures during the lock are written but not counted.
-    let f = s.record_failure(a, 2_000, POLICY, false).unwrap();
+    let f = s.record_failure(a, 2_000, POLICY, false).await.unwrap();
     assert_eq!((f.consecutive, f.locks), (3, 1));
     drop(s);
     let s = Store::open_embedded(dir.path()).unwrap();
     assert!(
-        s.failures(a, 300_999).unwrap().locked,
+        s.failures(a, 300_999).await.unwrap().locked,
         "the lock survives a restart"
     );
     assert!(
-        !s.failures(a, 301_000).unwrap().locked,
+        !s.failures(a, 301_000).await.unwrap().locked,
         "and ends by itself"
     );
     // The next failure locks again, twice as long.
-    let f = s.record_failure(a, 400_000, POLICY, true).unwrap();
+    let f = s.record_failure(a, 400_000, POLICY, true).await.unwrap();
     assert_eq!(
         (f.locked, f.lock_until_ms, f.locks),
         (true, Some(1_000_000), 2)
     );
-    assert!(s.reset_failures(a).unwrap());
-    assert_eq!(s.failures(a, 0).unwrap(), Failures::default());
-    assert!(!s.reset_failures(a).unwrap());
+    assert!(s.reset_failures(a).await.unwrap());
+    assert_eq!(s.failures(a, 0).await.unwrap(), Failures::default());
+    assert!(!s.reset_failures(a).await.unwrap());
 }
 
-#[test]
-fn the_hard_cap_locks_until_an_operator_unlocks() {
+#[tokio::test]
+async fn the_hard_cap_locks_until_an_operator_unlocks() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open_embedded(dir.path()).unwrap();
     let a = "a@b.example";
     let mut now = 0;
     for _ in 0..6 {
         now += 10_000_000;
-        s.record_failure(a, now, POLICY, true).unwrap();
+        s.record_failure(a, now, POLICY, true).await.unwrap();
     }
-    let f = s.failures(a, now + 100 * 86_400_000).unwrap();
+    let f = s.failures(a, now + 100 * 86_400_000).await.unwrap();
     assert_eq!((f.consecutive, f.locked), (6, true));
-    assert!(s.reset_failures(a).unwrap());
-    assert!(!s.failures(a, now).unwrap().locked);
+    assert!(s.reset_failures(a).await.unwrap());
+    assert!(!s.failures(a, now).await.unwrap().locked);
 }
 
 #[test]
@@ -115,8 +120,8 @@ const POLICY_LONG: LockPolicy = LockPolicy {
     hard_cap: 100,
 };
 
-#[test]
-fn temporary_passwords_follow_the_reissue_rule_and_work_once() {
+#[tokio::test]
+async fn temporary_passwords_follow_the_reissue_rule_and_work_once() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open_embedded(dir.path()).unwrap();
     let day = 86_400_000;
@@ -128,37 +133,63 @@ fn temporary_passwords_follow_the_reissue_rule_and_work_once() {
         expires_ms: at + day,
         used: false,
     };
-    assert!(s.issue_temp_password(&t(1, 1_000), day, false).unwrap());
+    assert!(
+        s.issue_temp_password(&t(1, 1_000), day, false)
+            .await
+            .unwrap()
+    );
     // Within 24 h: nothing changes, the first stays valid.
-    assert!(!s.issue_temp_password(&t(2, 2_000), day, false).unwrap());
+    assert!(
+        !s.issue_temp_password(&t(2, 2_000), day, false)
+            .await
+            .unwrap()
+    );
     assert_eq!(
-        s.temp_password("a@b.example").unwrap().unwrap().digest,
+        s.temp_password("a@b.example")
+            .await
+            .unwrap()
+            .unwrap()
+            .digest,
         [1; 32]
     );
     // --force replaces it.
-    assert!(s.issue_temp_password(&t(3, 3_000), day, true).unwrap());
     assert!(
-        !s.use_temp_password("a@b.example", &[1; 32], 4_000).unwrap(),
+        s.issue_temp_password(&t(3, 3_000), day, true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.use_temp_password("a@b.example", &[1; 32], 4_000)
+            .await
+            .unwrap(),
         "the replaced one is dead"
     );
-    assert!(s.use_temp_password("a@b.example", &[3; 32], 4_000).unwrap());
     assert!(
-        !s.use_temp_password("a@b.example", &[3; 32], 4_001).unwrap(),
+        s.use_temp_password("a@b.example", &[3; 32], 4_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.use_temp_password("a@b.example", &[3; 32], 4_001)
+            .await
+            .unwrap(),
         "once"
     );
     // After 24 h a new one may be issued; an expired one does not work.
     assert!(
         s.issue_temp_password(&t(4, 3_000 + day), day, false)
+            .await
             .unwrap()
     );
     assert!(
         !s.use_temp_password("a@b.example", &[4; 32], 3_000 + 2 * day)
+            .await
             .unwrap()
     );
 }
 
-#[test]
-fn links_work_once_and_expire() {
+#[tokio::test]
+async fn links_work_once_and_expire() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open_embedded(dir.path()).unwrap();
     let l = Link {
@@ -169,16 +200,16 @@ fn links_work_once_and_expire() {
         issued_ms: 0,
         expires_ms: 1_000,
     };
-    s.put_link(&l).unwrap();
+    s.put_link(&l).await.unwrap();
     assert_eq!(
-        s.link(&[9; 32], 10).unwrap(),
+        s.link(&[9; 32], 10).await.unwrap(),
         Some(l.clone()),
         "looking does not use it"
     );
-    assert_eq!(s.link(&[9; 32], 20).unwrap(), Some(l.clone()));
-    assert_eq!(s.use_link(&[9; 32], 30).unwrap(), Some(l));
-    assert_eq!(s.use_link(&[9; 32], 40).unwrap(), None, "once");
-    assert_eq!(s.link(&[9; 32], 40).unwrap(), None);
+    assert_eq!(s.link(&[9; 32], 20).await.unwrap(), Some(l.clone()));
+    assert_eq!(s.use_link(&[9; 32], 30).await.unwrap(), Some(l));
+    assert_eq!(s.use_link(&[9; 32], 40).await.unwrap(), None, "once");
+    assert_eq!(s.link(&[9; 32], 40).await.unwrap(), None);
     let l2 = Link {
         digest: [8; 32],
         email: "a@b.example".into(),
@@ -187,33 +218,37 @@ fn links_work_once_and_expire() {
         issued_ms: 0,
         expires_ms: 1_000,
     };
-    s.put_link(&l2).unwrap();
-    assert_eq!(s.use_link(&[8; 32], 1_000).unwrap(), None, "expired");
-    assert_eq!(s.prune_links(2_000).unwrap(), 2);
+    s.put_link(&l2).await.unwrap();
+    assert_eq!(s.use_link(&[8; 32], 1_000).await.unwrap(), None, "expired");
+    assert_eq!(s.prune_links(2_000).await.unwrap(), 2);
 }
 
-#[test]
-fn passwords_are_stored_and_replaced() {
+#[tokio::test]
+async fn passwords_are_stored_and_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open_embedded(dir.path()).unwrap();
-    assert_eq!(s.password_hash("a@b.example").unwrap(), None);
-    assert!(!s.has_password("a@b.example").unwrap());
-    s.set_password("a@b.example", "$argon2id$one", 1).unwrap();
-    s.set_password("a@b.example", "$argon2id$two", 2).unwrap();
+    assert_eq!(s.password_hash("a@b.example").await.unwrap(), None);
+    assert!(!s.has_password("a@b.example").await.unwrap());
+    s.set_password("a@b.example", "$argon2id$one", 1)
+        .await
+        .unwrap();
+    s.set_password("a@b.example", "$argon2id$two", 2)
+        .await
+        .unwrap();
     assert_eq!(
-        s.password_hash("a@b.example").unwrap().as_deref(),
+        s.password_hash("a@b.example").await.unwrap().as_deref(),
         Some("$argon2id$two")
     );
-    assert!(s.has_password("a@b.example").unwrap());
+    assert!(s.has_password("a@b.example").await.unwrap());
 }
 
-#[test]
-fn directory_snapshot_is_replaced_whole_and_survives_reopen() {
+#[tokio::test]
+async fn directory_snapshot_is_replaced_whole_and_survives_reopen() {
     use crate::email::Email;
     use crate::users::DirectoryUser;
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open_embedded(dir.path()).unwrap();
-    assert_eq!(s.directory_snapshot().unwrap(), None);
+    assert_eq!(s.directory_snapshot().await.unwrap(), None);
     let user = |id: &str, temp: Option<&str>, groups: &[&str]| DirectoryUser {
         id: id.into(),
         dn: format!("uid={id},dc=x"),
@@ -233,21 +268,21 @@ fn directory_snapshot_is_replaced_whole_and_survives_reopen() {
             user("carol", Some("carol@x.example"), &["staff"]),
         ],
     };
-    s.save_directory_snapshot(&first).unwrap();
-    assert_eq!(s.directory_snapshot().unwrap().as_ref(), Some(&first));
+    s.save_directory_snapshot(&first).await.unwrap();
+    assert_eq!(s.directory_snapshot().await.unwrap().as_ref(), Some(&first));
     let second = DirectorySnapshot {
         fingerprint: "def".into(),
         synced_ms: 2_000,
         users: vec![user("bob@x.example", None, &["staff"])],
     };
-    s.save_directory_snapshot(&second).unwrap();
+    s.save_directory_snapshot(&second).await.unwrap();
     drop(s);
     let s = Store::open_embedded(dir.path()).unwrap();
-    assert_eq!(s.directory_snapshot().unwrap(), Some(second));
+    assert_eq!(s.directory_snapshot().await.unwrap(), Some(second));
 }
 
-#[test]
-fn refuses_a_database_from_a_newer_build() {
+#[tokio::test]
+async fn refuses_a_database_from_a_newer_build() {
     let dir = tempfile::tempdir().unwrap();
     drop(Store::open_embedded(dir.path()).unwrap());
     let c = rusqlite::Connection::open(dir.path().join("otpgate.db")).unwrap();

@@ -228,7 +228,7 @@ async fn sec_39_a_device_cookie_keeps_its_owner_in_while_strangers_lock_the_acco
         let p = wrong_password(&mut s).await;
         assert_eq!(p.error().as_deref(), Some(NO_ACCESS));
     }
-    assert_eq!(store().failures(ALICE, 0).unwrap().consecutive, 3);
+    assert_eq!(store().failures(ALICE, 0).await.unwrap().consecutive, 3);
     // Patient strangers, three failures per ban, do lock her account (for strangers).
     while events(&gw, "login.locked").is_empty() {
         clock.advance(Duration::from_secs(5 * 60 + 1));
@@ -252,7 +252,7 @@ async fn sec_39_a_device_cookie_keeps_its_owner_in_while_strangers_lock_the_acco
     let p = alice.enter(&pin).await;
     assert_eq!(p.status, 303, "the device cookie's owner gets in");
 
-    let f = store().failures(ALICE, 0).unwrap();
+    let f = store().failures(ALICE, 0).await.unwrap();
     assert_eq!(f.consecutive, 0, "her login reset the count");
     assert!(!f.locked);
 }
@@ -276,14 +276,17 @@ async fn sec_39_locks_expire_and_count_a_blocked_failure_once() {
         }
     }
     let now_ms = 1_900_000_000_000;
-    assert!(store().failures(ALICE, now_ms).unwrap().locked);
+    assert!(store().failures(ALICE, now_ms).await.unwrap().locked);
     // Failures during the lock are answered alike but not counted again.
     for ip in ["198.51.100.3", "198.51.100.4", "198.51.100.5"] {
         let mut s = Visitor::at(&gw, ip);
         let p = wrong_password(&mut s).await;
         assert_eq!(p.error().as_deref(), Some(NO_ACCESS));
     }
-    assert_eq!(store().failures(ALICE, now_ms).unwrap().consecutive, 4);
+    assert_eq!(
+        store().failures(ALICE, now_ms).await.unwrap().consecutive,
+        4
+    );
 
     // The lock ends by itself after five minutes: no operator needed.
     clock.advance(Duration::from_secs(5 * 60 + 1));

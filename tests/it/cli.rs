@@ -1471,6 +1471,7 @@ async fn sigkill_during_a_password_change_loses_no_committed_password() {
     let committed = otpgate::store::Store::open_embedded(&data)
         .unwrap()
         .password_hash(bob)
+        .await
         .unwrap()
         .is_some();
     if answered {

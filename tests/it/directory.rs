@@ -809,6 +809,7 @@ apps:
                 },
                 true
             )
+            .await
             .unwrap()
             .locked
     );

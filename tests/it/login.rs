@@ -400,7 +400,7 @@ async fn sec_9_no_header_or_query_is_built_from_unvalidated_input() {
         Some("That account does not have access.")
     );
     let store = otpgate::store::Store::open_embedded(&gw.config().data_dir).unwrap();
-    assert_eq!(store.failures(odd, 0).unwrap().consecutive, 1);
+    assert_eq!(store.failures(odd, 0).await.unwrap().consecutive, 1);
 }
 
 /// Requests for four classes of address, compared byte for byte (after the typed address).
@@ -752,6 +752,7 @@ async fn sec_16_wrong_guesses_burn_the_code_and_the_account_locks_at_the_cap() {
         &otpgate::clock::SystemClock,
         otpgate::random::system().as_ref(),
     )
+    .await
     .unwrap();
     assert!(out.starts_with("unlocked alice@corp.example"), "{out}");
     let mut y = Visitor::new(&gw);

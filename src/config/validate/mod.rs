@@ -163,7 +163,7 @@ pub(super) fn validate(
     let tls = listen::tls(&mut c, &f.tls, &listen);
     let data_dir = c.resolve(f.data_dir.as_deref().unwrap_or("data"));
     let state = state::state(&mut c, f.state);
-    backends(&mut c, f.credentials.as_deref());
+    let credentials = state::credentials(&mut c, f.credentials);
 
     let session = limits::session(&mut c, &f.session, &data_dir);
     let identity_assertion =
@@ -210,6 +210,7 @@ pub(super) fn validate(
         tls,
         data_dir,
         state,
+        credentials,
         session,
         identity_assertion,
         mail,
@@ -272,18 +273,6 @@ fn admin(c: &mut Ctx<'_>, a: &file::AdminFile) -> AdminConfig {
         );
     }
     admin
-}
-
-/// `credentials`: only the embedded store exists in this version.
-fn backends(c: &mut Ctx<'_>, credentials: Option<&str>) {
-    match credentials {
-        None | Some("embedded") => {}
-        Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => c.err(
-            "credentials",
-            "credentials in PostgreSQL are not available in this version yet; use embedded",
-        ),
-        Some(_) => c.err("credentials", "expected embedded or postgres://..."),
-    }
 }
 
 fn trusted_proxies(c: &mut Ctx<'_>, list: &[String]) -> Vec<IpNet> {
