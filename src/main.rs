@@ -387,10 +387,25 @@ fn print_result(out: CommandResult) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("otpgate: error: {e}");
+            eprintln!("otpgate: error: {}", chain(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes, `a: b: c`, each cause once (some messages include their cause).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 async fn policy(c: &config::Config, command: PolicyCommand) -> CommandResult {
