@@ -14,13 +14,13 @@ use crate::login::{Page, Visitor, events};
 use crate::smtp::{ReceivedMail, SmtpServer};
 use crate::timing::{self, Case};
 
-const CERTS: &[(&str, &[&str])] = &[("site", &["app.test", "alias.test", "wiki.test"])];
+pub const CERTS: &[(&str, &[&str])] = &[("site", &["app.test", "alias.test", "wiki.test"])];
 const ADMIN_TOKEN: &str = "an-admin-token-for-tests-0123456789";
 const NO_ACCESS: &str = "That account does not have access.";
-const GOOD_PASSWORD: &str = "correct horse battery staple";
+pub const GOOD_PASSWORD: &str = "correct horse battery staple";
 
 /// One app offering all three methods; alice has a `temp_auth_email`, bravo is blocked.
-fn config(up: &Upstream, smtp: &SmtpServer, extra: &str) -> String {
+pub fn config(up: &Upstream, smtp: &SmtpServer, extra: &str) -> String {
     format!(
         "version: 1
 {LISTEN_ALL}
@@ -50,7 +50,7 @@ apps:
     )
 }
 
-async fn setup(extra: &str) -> Option<(SmtpServer, Upstream, Gw)> {
+pub async fn setup(extra: &str) -> Option<(SmtpServer, Upstream, Gw)> {
     let smtp = SmtpServer::start().await?;
     let up = Upstream::start().await;
     let gw = Gw::start_with(&config(&up, &smtp, extra), CERTS).await;
@@ -70,7 +70,7 @@ async fn setup_clock(extra: &str) -> Option<(SmtpServer, Upstream, Gw, ManualClo
 }
 
 /// Opens the login page for `/docs?x=1` and presses the button of `method` for `email`.
-async fn ask(v: &mut Visitor, method: &str, email: &str) -> Page {
+pub async fn ask(v: &mut Visitor, method: &str, email: &str) -> Page {
     let p = v.get("/.otpgate/login?rd=%2Fdocs%3Fx%3D1").await;
     assert_eq!(p.status, 200);
     v.post("/.otpgate/login", &[("email", email), ("method", method)])
@@ -78,7 +78,7 @@ async fn ask(v: &mut Visitor, method: &str, email: &str) -> Page {
 }
 
 /// The password form of the login page.
-async fn password_login(v: &mut Visitor, email: &str, password: &str) -> Page {
+pub async fn password_login(v: &mut Visitor, email: &str, password: &str) -> Page {
     if v.csrf.is_empty() || !v.jar.keys().any(|k| k.ends_with("otpgate-login")) {
         v.get("/.otpgate/login?rd=%2Fdocs%3Fx%3D1").await;
     }
@@ -104,7 +104,7 @@ fn link_of(mail: &ReceivedMail) -> String {
 }
 
 /// The temporary password in a mail: the line of four dash-separated groups.
-fn temp_of(mail: &ReceivedMail) -> String {
+pub fn temp_of(mail: &ReceivedMail) -> String {
     mail.text
         .lines()
         .map(str::trim)
@@ -127,7 +127,7 @@ fn local(v: &Visitor, url: &str) -> String {
 }
 
 /// Mails to `to` so far.
-fn mails_to(smtp: &SmtpServer, to: &str) -> Vec<ReceivedMail> {
+pub fn mails_to(smtp: &SmtpServer, to: &str) -> Vec<ReceivedMail> {
     smtp.received()
         .into_iter()
         .filter(|m| m.recipients().iter().any(|r| r == to))
@@ -136,7 +136,7 @@ fn mails_to(smtp: &SmtpServer, to: &str) -> Vec<ReceivedMail> {
 
 /// Waits for a mail to `to` that is not in `seen` (maildir listings are not in time order),
 /// adds it there and returns it.
-async fn next_mail(smtp: &SmtpServer, to: &str, seen: &mut Vec<Vec<u8>>) -> ReceivedMail {
+pub async fn next_mail(smtp: &SmtpServer, to: &str, seen: &mut Vec<Vec<u8>>) -> ReceivedMail {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(m) = mails_to(smtp, to)
@@ -152,7 +152,7 @@ async fn next_mail(smtp: &SmtpServer, to: &str, seen: &mut Vec<Vec<u8>>) -> Rece
 }
 
 /// The first mail to `to`.
-async fn first_mail(smtp: &SmtpServer, to: &str) -> ReceivedMail {
+pub async fn first_mail(smtp: &SmtpServer, to: &str) -> ReceivedMail {
     next_mail(smtp, to, &mut Vec::new()).await
 }
 
@@ -195,7 +195,7 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 
 /// A temporary password for `email` (mailed to `to`), signed in with, and a new password
 /// chosen: the visitor ends with a session.
-async fn set_password(
+pub async fn set_password(
     gw: &Gw,
     smtp: &SmtpServer,
     email: &str,
