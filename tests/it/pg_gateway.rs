@@ -75,7 +75,7 @@ async fn pg_gateway_logs_in_with_a_temporary_password_and_then_a_password() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pg_down_fails_logins_closed_keeps_sessions_and_recovers() {
+async fn sec_43_postgresql_down_fails_logins_closed_keeps_sessions_and_recovers() {
     let Some(mut pg) = PgServer::start().await else {
         return;
     };

@@ -239,7 +239,7 @@ async fn store_contract_holds_on_sqlite_and_postgresql() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pg_two_replicas_racing_for_a_link_or_temporary_password_one_wins() {
+async fn sec_43_replicas_racing_for_a_link_or_temporary_password_one_wins() {
     let Some(pg) = PgServer::start().await else {
         return;
     };
@@ -309,7 +309,7 @@ const POLICY_NO_LOCK: LockPolicy = LockPolicy {
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pg_one_temporary_password_per_day_across_replicas() {
+async fn sec_43_one_temporary_password_per_day_across_replicas() {
     let Some(pg) = PgServer::start().await else {
         return;
     };
@@ -363,7 +363,7 @@ async fn pg_one_temporary_password_per_day_across_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pg_migrations_run_once_when_replicas_start_together_and_refuse_a_newer_schema() {
+async fn sec_43_migrations_run_once_when_replicas_start_together_and_refuse_a_newer_schema() {
     let Some(pg) = PgServer::start().await else {
         return;
     };
@@ -626,7 +626,7 @@ apps:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_tls_by_sslmode() {
+async fn sec_43_tls_to_postgresql_by_sslmode() {
     let ca = TestCa::new();
     let leaf = ca.leaf(&["localhost", "127.0.0.1"]);
     let Some(pg) = PgServer::start_tls(&leaf).await else {

@@ -1,6 +1,6 @@
 //! Several replicas on one Redis (docs/product.md#s6): two in-process gateways share a real
-//! redis-server (and, until the shared credentials store exists, one data_dir, so the cookie
-//! keys and the durable store are shared too). A PIN asked through one verifies through the
+//! redis-server (and one data_dir, so the cookie keys and the embedded store are shared too;
+//! tests/it/pg_gateway.rs runs the store on PostgreSQL). A PIN asked through one verifies through the
 //! other exactly once, limits count across both, a Redis outage fails logins closed while
 //! sessions keep being proxied, and everything recovers without a restart, also through a
 //! Sentinel failover.
