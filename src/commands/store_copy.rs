@@ -11,6 +11,9 @@ use crate::config::{Config, CredentialsConfig, Secret, postgres_config};
 use crate::store::Store;
 use crate::store::copy::{CopyError, copy};
 
+/// The embedded store's file in its folder.
+const EMBEDDED_FILE: &str = "otpgate.db";
+
 /// One side of a copy, as given on the command line.
 #[derive(Debug, Clone, Copy)]
 pub struct Side<'a> {
@@ -28,6 +31,16 @@ pub async fn store_copy(
     data_dir: Option<&Path>,
     force: bool,
 ) -> Result<String, CommandError> {
+    if from.store == "embedded" {
+        // Opening would create an empty store: copying nothing is a mistake, not a success.
+        let dir = data_dir.unwrap_or(&config.data_dir);
+        if !dir.join(EMBEDDED_FILE).exists() {
+            return Err(CommandError::Refused(format!(
+                "no embedded store in {} (give --data-dir)",
+                dir.display()
+            )));
+        }
+    }
     let source = open(config, from, data_dir).await?;
     let target = open(config, to, data_dir).await?;
     let counts = copy(&source, &target, force).await.map_err(|e| match e {

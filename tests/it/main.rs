@@ -23,6 +23,7 @@ mod lifecycle;
 mod login;
 mod mail;
 mod onetime;
+mod pg_copy;
 mod pg_gateway;
 mod pg_store;
 mod proxy;
