@@ -373,6 +373,18 @@ fn sec_43_credentials_take_postgres_urls_and_refuse_passwords_in_them() {
             assert_eq!(p.ssl_mode, PgSslMode::Require);
         }
     }
+    // Plain TCP off loopback is allowed, with a warning.
+    let loaded = load_text(&format!(
+        "{MINIMAL}credentials: postgres://u@db.example.test/gate?sslmode=disable\n"
+    ))
+    .unwrap();
+    assert!(
+        loaded.warnings.iter().any(|w| w
+            .to_string()
+            .starts_with("credentials.url: sslmode=disable")),
+        "{:?}",
+        loaded.warnings
+    );
     for (snippet, says) in [
         (
             "credentials: postgres://otpgate:hunter2@db/gate",
