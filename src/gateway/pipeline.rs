@@ -102,11 +102,12 @@ impl Gateway {
         {
             return self.forward_auth(rt, &req, conn);
         }
-        match route::app_index(&rt.router, req.uri(), req.headers(), conn.sni.as_deref()) {
-            Ok(idx) => {
+        match route::target(&rt.router, req.uri(), req.headers(), conn.sni.as_deref()) {
+            Ok(route::Target::App(idx)) => {
                 let app = &rt.apps[idx];
                 (Some(app), self.serve_app(rt, app, req, conn).await)
             }
+            Ok(route::Target::Portal) => (None, self.serve_portal(rt, req, conn).await),
             Err(e) => (None, Err(e.into())),
         }
     }
@@ -224,20 +225,7 @@ impl Gateway {
         client: &Downstream,
     ) -> Flow<'a> {
         Flow::new(
-            Services {
-                sessions: &self.sessions,
-                state: &self.state,
-                store: &self.store,
-                mailer: &self.mailer,
-                outbox: matches!(
-                    rt.config.mail.transport,
-                    crate::config::MailTransport::Outbox(_)
-                ),
-                users,
-                clock: &self.clock,
-                random: &self.random,
-                assertions: &self.assertions,
-            },
+            self.services(rt, users),
             Site {
                 config: &rt.config,
                 pages: &rt.pages,
@@ -247,9 +235,28 @@ impl Gateway {
                 origin: &app.origin,
                 cookie_name: app.cookie_name,
                 session_lifetime: app.session_lifetime,
+                portal_for: None,
             },
             client.ip,
         )
+    }
+
+    /// The long-lived parts the login pages use.
+    pub(super) fn services<'a>(&'a self, rt: &Runtime, users: &'a Users) -> Services<'a> {
+        Services {
+            sessions: &self.sessions,
+            state: &self.state,
+            store: &self.store,
+            mailer: &self.mailer,
+            outbox: matches!(
+                rt.config.mail.transport,
+                crate::config::MailTransport::Outbox(_)
+            ),
+            users,
+            clock: &self.clock,
+            random: &self.random,
+            assertions: &self.assertions,
+        }
     }
 }
 

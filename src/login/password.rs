@@ -85,6 +85,7 @@ impl Flow<'_> {
                 self.svc.store.run(move |s| s.reset_failures(&e)).await?;
                 state.delete(&key_pw_failures(email)).await?;
                 self.start_session(email, LoginMethod::OneTimeToken, &tx.rd, &request_id)
+                    .await
             }
             Verdict::Temporary => {
                 let e = email.to_string();

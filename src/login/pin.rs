@@ -306,6 +306,7 @@ impl Flow<'_> {
         self.svc.store.run(move |s| s.reset_failures(&e)).await?;
         self.svc.state.delete(&key_index(&email, client)).await?;
         self.start_session(&email, LoginMethod::OneTimePin, &tx.rd, request_id)
+            .await
     }
 }
 

@@ -17,6 +17,10 @@ use crate::random::{Random, RandomError};
 
 /// The format tag at the start of every value.
 const PREFIX: &str = "v1.";
+/// Marks the optional family section after the address. Values sealed before it existed end
+/// with the address and open with no family; a build that predates it refuses values that have
+/// one (trailing bytes), which sends the person to the login page, never to a panic.
+const FAMILY_TAG: u8 = 0xF1;
 /// Longest value accepted; longer ones are refused before any decoding.
 pub const MAX_VALUE_LEN: usize = 1024;
 const TAG_LEN: usize = 16;
@@ -84,6 +88,9 @@ pub struct Claims {
     pub(crate) expires_ms: u64,
     /// Last refresh (activity), Unix milliseconds; for the idle timeout.
     pub(crate) refreshed_ms: u64,
+    /// The portal session an app session was handed off from: revoking it ends the whole
+    /// family (docs/security.md#46). `None` for sessions from a login on the app itself.
+    pub(crate) family: Option<SessionId>,
 }
 
 impl Claims {
@@ -105,6 +112,11 @@ impl Claims {
     /// Absolute expiry, Unix milliseconds.
     pub fn expires_ms(&self) -> u64 {
         self.expires_ms
+    }
+
+    /// The portal session this session was handed off from, if any.
+    pub fn family(&self) -> Option<SessionId> {
+        self.family
     }
 }
 
@@ -248,6 +260,10 @@ pub fn seal(claims: &Claims, keys: &KeyRing, random: &dyn Random) -> Result<Stri
     body.extend_from_slice(app);
     body.push(email_len);
     body.extend_from_slice(email);
+    if let Some(f) = claims.family {
+        body.push(FAMILY_TAG);
+        body.extend_from_slice(&f.0);
+    }
     seal_bytes(claims.kind, &claims.app, &body, keys, random)
 }
 
@@ -302,9 +318,11 @@ fn parse(p: &[u8]) -> Option<Claims> {
     let app = std::str::from_utf8(r.take(app_len)?).ok()?.to_owned();
     let email_len = usize::from(r.byte()?);
     let email = Email::from_sealed(std::str::from_utf8(r.take(email_len)?).ok()?)?;
-    if !r.0.is_empty() {
-        return None;
-    }
+    let family = match r.0 {
+        [] => None,
+        [FAMILY_TAG, rest @ ..] => Some(SessionId(rest.try_into().ok()?)),
+        _ => return None,
+    };
     Some(Claims {
         kind,
         id,
@@ -314,6 +332,7 @@ fn parse(p: &[u8]) -> Option<Claims> {
         issued_ms,
         expires_ms,
         refreshed_ms,
+        family,
     })
 }
 
@@ -360,7 +379,66 @@ mod tests {
             issued_ms: NOW,
             expires_ms: NOW + 24 * HOUR,
             refreshed_ms: NOW,
+            family: None,
         }
+    }
+
+    #[test]
+    fn the_family_travels_sealed_and_old_values_still_open() {
+        let keys = ring("k1", 1);
+        let mut c = claims();
+        c.family = Some(SessionId([9; 16]));
+        let v = seal(&c, &keys, &SystemRandom::default()).unwrap();
+        assert_eq!(
+            open(&v, TokenKind::Session, "wiki", &keys, NOW, None),
+            Ok(c)
+        );
+        // A value of the layout before families (no section after the address) opens as one
+        // without a family.
+        let old = sealed(&keys);
+        assert_eq!(
+            open(&old, TokenKind::Session, "wiki", &keys, NOW, None).map(|c| c.family),
+            Ok(None)
+        );
+        // A section of the wrong length or tag is refused, not read.
+        let mut body = Vec::new();
+        body.push(TokenKind::Session as u8);
+        body.extend_from_slice(&[7; 16]);
+        for t in [NOW, NOW + HOUR, NOW] {
+            body.extend_from_slice(&t.to_be_bytes());
+        }
+        body.extend_from_slice(&[1, 4]);
+        body.extend_from_slice(b"wiki");
+        body.push(11);
+        body.extend_from_slice(b"a@b.example");
+        let good = {
+            let mut b = body.clone();
+            b.push(FAMILY_TAG);
+            b.extend_from_slice(&[3; 16]);
+            b
+        };
+        let v = seal_bytes(
+            TokenKind::Session,
+            "wiki",
+            &good,
+            &keys,
+            &SystemRandom::default(),
+        )
+        .unwrap();
+        assert!(open(&v, TokenKind::Session, "wiki", &keys, NOW, None).is_ok());
+        body.extend_from_slice(&[FAMILY_TAG, 1, 2]);
+        let bad = seal_bytes(
+            TokenKind::Session,
+            "wiki",
+            &body,
+            &keys,
+            &SystemRandom::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            open(&bad, TokenKind::Session, "wiki", &keys, NOW, None),
+            Err(OpenError::Forged)
+        );
     }
 
     fn sealed(keys: &KeyRing) -> String {

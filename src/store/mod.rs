@@ -50,6 +50,9 @@ pub enum RevocationKind {
     Session,
     /// Every session of one address issued before a cut-off ("log out everywhere").
     User,
+    /// A portal session and every app session handed off from it, by the portal session's id
+    /// (docs/security.md#46).
+    Family,
 }
 
 impl RevocationKind {
@@ -57,6 +60,16 @@ impl RevocationKind {
         match self {
             Self::Session => "session",
             Self::User => "user",
+            Self::Family => "family",
+        }
+    }
+
+    /// The kind stored as `text`; unknown text reads as one session, the narrowest.
+    pub fn from_text(text: &str) -> Self {
+        match text {
+            "user" => Self::User,
+            "family" => Self::Family,
+            _ => Self::Session,
         }
     }
 }

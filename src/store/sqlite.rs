@@ -167,7 +167,7 @@ impl SqliteStore {
                 let kind: String = r.get(1)?;
                 Ok(Revocation {
                     seq: r.get(0)?,
-                    kind: if kind == "user" { RevocationKind::User } else { RevocationKind::Session },
+                    kind: RevocationKind::from_text(&kind),
                     subject: r.get(2)?,
                     not_before_ms: from_i64(r.get(3)?),
                     expires_ms: from_i64(r.get(4)?),

@@ -31,6 +31,19 @@ fn revocations_persist_across_reopen_and_prune() {
     s.ping().unwrap();
 }
 
+#[test]
+fn family_revocations_are_stored_as_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_embedded(dir.path()).unwrap();
+    s.revoke(RevocationKind::Family, "0a0b", 0, 5_000, 1_000)
+        .unwrap();
+    drop(s);
+    let s = Store::open_embedded(dir.path()).unwrap();
+    let all = s.revocations_since(0).unwrap();
+    assert_eq!(all[0].kind, RevocationKind::Family);
+    assert_eq!(RevocationKind::Family.as_str(), "family");
+}
+
 const POLICY: LockPolicy = LockPolicy {
     after: 3,
     first: std::time::Duration::from_secs(300),
