@@ -42,6 +42,11 @@ fn family_revocations_are_stored_as_family() {
     let all = s.revocations_since(0).unwrap();
     assert_eq!(all[0].kind, RevocationKind::Family);
     assert_eq!(RevocationKind::Family.as_str(), "family");
+    // Sequence numbers keep growing across the migration that made room for the kind.
+    let next = s
+        .revoke(RevocationKind::Session, "00ff", 0, 5_000, 1_000)
+        .unwrap();
+    assert!(next > all[0].seq);
 }
 
 const POLICY: LockPolicy = LockPolicy {

@@ -88,22 +88,20 @@ impl Flow<'_> {
                     .with("session", short_id(&c.id)),
             );
         }
-        let next = form
-            .get("app")
-            .filter(|a| self.site.config.apps.iter().any(|x| &x.name == *a))
-            .map(|app| {
-                let rd = form
-                    .get("rd")
-                    .and_then(|rd| return_to::validate(rd, self.rd_origin(), self.site.origins))
-                    .filter(|_| app == self.name())
-                    .map(String::from);
-                let mut to = format!("{}{LOGIN_PATH}?app={app}", self.site.origin);
-                if let Some(rd) = rd {
-                    to.push('&');
-                    to.push_str(&super::entry::rd_query(&rd));
-                }
-                to
-            });
+        // Apps and origins are in the same (config) order.
+        let next = form.get("app").and_then(|app| {
+            let i = self.site.config.apps.iter().position(|x| &x.name == app)?;
+            let origin = self.site.origins.get(i)?;
+            let mut to = format!("{}{LOGIN_PATH}?app={app}", self.site.origin);
+            if let Some(rd) = form
+                .get("rd")
+                .and_then(|rd| return_to::validate(rd, origin, self.site.origins))
+            {
+                to.push('&');
+                to.push_str(&super::entry::rd_query(rd.as_str()));
+            }
+            Some(to)
+        });
         let mut r = match next {
             Some(to) => redirect(StatusCode::SEE_OTHER, &to),
             None => self.site.pages.page(
