@@ -94,6 +94,17 @@ enum Command {
         #[command(subcommand)]
         command: ServiceTokenCommand,
     },
+    /// The protected apps.
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AppsCommand {
+    /// Each app with its hosts, origin, assertion audience and launcher flag, and the portal.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,6 +260,9 @@ fn check_config(path: &Path) -> ExitCode {
                     a.keys_file.display()
                 );
             }
+            if let Some(p) = &loaded.config.portal {
+                println!("portal: {p} (single sign-on; the launcher is at {p}/)");
+            }
             for a in &loaded.config.apps {
                 match assertion {
                     Some(_) => println!("  {}: {}, audience {}", a.name, a.served(), a.audience),
@@ -308,6 +322,9 @@ fn admin(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
         Command::Users { command } => users(c, command),
         Command::Keys { command } => keys(c, command),
         Command::ServiceToken { command } => service_token(c, command),
+        Command::Apps {
+            command: AppsCommand::List,
+        } => commands::apps_list(c),
         Command::SendAuthEmail {
             users,
             groups,

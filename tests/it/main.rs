@@ -22,6 +22,7 @@ mod lifecycle;
 mod login;
 mod mail;
 mod onetime;
+mod portal;
 mod proxy;
 mod redis_state;
 mod replicas;
