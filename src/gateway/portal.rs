@@ -60,6 +60,32 @@ impl Gateway {
             },
             client.ip,
         );
-        Ok(portal::handle(flow, req, &path, chosen.is_some()).await?)
+        let mut r = portal::handle(flow, req, &path, chosen.is_some()).await?;
+        allow_forms_to_apps(&mut r, rt);
+        Ok(r)
+    }
+}
+
+/// A login form on the portal ends in a redirect to an app's callback, and browsers hold
+/// every redirect of a form submission to the page's `form-action`: the portal's pages allow
+/// the apps' origins there besides their own.
+fn allow_forms_to_apps(r: &mut Response<Body>, rt: &Runtime) {
+    let csp = http::header::CONTENT_SECURITY_POLICY;
+    let Some(widened) = r
+        .headers()
+        .get(&csp)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            let origins: Vec<String> = rt.origins.iter().map(ToString::to_string).collect();
+            v.replace(
+                "form-action 'self'",
+                &format!("form-action 'self' {}", origins.join(" ")),
+            )
+        })
+    else {
+        return;
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&widened) {
+        r.headers_mut().insert(csp, v);
     }
 }

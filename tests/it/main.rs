@@ -23,6 +23,7 @@ mod login;
 mod mail;
 mod onetime;
 mod portal;
+mod portal_browser;
 mod proxy;
 mod redis_state;
 mod replicas;

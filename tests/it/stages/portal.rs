@@ -133,6 +133,12 @@ async fn an_apps_login_goes_to_the_portal_with_the_app_and_the_target() {
     )
     .await;
     r.assert_gateway_page(200, "Send me a code");
+    // Its forms end in a redirect to the app, which the page's CSP must allow.
+    let csp = r.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("form-action 'self' http://a.test http://b.test http://c.test"),
+        "{csp}"
+    );
     let cookies = r.set_cookies().join("\n");
     assert!(cookies.contains("otpgate-login=v1."), "{cookies}");
     assert!(cookies.contains("otpgate-portal-app=a;"), "{cookies}");
