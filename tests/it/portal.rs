@@ -71,9 +71,13 @@ struct Answer {
 
 impl Agent {
     fn new(gw: &Gw) -> Self {
+        Self::with(gw.client(), gw.https().port())
+    }
+
+    fn with(client: reqwest::Client, port: u16) -> Self {
         Self {
-            client: gw.client(),
-            port: gw.https().port(),
+            client,
+            port,
             jar: HashMap::new(),
             csrf: String::new(),
         }
@@ -319,4 +323,89 @@ async fn sec_45_the_apps_policy_decides_the_mail_and_a_refusal_is_a_page() {
     let (_, page) = v.open(&out.location).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Send me a code"));
+}
+
+/// The same with the binary: outbox mail, the hand-off single use and bound to its app, the
+/// portal's sign-out ending the apps' sessions, and `apps list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_43_the_binary_hands_off_once_per_app_and_signs_out_the_family() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    ca.write_leaf(dir.path(), "site", CERTS[0].1);
+    let port = free_port();
+    let cfg = dir.path().join("otpgate.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 1
+listen: {{ http: 127.0.0.1:0, https: 127.0.0.1:{port}, admin: 127.0.0.1:0 }}
+tls: {{ certificates: [ {{ cert: site.pem, key: site-key.pem }} ] }}
+portal_url: https://auth.test:{port}
+mail: {{ from: 'Gate <gate@corp.example>', transport: outbox }}
+apps:
+  - name: a
+    hosts: [a.test]
+    upstream: builtin:echo
+    policies: [ {{ name: staff, action: allow, include: [ {{ email_domain: corp.example }} ] }} ]
+  - name: b
+    hosts: [b.test]
+    upstream: builtin:echo
+    launcher: false
+    policies: [ {{ name: staff, action: allow, include: [ {{ email_domain: corp.example }} ] }} ]
+"
+        ),
+    )
+    .unwrap();
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_otpgate"))
+        .args(["apps", "list", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(
+        list.contains(&format!(
+            "a  hosts a.test  origin https://a.test:{port}  audience otpgate:app:a  launcher yes"
+        )) && list.contains("launcher no")
+            && list.contains(&format!("portal https://auth.test:{port}")),
+        "{list}"
+    );
+    let https = port.to_string();
+    let _p = crate::cli::spawn(
+        &cfg,
+        &[("OTPGATE_LISTEN__HTTPS", &format!("127.0.0.1:{https}"))],
+    )
+    .await;
+    let mut v = Agent::with(client_with(&[ca.der()], Versions::Http1), port);
+
+    let (at, _) = v.open(&v.url("a.test", "/x")).await;
+    assert!(at.contains("/.otpgate/login?app=a"), "{at}");
+    v.post("auth.test", "/.otpgate/login", &[("email", ALICE)])
+        .await;
+    let mut seen = std::collections::HashSet::new();
+    let mail =
+        crate::cli::outbox_mail(&dir.path().join("data/outbox"), ALICE, "code", &mut seen).await;
+    let done = v
+        .post("auth.test", "/.otpgate/code", &[("code", &pin_of(&mail))])
+        .await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let path = done.location[done.location.find("/.otpgate").unwrap()..].to_owned();
+    // Bound to A: B refuses it (and that does not use it up).
+    assert_eq!(v.get("b.test", &path).await.status, 400);
+    let r = v.get("a.test", &path).await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.location, v.url("a.test", "/x"));
+    // Single use.
+    assert_eq!(v.get("a.test", &path).await.status, 400);
+    let (_, page) = v.open(&v.url("b.test", "/")).await;
+    assert_eq!(page.status, 200, "B without a second login");
+
+    v.get("auth.test", "/.otpgate/logout").await;
+    assert_eq!(
+        v.post("auth.test", "/.otpgate/logout", &[]).await.status,
+        200
+    );
+    for app in ["a.test", "b.test"] {
+        assert_eq!(v.get(app, "/").await.status, 302, "{app}");
+    }
 }
