@@ -24,7 +24,19 @@ pub(crate) async fn handle(
 ) -> Result<Response<Body>, LoginError> {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let post = *req.method() == Method::POST;
-    match path {
+    // A page opened with `?app=` (the login page, a mailed link) remembers the app for the
+    // posts that follow, whose forms do not carry it.
+    let remember = (chosen && read && super::app_param(req.uri().query()).is_some())
+        .then(|| {
+            session::set_cookie(
+                app_cookie_name(c.site.origin.https),
+                c.name(),
+                APP_COOKIE_LIFETIME,
+                c.site.origin.https,
+            )
+        })
+        .flatten();
+    let mut r = match path {
         "/" if read => Ok(c.launcher(req.headers())),
         "/" => Err(LoginError::MethodNotAllowed),
         LOGOUT_PATH if read => Ok(c.portal_logout_page(req.headers())),
@@ -37,7 +49,11 @@ pub(crate) async fn handle(
         )),
         LOGIN_PATH if read => c.portal_login(req.uri().query(), req.headers()).await,
         _ => super::super::handle(c, req, path).await,
+    }?;
+    if let Some(h) = remember {
+        r.headers_mut().append(SET_COOKIE, h);
     }
+    Ok(r)
 }
 
 impl Flow<'_> {
@@ -50,7 +66,7 @@ impl Flow<'_> {
         let target = return_to::rd_param(query)
             .and_then(|rd| return_to::validate(&rd, self.rd_origin(), self.site.origins))
             .map_or_else(|| return_to::root(self.rd_origin()), String::from);
-        let mut r = match self.portal_session(headers) {
+        match self.portal_session(headers) {
             // A session from a method this app does not offer is no login for it: the app's
             // own forms are shown, as for anyone signed out.
             Ok(c) if self.offers(c.method) => {
@@ -58,19 +74,10 @@ impl Flow<'_> {
                 if self.would_allow(&email, &target, c.method) {
                     return self.handoff(&c, &target).await;
                 }
-                self.denied(&c, &target)
+                Ok(self.denied(&c, &target))
             }
-            _ => self.login_page(Some(&rd_query(&target)), headers)?,
-        };
-        if let Some(h) = session::set_cookie(
-            app_cookie_name(self.site.origin.https),
-            self.name(),
-            APP_COOKIE_LIFETIME,
-            self.site.origin.https,
-        ) {
-            r.headers_mut().append(SET_COOKIE, h);
+            _ => self.login_page(Some(&rd_query(&target)), headers),
         }
-        Ok(r)
     }
 
     /// A portal session whose person this app's policy refuses: said plainly, with a way to

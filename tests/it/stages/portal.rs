@@ -429,6 +429,10 @@ async fn the_launcher_lists_the_apps_the_person_may_open() {
     let (_, olga) = portal_session(&stage, "olga@corp.example");
     let html = get_with(&stage, "auth.test", "/", Some(&olga)).await.text();
     assert!(html.contains("c.test&#x2f;\">c</a>"), "{html}");
+    // The assertions' keys are published at the issuer, the portal.
+    let r = get_with(&stage, "auth.test", "/.otpgate/certs", None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["keys"].is_array(), "{}", r.text());
     // The portal is never proxied, and unknown portal pages are the gateway's 404.
     let r = get_with(&stage, "auth.test", "/.otpgate/nothing?app=a", None).await;
     r.assert_gateway_page(404, "There is no such page");
