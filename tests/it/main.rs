@@ -24,6 +24,7 @@ mod mail;
 mod onetime;
 mod portal;
 mod portal_browser;
+mod portal_replicas;
 mod proxy;
 mod redis_state;
 mod replicas;

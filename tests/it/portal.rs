@@ -15,22 +15,23 @@ pub const ALICE: &str = "alice@corp.example";
 
 /// A port that was free a moment ago: the portal's origin names the HTTPS listener's port, so
 /// it is chosen before the gateway starts.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::redis::free_port;
 
 pub const CERTS: &[(&str, &[&str])] = &[("site", &["a.test", "b.test", "c.test", "auth.test"])];
 
-/// Three apps and a portal on `https://auth.test:PORT`; `c` is open to the ops group only.
+/// Three apps and a portal on `https://auth.test:PORT`; `c` is open to engineering only.
 pub fn config(port: u16, up: &Upstream, smtp: &SmtpServer) -> String {
+    config_on(port, port, up, smtp, "")
+}
+
+/// [`config`] with the HTTPS listener on `https` (a replica behind a load balancer) and the
+/// top-level keys `extra`.
+pub fn config_on(port: u16, https: u16, up: &Upstream, smtp: &SmtpServer, extra: &str) -> String {
     format!(
         "version: 1
-listen: {{ http: 127.0.0.1:0, https: 127.0.0.1:{port}, admin: 127.0.0.1:0 }}
+listen: {{ http: 127.0.0.1:0, https: 127.0.0.1:{https}, admin: 127.0.0.1:0 }}
 tls: {{ certificates: [ {{ cert: site.pem, key: site-key.pem }} ] }}
+{extra}
 portal_url: https://auth.test:{port}
 mail: {{ from: 'Gate <gate@corp.example>', transport: 'smtp://{smtp}?tls=none' }}
 users:
@@ -56,21 +57,21 @@ apps:
 }
 
 /// A browser-like client that keeps cookies per host and reads CSRF tokens.
-struct Agent {
+pub struct Agent {
     client: reqwest::Client,
-    port: u16,
-    jar: HashMap<(String, String), String>,
+    pub port: u16,
+    pub jar: HashMap<(String, String), String>,
     csrf: String,
 }
 
-struct Answer {
-    status: u16,
-    location: String,
-    body: String,
+pub struct Answer {
+    pub status: u16,
+    pub location: String,
+    pub body: String,
 }
 
 impl Agent {
-    fn new(gw: &Gw) -> Self {
+    pub fn new(gw: &Gw) -> Self {
         Self::with(gw.client(), gw.https().port())
     }
 
@@ -83,7 +84,7 @@ impl Agent {
         }
     }
 
-    fn url(&self, host: &str, path: &str) -> String {
+    pub fn url(&self, host: &str, path: &str) -> String {
         format!("https://{host}:{}{path}", self.port)
     }
 
@@ -128,14 +129,14 @@ impl Agent {
         }
     }
 
-    async fn get(&mut self, host: &str, path: &str) -> Answer {
+    pub async fn get(&mut self, host: &str, path: &str) -> Answer {
         let req = self.client.get(self.url(host, path));
         self.send(host, req).await
     }
 
     /// Follows redirects (each hop with the cookies of its own host) to the first answer that
     /// is not one; returns it and the URL it came from.
-    async fn open(&mut self, url: &str) -> (String, Answer) {
+    pub async fn open(&mut self, url: &str) -> (String, Answer) {
         let mut url = url.to_owned();
         for _ in 0..10 {
             let u = url::Url::parse(&url).unwrap();
@@ -154,7 +155,7 @@ impl Agent {
         panic!("a redirect loop from {url}");
     }
 
-    async fn post(&mut self, host: &str, path: &str, fields: &[(&str, &str)]) -> Answer {
+    pub async fn post(&mut self, host: &str, path: &str, fields: &[(&str, &str)]) -> Answer {
         let mut form: Vec<(&str, &str)> = vec![("csrf", self.csrf.as_str())];
         form.extend_from_slice(fields);
         let body = url::form_urlencoded::Serializer::new(String::new())
@@ -170,7 +171,7 @@ impl Agent {
     }
 }
 
-async fn wait_for_mails(smtp: &SmtpServer, n: usize) {
+pub async fn wait_for_mails(smtp: &SmtpServer, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while smtp.received().len() < n {
         assert!(Instant::now() < deadline, "no mail");
