@@ -48,6 +48,10 @@ impl Gateway {
             .log
             .access
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
+        // The portal is the gateway's own host: its requests are not "unrouted".
+        let portal = rt.config.portal.is_some()
+            && route::target(&rt.router, req.uri(), req.headers(), conn.sni.as_deref())
+                == Ok(route::Target::Portal);
         let (app, result) = self.serve(&rt, req, conn).await;
         let response = match result {
             Ok(r) => r,
@@ -72,6 +76,7 @@ impl Gateway {
         };
         match app {
             Some(a) => a.metrics.request(response.status()),
+            None if portal => {}
             None => ::metrics::counter!(metrics::UNROUTED).increment(1),
         }
         if let Some((method, path)) = access {

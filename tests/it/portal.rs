@@ -34,6 +34,9 @@ tls: {{ certificates: [ {{ cert: site.pem, key: site-key.pem }} ] }}
 {extra}
 portal_url: https://auth.test:{port}
 mail: {{ from: 'Gate <gate@corp.example>', transport: 'smtp://{smtp}?tls=none' }}
+identity_providers:
+  - {{ type: onetimepin }}
+  - {{ type: onetimelink }}
 users:
   - {{ id: {ALICE}, groups: [engineering] }}
   - {{ id: bob@corp.example, groups: [sales] }}
@@ -45,6 +48,7 @@ apps:
   - name: b
     hosts: [b.test]
     upstream: {up}
+    login_methods: [onetimepin, onetimelink]
     policies: [ {{ name: staff, action: allow, include: [ {{ email_domain: corp.example }} ] }} ]
   - name: c
     hosts: [c.test]
@@ -324,6 +328,56 @@ async fn sec_45_the_apps_policy_decides_the_mail_and_a_refusal_is_a_page() {
     let (_, page) = v.open(&out.location).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Send me a code"));
+}
+
+/// A one-time link asked for on the portal names its app, so it logs in through the portal in
+/// another browser too (no app cookie there yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailed_link_logs_in_through_the_portal_in_any_browser() {
+    let Some(smtp) = SmtpServer::start().await else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let port = free_port();
+    let gw = Gw::start_with(&config(port, &up, &smtp), CERTS).await;
+    let mut v = Agent::new(&gw);
+    let (_, page) = v.open(&v.url("b.test", "/docs")).await;
+    assert!(
+        page.body.contains("Email me a sign-in link"),
+        "{}",
+        page.body
+    );
+    let sent = v
+        .post(
+            "auth.test",
+            "/.otpgate/login",
+            &[("email", ALICE), ("method", "link")],
+        )
+        .await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    wait_for_mails(&smtp, 1).await;
+    let link =
+        crate::zscaler_browser::link_of(&smtp.received()[0], &format!("https://auth.test:{port}"));
+    assert!(link.ends_with("&app=b"), "{link}");
+    let mut other = Agent::new(&gw);
+    let path = link[link.find("/.otpgate").unwrap()..].to_owned();
+    let confirm = other.get("auth.test", &path).await;
+    assert_eq!(confirm.status, 200);
+    let t = path
+        .split("t=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    let done = other
+        .post("auth.test", "/.otpgate/link", &[("t", &t)])
+        .await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let (at, page) = other.open(&done.location).await;
+    assert_eq!(at, other.url("b.test", "/docs"));
+    assert_eq!(page.status, 200);
 }
 
 /// The same with the binary: outbox mail, the hand-off single use and bound to its app, the

@@ -3,6 +3,8 @@
 //! it hands off at once (or says the account has no access), without one it shows the app's
 //! login forms.
 
+use std::time::Duration;
+
 use http::header::SET_COOKIE;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use minijinja::context;
@@ -72,7 +74,18 @@ impl Flow<'_> {
             Ok(c) if self.offers(c.method) => {
                 let email = c.email.clone();
                 if self.would_allow(&email, &target, c.method) {
-                    return self.handoff(&c, &target).await;
+                    // Every hand-off is activity: the portal session's idle clock restarts.
+                    let mut r = self.handoff(&c, &target).await?;
+                    let refreshed = self.svc.sessions.refresh(&c, self.now_ms())?;
+                    if let Some(h) = session::set_cookie(
+                        self.site.cookie_name,
+                        &refreshed,
+                        Duration::from_millis(c.expires_ms.saturating_sub(self.now_ms())),
+                        self.site.origin.https,
+                    ) {
+                        r.headers_mut().append(SET_COOKIE, h);
+                    }
+                    return Ok(r);
                 }
                 Ok(self.denied(&c, &target))
             }
