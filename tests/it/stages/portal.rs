@@ -33,7 +33,7 @@ pub const PORTAL_APPS: &str = "  - name: a
 
 fn yaml(apps: &str) -> String {
     config(
-        "portal_url: http://auth.test\nusers:\n  - { id: alice@corp.example }\n  - { id: olga@corp.example, groups: [ops] }",
+        "portal_url: http://auth.test\nsession: { idle_timeout: 10m }\nusers:\n  - { id: alice@corp.example }\n  - { id: olga@corp.example, groups: [ops] }",
         apps,
     )
 }
@@ -454,4 +454,34 @@ async fn assertions_are_issued_by_the_portal() {
     let claims: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(claims["iss"], "http://auth.test");
     assert_eq!(claims["aud"], "otpgate:app:a");
+}
+
+#[tokio::test]
+async fn a_hand_off_is_activity_on_the_portal_session() {
+    let stage = portal();
+    let (_, first) = portal_session(&stage, "alice@corp.example");
+    stage.advance(Duration::from_secs(9 * 60));
+    let r = get_with(&stage, "auth.test", "/.otpgate/login?app=a", Some(&first)).await;
+    assert_eq!(r.status, 303);
+    let refreshed = r
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with("otpgate-portal="))
+        .expect("the portal cookie, refreshed")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    stage.advance(Duration::from_secs(9 * 60));
+    // 18 minutes after the login and 9 after the hand-off: idle for 9 minutes only.
+    let r = get_with(
+        &stage,
+        "auth.test",
+        "/.otpgate/login?app=b",
+        Some(&refreshed),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let r = get_with(&stage, "auth.test", "/.otpgate/login?app=b", Some(&first)).await;
+    r.assert_gateway_page(200, "Send me a code");
 }
