@@ -151,6 +151,9 @@ pub(crate) struct Flow<'a> {
     ip: IpAddr,
     /// The device cookie the request carries for this app (docs/security.md#39).
     device: Option<Claims>,
+    /// On the portal: the nonce the app set in this browser when it sent it here; the
+    /// hand-off code is bound to it (docs/security.md#43).
+    handoff_state: Option<String>,
 }
 
 impl<'a> Flow<'a> {
@@ -161,6 +164,7 @@ impl<'a> Flow<'a> {
             site,
             ip,
             device: None,
+            handoff_state: None,
         }
     }
 }
@@ -205,7 +209,7 @@ pub(crate) async fn handle(
         LOGOUT_PATH if post => c.logout(req).await,
         CERTS_PATH if read => c.certs(),
         portal::CALLBACK_PATH if read && c.site.portal_for.is_none() => {
-            c.callback(req.uri().query()).await
+            c.callback(req.uri().query(), req.headers()).await
         }
         LOGIN_PATH
         | CODE_PATH

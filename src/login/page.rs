@@ -140,10 +140,8 @@ impl Flow<'_> {
         }
         let rd = target.map_or_else(|| return_to::root(self.rd_origin()), String::from);
         // With a portal, people log in there once for every app.
-        if let (Some(portal), None) = (self.site.config.portal.as_ref(), self.site.portal_for) {
-            let mut to = format!("{portal}{}?app={}&rd=", super::LOGIN_PATH, self.name());
-            to.extend(url::form_urlencoded::byte_serialize(rd.as_bytes()));
-            return Ok(redirect(StatusCode::FOUND, &to));
+        if self.site.config.portal.is_some() && self.site.portal_for.is_none() {
+            return self.to_portal(&rd);
         }
         let tx = LoginTx::new(self.svc.random.as_ref(), self.now_ms(), rd)?;
         Ok(self.email_page(&tx, &View::default(), StatusCode::OK, true))

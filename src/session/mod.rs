@@ -47,8 +47,16 @@ pub const PORTAL_COOKIE_HOST: &str = "__Host-otpgate-portal";
 /// The portal session cookie's name on a plain-http portal.
 pub const PORTAL_COOKIE_PLAIN: &str = "otpgate-portal";
 
+/// The hand-off nonce an app sets before sending the browser to the portal: only the browser
+/// holding it can redeem the code that comes back (docs/security.md#43).
+pub const HANDOFF_COOKIE_HOST: &str = "__Host-otpgate-handoff";
+/// The hand-off nonce's cookie name on plain-http apps.
+pub const HANDOFF_COOKIE_PLAIN: &str = "otpgate-handoff";
+
 /// Every cookie name the gateway owns.
-pub const GATEWAY_COOKIES: [&str; 10] = [
+pub const GATEWAY_COOKIES: [&str; 12] = [
+    HANDOFF_COOKIE_HOST,
+    HANDOFF_COOKIE_PLAIN,
     PORTAL_COOKIE_HOST,
     PORTAL_COOKIE_PLAIN,
     COOKIE_HOST,

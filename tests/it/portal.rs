@@ -197,7 +197,7 @@ async fn sec_43_one_portal_login_opens_every_app_and_the_sign_out_ends_them_all(
     // App A sends the browser to the portal, which shows A's login form.
     let (at, page) = v.open(&v.url("a.test", "/docs?x=1")).await;
     assert!(
-        at.starts_with(&format!("{portal}/.otpgate/login?app=a&rd=")),
+        at.starts_with(&format!("{portal}/.otpgate/login?app=a&state=")),
         "{at}"
     );
     assert_eq!(page.status, 200);

@@ -45,8 +45,9 @@ async fn sec_46_replicas_share_hand_offs_and_the_family_sign_out() {
     assert_eq!(done.status, 303, "{}", done.body);
     let path = done.location[done.location.find("/.otpgate").unwrap()..].to_owned();
 
-    // Redeemed through replica two; then spent on replica one too.
+    // Redeemed through replica two (the same browser: its cookies); then spent on one too.
     let mut w = Agent::new(&two);
+    w.jar = v.jar.clone();
     let r = w.get("a.test", &path).await;
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(

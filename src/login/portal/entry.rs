@@ -19,23 +19,24 @@ use crate::session::{self, Claims};
 /// Answers a request on the portal. `chosen`: whether the request names an app (parameter or
 /// cookie) that exists; the flow is for that app then.
 pub(crate) async fn handle(
-    c: Flow<'_>,
+    mut c: Flow<'_>,
     req: Request<RequestBody>,
     path: &str,
     chosen: bool,
 ) -> Result<Response<Body>, LoginError> {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let post = *req.method() == Method::POST;
-    // A page opened with `?app=` (the login page, a mailed link) remembers the app for the
-    // posts that follow, whose forms do not carry it.
+    let https = c.site.origin.https;
+    c.handoff_state = super::handoff_state(req.uri().query(), req.headers(), https);
+    // A page opened with `?app=` (the login page, a mailed link) remembers the app, and the
+    // app's hand-off nonce, for the posts that follow, whose forms do not carry them.
     let remember = (chosen && read && super::app_param(req.uri().query()).is_some())
         .then(|| {
-            session::set_cookie(
-                app_cookie_name(c.site.origin.https),
-                c.name(),
-                APP_COOKIE_LIFETIME,
-                c.site.origin.https,
-            )
+            let value = match &c.handoff_state {
+                Some(s) => format!("{}~{s}", c.name()),
+                None => c.name().to_owned(),
+            };
+            session::set_cookie(app_cookie_name(https), &value, APP_COOKIE_LIFETIME, https)
         })
         .flatten();
     let mut r = match path {

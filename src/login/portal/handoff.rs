@@ -13,6 +13,7 @@ use base64::Engine as _;
 use http::header::SET_COOKIE;
 use http::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq as _;
 
 use super::super::{Flow, LoginError, short_id};
 use super::{CALLBACK_PATH, HANDOFF_TTL, PORTAL_AUDIENCE};
@@ -40,6 +41,9 @@ struct Record {
     method: String,
     /// The return target, validated when the code was made (and again when it is redeemed).
     rd: String,
+    /// The nonce the app set in the browser that went to the portal; `None` when the login
+    /// did not start at the app (a mailed link opened in another browser).
+    state: Option<String>,
 }
 
 /// The state key of `code` on `app`.
@@ -60,6 +64,33 @@ fn digest(code: &str) -> [u8; 32] {
 }
 
 impl Flow<'_> {
+    /// On an app: sends the browser to the portal's login for this app and `rd`, with a fresh
+    /// nonce that stays behind in this browser as a cookie: the code that comes back is bound
+    /// to it, so only this browser can redeem it (login CSRF, RFC 9700 §4.7).
+    pub(in crate::login) fn to_portal(&self, rd: &str) -> Result<Response<Body>, LoginError> {
+        let Some(portal) = self.site.config.portal.as_ref() else {
+            return Err(LoginError::NotFound);
+        };
+        let state = crate::random::hex(&crate::random::bytes::<16>(self.svc.random.as_ref())?);
+        let mut to = format!(
+            "{portal}{}?app={}&state={state}&rd=",
+            super::super::LOGIN_PATH,
+            self.name()
+        );
+        to.extend(url::form_urlencoded::byte_serialize(rd.as_bytes()));
+        let mut r = redirect(StatusCode::FOUND, &to);
+        let https = self.site.origin.https;
+        if let Some(h) = session::set_cookie(
+            super::handoff_cookie_name(https),
+            &state,
+            super::APP_COOKIE_LIFETIME,
+            https,
+        ) {
+            r.headers_mut().append(SET_COOKIE, h);
+        }
+        Ok(r)
+    }
+
     /// On the portal: a code for the app of this flow, bound to the portal session `portal`
     /// and the validated `target`, and the redirect that carries it to the app.
     pub(in crate::login) async fn handoff(
@@ -79,6 +110,7 @@ impl Flow<'_> {
             email: portal.email.to_string(),
             method: portal.method.as_str().to_owned(),
             rd: target.to_owned(),
+            state: self.handoff_state.clone(),
         };
         let record = CodeRecord {
             payload: serde_json::to_vec(&record).unwrap_or_default(),
@@ -104,6 +136,7 @@ impl Flow<'_> {
     pub(in crate::login) async fn callback(
         &self,
         query: Option<&str>,
+        headers: &http::HeaderMap,
     ) -> Result<Response<Body>, LoginError> {
         let code = query
             .and_then(|q| {
@@ -128,6 +161,19 @@ impl Flow<'_> {
         let Some(r) = record.filter(|r| r.app == self.name()) else {
             return Ok(self.handoff_failed(None, "unknown_used_or_expired", &request_id));
         };
+        let https = self.site.origin.https;
+        let nonce = session::cookie_values(headers, super::handoff_cookie_name(https)).next();
+        match (&r.state, nonce) {
+            (Some(want), Some(have)) if bool::from(want.as_bytes().ct_eq(have.as_bytes())) => {}
+            // A code made without this app's nonce (the login began elsewhere, such as a mailed
+            // link opened in another browser) is spent but opens nothing: the browser goes
+            // through the app's login, which hands off again, bound to this browser. Once, as
+            // that code has a nonce: no loop.
+            (None, _) => return self.to_portal(&r.rd),
+            (Some(_), _) => {
+                return Ok(self.handoff_failed(None, "other_browser", &request_id));
+            }
+        }
         let (Ok(email), Some(method), Some(family)) = (
             Email::parse(&r.email),
             LoginMethod::parse(&r.method),
@@ -168,12 +214,18 @@ impl Flow<'_> {
             Some(family),
         )?;
         let mut resp = redirect(StatusCode::SEE_OTHER, &target);
-        if let Some(h) = session::set_cookie(
-            self.site.cookie_name,
-            &value,
-            self.site.session_lifetime,
-            self.site.origin.https,
-        ) {
+        for h in [
+            session::set_cookie(
+                self.site.cookie_name,
+                &value,
+                self.site.session_lifetime,
+                https,
+            ),
+            session::clear_cookie(super::handoff_cookie_name(https), https),
+        ]
+        .into_iter()
+        .flatten()
+        {
             resp.headers_mut().append(SET_COOKIE, h);
         }
         self.audit(

@@ -60,20 +60,55 @@ pub(crate) fn app_cookie_name(https: bool) -> &'static str {
     }
 }
 
-/// The `app` query parameter of a portal request, decoded once.
-pub(crate) fn app_param(query: Option<&str>) -> Option<String> {
+/// The hand-off nonce cookie's name on an app.
+pub(crate) fn handoff_cookie_name(https: bool) -> &'static str {
+    if https {
+        crate::session::HANDOFF_COOKIE_HOST
+    } else {
+        crate::session::HANDOFF_COOKIE_PLAIN
+    }
+}
+
+/// A query parameter, decoded once (the first one counts).
+fn param(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == "app")
+        .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
+}
+
+/// The `app` query parameter of a portal request.
+pub(crate) fn app_param(query: Option<&str>) -> Option<String> {
+    param(query, "app")
+}
+
+/// A hand-off nonce: 32 lower-case hex digits, as the app makes them.
+fn valid_state(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The portal's app cookie: `NAME` or `NAME~NONCE`.
+fn app_cookie(headers: &HeaderMap, https: bool) -> Option<(String, Option<String>)> {
+    let v = crate::session::cookie_values(headers, app_cookie_name(https)).next()?;
+    Some(match v.split_once('~') {
+        Some((name, state)) => (name.to_owned(), Some(state.to_owned())),
+        None => (v.to_owned(), None),
+    })
 }
 
 /// The app a portal request is for: its `app` parameter, else the app cookie.
 pub(crate) fn chosen_app(query: Option<&str>, headers: &HeaderMap, https: bool) -> Option<String> {
-    app_param(query).or_else(|| {
-        crate::session::cookie_values(headers, app_cookie_name(https))
-            .next()
-            .map(str::to_owned)
-    })
+    app_param(query).or_else(|| app_cookie(headers, https).map(|(name, _)| name))
+}
+
+/// The hand-off nonce of a portal request: its `state` parameter when it names the app, else
+/// the one remembered with the app in the app cookie.
+fn handoff_state(query: Option<&str>, headers: &HeaderMap, https: bool) -> Option<String> {
+    let state = if app_param(query).is_some() {
+        param(query, "state")
+    } else {
+        app_cookie(headers, https).and_then(|(_, s)| s)
+    };
+    state.filter(|s| valid_state(s))
 }
 
 impl Flow<'_> {

@@ -67,29 +67,61 @@ async fn get_with(stage: &Stage, host: &str, path: &str, cookie: Option<&str>) -
     stage.send(req.body(()).unwrap()).await
 }
 
-/// The portal's answer to `app`'s login for `rd`: the callback URL with its code.
-async fn handoff(stage: &Stage, cookie: &str, app: &str, rd: &str) -> String {
+/// A hand-off code on its way to an app: the callback URL, and the nonce cookie the app set
+/// in the browser that started the login there.
+struct Code {
+    url: String,
+    nonce: String,
+}
+
+/// The query parameter `name` of `url`.
+fn query_param(url: &str, name: &str) -> String {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("no {name} in {url}"))
+        .1
+        .into_owned()
+}
+
+/// A login started at `app` (which leaves its nonce in the browser and sends it to the portal),
+/// answered by the portal for the target `rd` (as sent, so the portal's own checks are what is
+/// tested): the code on its way back.
+async fn handoff(stage: &Stage, cookie: &str, app: &str, rd: &str) -> Code {
+    let start = get_with(stage, &format!("{app}.test"), "/.otpgate/login", None).await;
+    assert_eq!(start.status, 302, "{}", start.text());
+    let state = query_param(start.header("location").unwrap(), "state");
+    let nonce = start
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with("otpgate-handoff="))
+        .expect("the app leaves its nonce in the browser")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
     let r = get_with(
         stage,
         "auth.test",
-        &format!("/.otpgate/login?app={app}&rd={rd}"),
+        &format!("/.otpgate/login?app={app}&state={state}&rd={rd}"),
         Some(cookie),
     )
     .await;
     assert_eq!(r.status, 303, "{}", r.text());
-    let to = r.header("location").unwrap().to_owned();
+    let url = r.header("location").unwrap().to_owned();
     assert!(
-        to.starts_with(&format!("http://{app}.test/.otpgate/callback?code=")),
-        "{to}"
+        url.starts_with(&format!("http://{app}.test/.otpgate/callback?code=")),
+        "{url}"
     );
-    to
+    Code { url, nonce }
 }
 
-/// Redeems a callback URL on `host`: the reply.
-async fn redeem(stage: &Stage, host: &str, callback: &str) -> Reply {
-    let path = callback.split_once(".test").unwrap().1;
-    get_with(stage, host, path, None).await
+/// Redeems a code on `host`, from the browser that holds its nonce: the reply.
+async fn redeem(stage: &Stage, host: &str, code: &Code) -> Reply {
+    let path = code.url.split_once(".test").unwrap().1;
+    get_with(stage, host, path, Some(&code.nonce)).await
 }
 
 /// The app session cookie (`otpgate=…`) a callback set.
@@ -120,9 +152,20 @@ async fn an_apps_login_goes_to_the_portal_with_the_app_and_the_target() {
     );
     let r = get_with(&stage, "a.test", "/.otpgate/login?rd=%2Fdocs%3Fx%3D1", None).await;
     assert_eq!(r.status, 302);
+    let to = r.header("location").unwrap();
+    let state = query_param(to, "state");
     assert_eq!(
-        r.header("location"),
-        Some("http://auth.test/.otpgate/login?app=a&rd=http%3A%2F%2Fa.test%2Fdocs%3Fx%3D1")
+        to,
+        format!(
+            "http://auth.test/.otpgate/login?app=a&state={state}&rd=http%3A%2F%2Fa.test%2Fdocs%3Fx%3D1"
+        )
+    );
+    assert!(
+        r.set_cookies()
+            .iter()
+            .any(|c| c.starts_with(&format!("otpgate-handoff={state};")) && c.contains("HttpOnly")),
+        "{:?}",
+        r.set_cookies()
     );
     // Signed out, the portal shows the app's login form and remembers the app for the posts.
     let r = get_with(
@@ -155,13 +198,35 @@ async fn sec_43_a_hand_off_code_works_once_and_only_on_its_app() {
     let stage = portal();
     let (_, portal) = portal_session(&stage, "alice@corp.example");
     let to = handoff(&stage, &portal, "a", "http://a.test/docs?x=1").await;
-    let code = to.split("code=").nth(1).unwrap();
-    assert_eq!(code.len(), 43, "256 bits, base64url");
+    assert_eq!(
+        query_param(&to.url, "code").len(),
+        43,
+        "256 bits, base64url"
+    );
+    // Another browser (without the app's nonce) cannot redeem it: login CSRF.
+    let path = to.url.split_once(".test").unwrap().1;
+    refused(&get_with(&stage, "a.test", path, None).await);
+    refused(
+        &get_with(
+            &stage,
+            "a.test",
+            path,
+            Some("otpgate-handoff=00000000000000000000000000000000"),
+        )
+        .await,
+    );
+    let to = handoff(&stage, &portal, "a", "http://a.test/docs?x=1").await;
     // Another app cannot redeem it (and trying does not use it up).
     refused(&redeem(&stage, "b.test", &to).await);
     let r = redeem(&stage, "a.test", &to).await;
     assert_eq!(r.status, 303, "{}", r.text());
     assert_eq!(r.header("location"), Some("http://a.test/docs?x=1"));
+    assert!(
+        r.set_cookies()
+            .iter()
+            .any(|c| c.starts_with("otpgate-handoff=;")),
+        "the nonce is spent"
+    );
     let cookie = app_cookie(&r);
     assert!(r.set_cookies().iter().any(|c| c.contains("HttpOnly")));
     let echo = get_with(&stage, "a.test", "/docs", Some(&cookie)).await;
@@ -173,6 +238,31 @@ async fn sec_43_a_hand_off_code_works_once_and_only_on_its_app() {
     refused(&get_with(&stage, "a.test", "/.otpgate/callback", None).await);
     let forged = format!("/.otpgate/callback?code={}", "A".repeat(43));
     refused(&get_with(&stage, "a.test", &forged, None).await);
+    // A code made without the app's nonce (a login that began on the portal itself) opens
+    // nothing: the browser goes through the app's login once more, which binds a new one.
+    let r = get_with(
+        &stage,
+        "auth.test",
+        "/.otpgate/login?app=a&rd=%2Fx",
+        Some(&portal),
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    let path = r
+        .header("location")
+        .unwrap()
+        .split_once(".test")
+        .unwrap()
+        .1
+        .to_owned();
+    let r = get_with(&stage, "a.test", &path, None).await;
+    assert_eq!(r.status, 302);
+    let again = r.header("location").unwrap();
+    assert!(
+        again.starts_with("http://auth.test/.otpgate/login?app=a&state="),
+        "{again}"
+    );
+    assert!(!r.set_cookies().iter().any(|c| c.starts_with("otpgate=")));
     // A second app needs no second login: the portal hands off at once.
     let to_b = handoff(&stage, &portal, "b", "http://b.test/").await;
     let r = redeem(&stage, "b.test", &to_b).await;
