@@ -5,9 +5,10 @@
 //! and the code (so a code is looked up only on the app it was made for) with the SHA-256 of
 //! the code as its digest, good for 60 s and one attempt, and redirects to the app's
 //! `/.otpgate/callback?code=…`. The app consumes the record atomically (memory or Redis alike:
-//! one use, also under concurrent requests), checks that the portal session it names has not
-//! ended, re-validates the target, and answers with its cookie and a 303 to the target, which
-//! also takes the code out of the address bar.
+//! one use, also under concurrent requests), checks the browser's nonce (the app left it there
+//! before sending the browser to the portal, and the portal filed it with the code), checks
+//! that the portal session it names has not ended, re-validates the target, and answers with
+//! its cookie and a 303 to the target, which also takes the code out of the address bar.
 
 use base64::Engine as _;
 use http::header::SET_COOKIE;
