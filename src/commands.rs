@@ -4,12 +4,14 @@
 //! see is the one the gateway serves: the config's users merged with the directory snapshot the
 //! gateway last persisted ([`load_users`]).
 
+mod apps;
 mod service_token;
 mod store_copy;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
+pub use apps::apps_list;
 pub use service_token::{policy_explain_service, service_token_create, service_token_rotate};
 pub use store_copy::{Side, store_copy};
 

@@ -99,6 +99,11 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// The protected apps.
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +131,12 @@ enum StoreCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AppsCommand {
+    /// Each app with its hosts, origin, assertion audience and launcher flag, and the portal.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,6 +292,9 @@ fn check_config(path: &Path) -> ExitCode {
                     a.keys_file.display()
                 );
             }
+            if let Some(p) = &loaded.config.portal {
+                println!("portal: {p} (single sign-on; the launcher is at {p}/)");
+            }
             for a in &loaded.config.apps {
                 match assertion {
                     Some(_) => println!("  {}: {}, audience {}", a.name, a.served(), a.audience),
@@ -368,6 +382,9 @@ fn admin(path: &Path, command: Command) -> anyhow::Result<ExitCode> {
         )),
         Command::Keys { command } => keys(c, command),
         Command::ServiceToken { command } => service_token(c, command),
+        Command::Apps {
+            command: AppsCommand::List,
+        } => commands::apps_list(c),
         Command::SendAuthEmail {
             users,
             groups,

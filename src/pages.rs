@@ -24,6 +24,11 @@ pub(crate) const BUILT_IN: &[(&str, &str)] = &[
     ("code.html", include_str!("templates/code.html")),
     ("logout.html", include_str!("templates/logout.html")),
     ("signed_out.html", include_str!("templates/signed_out.html")),
+    ("launcher.html", include_str!("templates/launcher.html")),
+    (
+        "portal_denied.html",
+        include_str!("templates/portal_denied.html"),
+    ),
     ("pin_subject.txt", include_str!("templates/pin_subject.txt")),
     ("pin.txt", include_str!("templates/pin.txt")),
     ("pin.html", include_str!("templates/pin.html")),

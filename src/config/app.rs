@@ -42,6 +42,8 @@ pub struct AppConfig {
     pub policies: Vec<Policy>,
     /// The names the identity of a session travels under to the upstream.
     pub identity_headers: IdentityHeaders,
+    /// Listed on the portal's app launcher.
+    pub launcher: bool,
 }
 
 /// The request headers carrying a session's identity upstream (`apps[].identity_headers`),

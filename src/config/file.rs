@@ -24,6 +24,8 @@ pub(crate) struct FileConfig {
     #[serde(default)]
     pub(crate) tls: TlsFile,
     pub(crate) portal_host: Option<String>,
+    /// The single sign-on portal's origin.
+    pub(crate) portal_url: Option<String>,
     pub(crate) data_dir: Option<String>,
     pub(crate) state: Option<super::state::StateFile>,
     pub(crate) credentials: Option<super::credentials::CredentialsFile>,
@@ -326,6 +328,8 @@ pub(crate) struct AppFile {
     pub(crate) identity_headers: Option<IdentityHeadersFile>,
     #[serde(default)]
     pub(crate) policies: Vec<serde_json::Value>,
+    /// Listed on the portal's app launcher (default true).
+    pub(crate) launcher: Option<bool>,
 }
 
 /// `apps[].identity_headers`: the names the identity travels under; each one optional.

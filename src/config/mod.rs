@@ -114,6 +114,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Service tokens and their headers.
     pub service_tokens: ServiceTokenSettings,
+    /// The single sign-on portal's origin (`portal_url`), when there is one.
+    pub portal: Option<Origin>,
 }
 
 /// Listener addresses; a missing one is not started.

@@ -312,6 +312,50 @@ fn not_yet_available_features_are_refused_not_ignored() {
 }
 
 #[test]
+fn portal_url_must_be_served_by_the_gateway_and_not_an_app_host() {
+    let ok = load_text(&format!(
+        "{MINIMAL}portal_url: http://auth.localhost:8080\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        ok.config
+            .portal
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("http://auth.localhost:8080")
+    );
+    assert!(ok.config.apps[0].launcher);
+    assert!(load_text(MINIMAL).unwrap().config.portal.is_none());
+    for (snippet, says) in [
+        ("portal_url: https://auth.localhost", "no https listener"),
+        (
+            "portal_url: http://auth.localhost:9000",
+            "listener is on port 8080",
+        ),
+        (
+            "portal_url: http://app.localhost:8080",
+            "is a host of app \"app\"",
+        ),
+        (
+            "portal_url: http://auth.localhost:8080/login",
+            "origin only",
+        ),
+    ] {
+        let errs = errors(&format!("{MINIMAL}{snippet}\n"));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("portal_url: ") && e.contains(says)),
+            "{snippet}: {errs:?}"
+        );
+    }
+    // Behind a trusted front proxy the listener's scheme and port are the proxy's business.
+    let proxied =
+        format!("{MINIMAL}portal_url: https://auth.example.test\ntrusted_proxies: [10.0.0.1]\n");
+    assert!(load_text(&proxied).unwrap().config.portal.is_some());
+}
+
+#[test]
 fn state_takes_redis_urls_and_refuses_passwords_in_them() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("redis-pw");

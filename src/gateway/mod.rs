@@ -6,12 +6,14 @@
 //!   accessors the rest of the program uses;
 //! - [`pipeline`]: one request's way through the stages, readable top to bottom;
 //! - [`auth_endpoint`]: the same stages for a front proxy asking `/.otpgate/auth`;
+//! - [`portal`]: requests for the single sign-on portal's host;
 //! - [`error`]: the one map from errors to responses.
 
 mod auth_endpoint;
 pub mod error;
 pub mod forwarded;
 mod pipeline;
+mod portal;
 pub mod route;
 pub mod runtime;
 

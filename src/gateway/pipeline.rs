@@ -48,6 +48,10 @@ impl Gateway {
             .log
             .access
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
+        // The portal is the gateway's own host: its requests are not "unrouted".
+        let portal = rt.config.portal.is_some()
+            && route::target(&rt.router, req.uri(), req.headers(), conn.sni.as_deref())
+                == Ok(route::Target::Portal);
         let (app, result) = self.serve(&rt, req, conn).await;
         let response = match result {
             Ok(r) => r,
@@ -72,6 +76,7 @@ impl Gateway {
         };
         match app {
             Some(a) => a.metrics.request(response.status()),
+            None if portal => {}
             None => ::metrics::counter!(metrics::UNROUTED).increment(1),
         }
         if let Some((method, path)) = access {
@@ -102,11 +107,12 @@ impl Gateway {
         {
             return self.forward_auth(rt, &req, conn);
         }
-        match route::app_index(&rt.router, req.uri(), req.headers(), conn.sni.as_deref()) {
-            Ok(idx) => {
+        match route::target(&rt.router, req.uri(), req.headers(), conn.sni.as_deref()) {
+            Ok(route::Target::App(idx)) => {
                 let app = &rt.apps[idx];
                 (Some(app), self.serve_app(rt, app, req, conn).await)
             }
+            Ok(route::Target::Portal) => (None, self.serve_portal(rt, req, conn).await),
             Err(e) => (None, Err(e.into())),
         }
     }
@@ -224,20 +230,7 @@ impl Gateway {
         client: &Downstream,
     ) -> Flow<'a> {
         Flow::new(
-            Services {
-                sessions: &self.sessions,
-                state: &self.state,
-                store: &self.store,
-                mailer: &self.mailer,
-                outbox: matches!(
-                    rt.config.mail.transport,
-                    crate::config::MailTransport::Outbox(_)
-                ),
-                users,
-                clock: &self.clock,
-                random: &self.random,
-                assertions: &self.assertions,
-            },
+            self.services(rt, users),
             Site {
                 config: &rt.config,
                 pages: &rt.pages,
@@ -247,9 +240,28 @@ impl Gateway {
                 origin: &app.origin,
                 cookie_name: app.cookie_name,
                 session_lifetime: app.session_lifetime,
+                portal_for: None,
             },
             client.ip,
         )
+    }
+
+    /// The long-lived parts the login pages use.
+    pub(super) fn services<'a>(&'a self, rt: &Runtime, users: &'a Users) -> Services<'a> {
+        Services {
+            sessions: &self.sessions,
+            state: &self.state,
+            store: &self.store,
+            mailer: &self.mailer,
+            outbox: matches!(
+                rt.config.mail.transport,
+                crate::config::MailTransport::Outbox(_)
+            ),
+            users,
+            clock: &self.clock,
+            random: &self.random,
+            assertions: &self.assertions,
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! Routing: which app a request is for, from its Host (port ignored) and the TLS SNI name.
+//! Routing: which app a request is for, from its Host (port ignored) and the TLS SNI name; or
+//! the single sign-on portal, a host the gateway serves itself and that is no app's.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use crate::config::HostPattern;
 pub struct Router {
     exact: HashMap<String, usize>,
     wildcard: HashMap<String, usize>,
+    portal: Option<String>,
 }
 
 impl Router {
@@ -28,6 +30,13 @@ impl Router {
             }
         }
         r
+    }
+
+    /// The same table, with the portal's host (validated to be no app's).
+    #[must_use]
+    pub fn with_portal(mut self, host: Option<&str>) -> Self {
+        self.portal = host.map(str::to_owned);
+        self
     }
 
     /// The app serving a normalised host: an exact name first, then the longest wildcard
@@ -62,6 +71,35 @@ pub enum RouteError {
     /// TLS was negotiated for one app and the request names another (SNI/Host mismatch).
     #[error("the TLS name (SNI) belongs to a different app than the Host")]
     Misdirected,
+}
+
+/// What a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The app at this index.
+    App(usize),
+    /// The single sign-on portal.
+    Portal,
+}
+
+/// What a request is for: the portal when its Host is the portal's (and the TLS name, if any,
+/// no app's), else the app of [`app_index`].
+pub fn target(
+    router: &Router,
+    uri: &Uri,
+    headers: &HeaderMap,
+    sni: Option<&str>,
+) -> Result<Target, RouteError> {
+    if let Some(portal) = &router.portal {
+        let host = request_host(uri, headers)?;
+        if host == portal.as_str() {
+            if sni.is_some_and(|s| router.find(&s.to_ascii_lowercase()).is_some()) {
+                return Err(RouteError::Misdirected);
+            }
+            return Ok(Target::Portal);
+        }
+    }
+    app_index(router, uri, headers, sni).map(Target::App)
 }
 
 /// The index of the app a request is for: by its Host, which must belong to the same app as
@@ -178,6 +216,26 @@ mod tests {
         ] {
             assert!(normalise(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_portal_host_is_the_portals_and_sni_must_agree() {
+        let apps = [vec![HostPattern::Exact("a.example".into())]];
+        let r = Router::new(apps.iter().map(Vec::as_slice)).with_portal(Some("auth.example"));
+        let mut h = HeaderMap::new();
+        h.insert(HOST, "Auth.Example:8443".parse().unwrap());
+        let uri = Uri::from_static("/");
+        assert_eq!(target(&r, &uri, &h, None), Ok(Target::Portal));
+        assert_eq!(
+            target(&r, &uri, &h, Some("auth.example")),
+            Ok(Target::Portal)
+        );
+        assert_eq!(
+            target(&r, &uri, &h, Some("a.example")),
+            Err(RouteError::Misdirected)
+        );
+        h.insert(HOST, "a.example".parse().unwrap());
+        assert_eq!(target(&r, &uri, &h, None), Ok(Target::App(0)));
     }
 
     #[test]

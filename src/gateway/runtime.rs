@@ -52,7 +52,8 @@ pub struct App {
     pub cookie_name: &'static str,
     /// Session lifetime on this app.
     pub session_lifetime: Duration,
-    /// The origin as text: the `iss` of its identity assertions.
+    /// The `iss` of its identity assertions: the portal's origin when there is a portal, else
+    /// the app's.
     pub issuer: String,
     /// Request headers no client may send it (docs/security.md#40).
     pub strip: proxy::Strip,
@@ -111,7 +112,12 @@ impl Runtime {
             apps.push(App {
                 cookie_name: session::cookie_name(origin.https),
                 session_lifetime: a.session_duration.unwrap_or(config.session.duration),
-                issuer: origin.to_string(),
+                // With a portal, every assertion is issued by the portal: one issuer for the
+                // whole single sign-on domain.
+                issuer: config
+                    .portal
+                    .as_ref()
+                    .map_or_else(|| origin.to_string(), ToString::to_string),
                 strip: proxy::Strip::new(&config.strip_request_headers, &a.identity_headers),
                 origin,
                 config: a.clone(),
@@ -119,7 +125,8 @@ impl Runtime {
                 metrics: AppMetrics::new(&a.name),
             });
         }
-        let router = Router::new(apps.iter().map(|a| a.config.hosts.as_slice()));
+        let router = Router::new(apps.iter().map(|a| a.config.hosts.as_slice()))
+            .with_portal(config.portal.as_ref().map(|p| p.host.as_str()));
         let origins = apps.iter().map(|a| a.origin.clone()).collect();
         let audit = Audit::open(&config.audit)?;
         let pages = Arc::new(Pages::load(config.templates_dir.as_deref())?);

@@ -170,8 +170,10 @@ impl Flow<'_> {
         );
         self.mail_password_changed(&c.email);
         let rd = LoginTx::from_headers(&parts.headers, self.tx_cookie(), self.name(), &keys, now)
-            .map_or_else(|| crate::return_to::root(self.site.origin), |t| t.rd);
-        let mut r = self.start_session(&c.email, LoginMethod::OneTimeToken, &rd, &request_id)?;
+            .map_or_else(|| crate::return_to::root(self.rd_origin()), |t| t.rd);
+        let mut r = self
+            .start_session(&c.email, LoginMethod::OneTimeToken, &rd, &request_id)
+            .await?;
         if let Some(h) = session::clear_cookie(
             restricted_cookie(self.site.origin.https),
             self.site.origin.https,

@@ -141,6 +141,7 @@ impl Flow<'_> {
             return Ok(self.link_failed(Some(&email), "policy", &request_id));
         }
         self.start_session(&email, LoginMethod::OneTimeLink, &rd, &request_id)
+            .await
     }
 
     /// Every failed link gets the same page (docs/security.md#11).

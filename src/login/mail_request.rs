@@ -121,6 +121,7 @@ impl Flow<'_> {
             clock: self.svc.clock.clone(),
             app: self.name().to_owned(),
             origin: self.site.origin.clone(),
+            portal: self.site.portal_for.is_some(),
             identity: email.clone(),
             to,
             rd: rd.to_owned(),
@@ -166,6 +167,7 @@ struct Background {
     clock: Arc<dyn Clock>,
     app: String,
     origin: Origin,
+    portal: bool,
     identity: Email,
     to: Email,
     rd: String,
@@ -189,6 +191,7 @@ impl Background {
         let order = Order {
             app: &self.app,
             origin: &self.origin,
+            portal: self.portal,
             identity: &self.identity,
             to: &self.to,
             rd: &self.rd,

@@ -14,7 +14,11 @@
 //! GET  /.otpgate/logout    "Sign out" button
 //! POST /.otpgate/logout    ends the session on the server and clears the cookie
 //! GET  /.otpgate/certs     the identity assertions' public keys (JWKS), no session needed
+//! GET  /.otpgate/callback  a hand-off code from the single sign-on portal (`portal`)
 //! ```
+//!
+//! With a portal configured the login runs there (`portal`): the app's `GET /.otpgate/login`
+//! sends the browser to it, and the same flows below serve the app's forms on the portal.
 //!
 //! One file per flow: `page` (the login page and its form posts), `pin`, `mail_request` (links
 //! and temporary passwords asked for on the login page), `link`, `password` (password logins),
@@ -38,6 +42,7 @@ mod mail_request;
 mod page;
 mod password;
 pub(crate) mod pin;
+pub(crate) mod portal;
 pub(crate) mod secret;
 pub(crate) mod send;
 mod session_start;
@@ -134,6 +139,9 @@ pub(crate) struct Site<'a> {
     pub(crate) cookie_name: &'static str,
     /// Its session lifetime.
     pub(crate) session_lifetime: Duration,
+    /// On the single sign-on portal: the app's own origin, where return targets live and the
+    /// hand-off lands. `origin`, `cookie_name` and `session_lifetime` are then the portal's.
+    pub(crate) portal_for: Option<&'a Origin>,
 }
 
 /// One request for a gateway page.
@@ -143,6 +151,9 @@ pub(crate) struct Flow<'a> {
     ip: IpAddr,
     /// The device cookie the request carries for this app (docs/security.md#39).
     device: Option<Claims>,
+    /// On the portal: the nonce the app set in this browser when it sent it here; the
+    /// hand-off code is bound to it (docs/security.md#44).
+    handoff_state: Option<String>,
 }
 
 impl<'a> Flow<'a> {
@@ -153,6 +164,7 @@ impl<'a> Flow<'a> {
             site,
             ip,
             device: None,
+            handoff_state: None,
         }
     }
 }
@@ -196,9 +208,16 @@ pub(crate) async fn handle(
         LOGOUT_PATH if read => Ok(c.logout_page(req.headers())),
         LOGOUT_PATH if post => c.logout(req).await,
         CERTS_PATH if read => c.certs(),
-        LOGIN_PATH | CODE_PATH | LOGOUT_PATH | LINK_PATH | PASSWORD_PATH | CERTS_PATH => {
-            Err(LoginError::MethodNotAllowed)
+        portal::CALLBACK_PATH if read && c.site.portal_for.is_none() => {
+            c.callback(req.uri().query(), req.headers()).await
         }
+        LOGIN_PATH
+        | CODE_PATH
+        | LOGOUT_PATH
+        | LINK_PATH
+        | PASSWORD_PATH
+        | CERTS_PATH
+        | portal::CALLBACK_PATH => Err(LoginError::MethodNotAllowed),
         _ => Err(LoginError::NotFound),
     }
 }
@@ -210,6 +229,11 @@ impl Flow<'_> {
 
     fn origin(&self) -> String {
         self.site.origin.to_string()
+    }
+
+    /// The origin return targets belong to: the app's, also when its login runs on the portal.
+    fn rd_origin(&self) -> &Origin {
+        self.site.portal_for.unwrap_or(self.site.origin)
     }
 
     fn now_ms(&self) -> u64 {
@@ -244,7 +268,7 @@ impl Flow<'_> {
     fn would_allow(&self, email: &Email, rd: &str, login_method: LoginMethod) -> bool {
         let path = url::Url::parse(rd)
             .ok()
-            .filter(|u| u.host_str() == Some(self.site.origin.host.as_str()))
+            .filter(|u| u.host_str() == Some(self.rd_origin().host.as_str()))
             .and_then(|u| {
                 crate::path::normalise(u.path())
                     .ok()

@@ -121,7 +121,7 @@ impl Flow<'_> {
         headers: &HeaderMap,
     ) -> Result<Response<Body>, LoginError> {
         let target = return_to::rd_param(query)
-            .and_then(|rd| return_to::validate(&rd, self.site.origin, self.site.origins));
+            .and_then(|rd| return_to::validate(&rd, self.rd_origin(), self.site.origins));
         let idle = Some(self.site.config.session.idle_timeout);
         if self
             .svc
@@ -135,10 +135,14 @@ impl Flow<'_> {
             )
             .is_ok()
         {
-            let to = target.map_or_else(|| return_to::root(self.site.origin), String::from);
+            let to = target.map_or_else(|| return_to::root(self.rd_origin()), String::from);
             return Ok(redirect(StatusCode::FOUND, &to));
         }
-        let rd = target.map_or_else(|| return_to::root(self.site.origin), String::from);
+        let rd = target.map_or_else(|| return_to::root(self.rd_origin()), String::from);
+        // With a portal, people log in there once for every app.
+        if self.site.config.portal.is_some() && self.site.portal_for.is_none() {
+            return self.to_portal(&rd);
+        }
         let tx = LoginTx::new(self.svc.random.as_ref(), self.now_ms(), rd)?;
         Ok(self.email_page(&tx, &View::default(), StatusCode::OK, true))
     }
@@ -201,7 +205,7 @@ impl Flow<'_> {
         let tx = LoginTx::new(
             self.svc.random.as_ref(),
             self.now_ms(),
-            return_to::root(self.site.origin),
+            return_to::root(self.rd_origin()),
         )?;
         let view = View {
             error: Some(EXPIRED_FORM),

@@ -84,6 +84,7 @@ impl Flow<'_> {
                 self.svc.store.reset_failures(email.as_str()).await?;
                 state.delete(&key_pw_failures(email)).await?;
                 self.start_session(email, LoginMethod::OneTimeToken, &tx.rd, &request_id)
+                    .await
             }
             Verdict::Temporary => {
                 self.svc.store.reset_failures(email.as_str()).await?;

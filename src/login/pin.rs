@@ -305,6 +305,7 @@ impl Flow<'_> {
         self.svc.store.reset_failures(email.as_str()).await?;
         self.svc.state.delete(&key_index(&email, client)).await?;
         self.start_session(&email, LoginMethod::OneTimePin, &tx.rd, request_id)
+            .await
     }
 }
 

@@ -93,6 +93,8 @@ pub(crate) struct Order<'a> {
     pub app: &'a str,
     /// Its public origin: the link and the login address are built from it (docs/security.md#21).
     pub origin: &'a Origin,
+    /// `origin` is the single sign-on portal's: the link and the login address name the app.
+    pub portal: bool,
     /// Who logs in.
     pub identity: &'a Email,
     /// Where the mail goes (`temp_auth_email`, else the identity).
@@ -168,7 +170,11 @@ impl Issuer<'_> {
             expires_ms: o.now_ms.saturating_add(ms(idp.ttl)),
         };
         self.store.put_link(&record).await?;
-        let link = format!("{}{LINK_PATH}?t={param}", o.origin);
+        let link = if o.portal {
+            format!("{}{LINK_PATH}?t={param}&app={}", o.origin, o.app)
+        } else {
+            format!("{}{LINK_PATH}?t={param}", o.origin)
+        };
         let hours = idp.ttl.as_secs().div_ceil(3600);
         let ctx = context! { app => o.app, link, hours, email => o.identity.as_str() };
         let mail = self.render(o, "link", "link", ctx)?;
@@ -199,7 +205,11 @@ impl Issuer<'_> {
         if !recorded {
             return Ok(Prepared::Skipped);
         }
-        let login_url = format!("{}{LOGIN_PATH}", o.origin);
+        let login_url = if o.portal {
+            format!("{}{LOGIN_PATH}?app={}", o.origin, o.app)
+        } else {
+            format!("{}{LOGIN_PATH}", o.origin)
+        };
         let hours = idp.ttl.as_secs().div_ceil(3600);
         let ctx =
             context! { app => o.app, password, login_url, hours, email => o.identity.as_str() };
@@ -378,6 +388,7 @@ impl Operator<'_> {
         let order = Order {
             app: job.app,
             origin: job.origin,
+            portal: false,
             identity,
             to,
             rd,

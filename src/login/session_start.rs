@@ -1,6 +1,7 @@
 //! The end of every successful login, whatever the method: a fresh session
 //! (docs/security.md#32), the login transaction cleared, and a 303 to the target validated
-//! once more (docs/security.md#3).
+//! once more (docs/security.md#3). On the single sign-on portal the fresh session is the
+//! portal's, and the browser goes on through a hand-off to the app (`portal::handoff`).
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use crate::session::{self, TokenKind};
 
 impl Flow<'_> {
     /// Logs `email` in with `method` and sends the browser on to `rd`.
-    pub(super) fn start_session(
+    pub(super) async fn start_session(
         &self,
         email: &Email,
         method: LoginMethod,
@@ -27,17 +28,24 @@ impl Flow<'_> {
         request_id: &str,
     ) -> Result<Response<Body>, LoginError> {
         let now = self.now_ms();
+        let audience = match self.site.portal_for {
+            Some(_) => super::portal::PORTAL_AUDIENCE,
+            None => self.name(),
+        };
         let (claims, value) = self.svc.sessions.issue(
             TokenKind::Session,
-            self.name(),
+            audience,
             email.clone(),
             method,
             self.site.session_lifetime,
             now,
         )?;
-        let target = return_to::validate(rd, self.site.origin, self.site.origins)
-            .map_or_else(|| return_to::root(self.site.origin), String::from);
-        let mut r = redirect(StatusCode::SEE_OTHER, &target);
+        let target = return_to::validate(rd, self.rd_origin(), self.site.origins)
+            .map_or_else(|| return_to::root(self.rd_origin()), String::from);
+        let mut r = match self.site.portal_for {
+            Some(_) => self.handoff(&claims, &target).await?,
+            None => redirect(StatusCode::SEE_OTHER, &target),
+        };
         let https = self.site.origin.https;
         for h in [
             session::set_cookie(

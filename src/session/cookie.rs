@@ -17,6 +17,10 @@ use crate::random::{Random, RandomError};
 
 /// The format tag at the start of every value.
 const PREFIX: &str = "v1.";
+/// Marks the optional family section after the address. Values sealed before it existed end
+/// with the address and open with no family; a build that predates it refuses values that have
+/// one (trailing bytes), which sends the person to the login page, never to a panic.
+const FAMILY_TAG: u8 = 0xF1;
 /// Longest value accepted; longer ones are refused before any decoding.
 pub const MAX_VALUE_LEN: usize = 1024;
 const TAG_LEN: usize = 16;
@@ -84,6 +88,9 @@ pub struct Claims {
     pub(crate) expires_ms: u64,
     /// Last refresh (activity), Unix milliseconds; for the idle timeout.
     pub(crate) refreshed_ms: u64,
+    /// The portal session an app session was handed off from: revoking it ends the whole
+    /// family (docs/security.md#47). `None` for sessions from a login on the app itself.
+    pub(crate) family: Option<SessionId>,
 }
 
 impl Claims {
@@ -105,6 +112,11 @@ impl Claims {
     /// Absolute expiry, Unix milliseconds.
     pub fn expires_ms(&self) -> u64 {
         self.expires_ms
+    }
+
+    /// The portal session this session was handed off from, if any.
+    pub fn family(&self) -> Option<SessionId> {
+        self.family
     }
 }
 
@@ -248,6 +260,10 @@ pub fn seal(claims: &Claims, keys: &KeyRing, random: &dyn Random) -> Result<Stri
     body.extend_from_slice(app);
     body.push(email_len);
     body.extend_from_slice(email);
+    if let Some(f) = claims.family {
+        body.push(FAMILY_TAG);
+        body.extend_from_slice(&f.0);
+    }
     seal_bytes(claims.kind, &claims.app, &body, keys, random)
 }
 
@@ -302,9 +318,11 @@ fn parse(p: &[u8]) -> Option<Claims> {
     let app = std::str::from_utf8(r.take(app_len)?).ok()?.to_owned();
     let email_len = usize::from(r.byte()?);
     let email = Email::from_sealed(std::str::from_utf8(r.take(email_len)?).ok()?)?;
-    if !r.0.is_empty() {
-        return None;
-    }
+    let family = match r.0 {
+        [] => None,
+        [FAMILY_TAG, rest @ ..] => Some(SessionId(rest.try_into().ok()?)),
+        _ => return None,
+    };
     Some(Claims {
         kind,
         id,
@@ -314,6 +332,7 @@ fn parse(p: &[u8]) -> Option<Claims> {
         issued_ms,
         expires_ms,
         refreshed_ms,
+        family,
     })
 }
 
@@ -339,223 +358,4 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::random::SystemRandom;
-
-    const HOUR: u64 = 3_600_000;
-    const NOW: u64 = 1_800_000_000_000;
-
-    fn ring(id: &str, byte: u8) -> KeyRing {
-        KeyRing::from_secrets(&[(id, [byte; 32])]).unwrap()
-    }
-
-    fn claims() -> Claims {
-        Claims {
-            kind: TokenKind::Session,
-            id: SessionId([7; 16]),
-            app: "wiki".into(),
-            email: Email::parse("alice@corp.example").unwrap(),
-            method: LoginMethod::OneTimePin,
-            issued_ms: NOW,
-            expires_ms: NOW + 24 * HOUR,
-            refreshed_ms: NOW,
-        }
-    }
-
-    fn sealed(keys: &KeyRing) -> String {
-        seal(&claims(), keys, &SystemRandom::default()).unwrap()
-    }
-
-    #[test]
-    fn round_trip() {
-        let keys = ring("k1", 1);
-        let v = sealed(&keys);
-        assert!(v.starts_with("v1.k1."));
-        assert_eq!(
-            open(&v, TokenKind::Session, "wiki", &keys, NOW + HOUR, None),
-            Ok(claims())
-        );
-    }
-
-    #[test]
-    fn sec_28_value_carries_no_cleartext_identity_and_is_small() {
-        let keys = ring("k1", 1);
-        let mut c = claims();
-        c.email = Email::parse(&format!("{}@{}.example", "a".repeat(64), "b".repeat(60))).unwrap();
-        let v = seal(&c, &keys, &SystemRandom::default()).unwrap();
-        assert!(!v.contains("alice") && !v.contains("corp") && !v.contains("wiki"));
-        assert!(v.len() < 600, "{}", v.len());
-        // Same claims, different nonce: values never repeat.
-        assert_ne!(sealed(&keys), sealed(&keys));
-    }
-
-    #[test]
-    fn sec_29_tampering_anywhere_is_refused() {
-        let keys = ring("k1", 1);
-        let v = sealed(&keys);
-        let data_start = "v1.k1.".len();
-        for i in data_start..v.len() {
-            let mut b = v.clone().into_bytes();
-            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
-            let t = String::from_utf8(b).unwrap();
-            assert!(
-                open(&t, TokenKind::Session, "wiki", &keys, NOW, None).is_err(),
-                "flip at {i} accepted"
-            );
-        }
-    }
-
-    #[test]
-    fn sec_29_truncation_and_garbage_are_refused() {
-        let keys = ring("k1", 1);
-        let v = sealed(&keys);
-        for n in 0..v.len() {
-            assert!(
-                open(&v[..n], TokenKind::Session, "wiki", &keys, NOW, None).is_err(),
-                "prefix {n} accepted"
-            );
-        }
-        for bad in [
-            "",
-            "v1.",
-            "v1.k1.",
-            "v1.k1.!!!",
-            "v2.k1.AAAA",
-            "v1.k1",
-            "garbage",
-            "v1.k1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-        ] {
-            assert!(
-                open(bad, TokenKind::Session, "wiki", &keys, NOW, None).is_err(),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn sec_29_oversized_input_is_refused_before_decoding() {
-        let keys = ring("k1", 1);
-        let huge = format!("v1.k1.{}", "A".repeat(MAX_VALUE_LEN));
-        assert_eq!(
-            open(&huge, TokenKind::Session, "wiki", &keys, NOW, None),
-            Err(OpenError::TooLong)
-        );
-        // Not even valid base64 past the limit: the length check comes first.
-        let junk = format!("v1.k1.{}", "!".repeat(MAX_VALUE_LEN));
-        assert_eq!(
-            open(&junk, TokenKind::Session, "wiki", &keys, NOW, None),
-            Err(OpenError::TooLong)
-        );
-    }
-
-    #[test]
-    fn sec_29_wrong_key_id_and_other_key_are_refused() {
-        let keys = ring("k1", 1);
-        let v = sealed(&keys);
-        assert_eq!(
-            open(&v, TokenKind::Session, "wiki", &ring("k2", 1), NOW, None),
-            Err(OpenError::UnknownKey)
-        );
-        // Same id, different secret.
-        assert_eq!(
-            open(&v, TokenKind::Session, "wiki", &ring("k1", 2), NOW, None),
-            Err(OpenError::Forged)
-        );
-        // A value relabelled with another id of the ring.
-        let both = KeyRing::from_secrets(&[("k1", [1; 32]), ("k2", [2; 32])]).unwrap();
-        let relabelled = v.replacen("v1.k1.", "v1.k2.", 1);
-        assert_eq!(
-            open(&relabelled, TokenKind::Session, "wiki", &both, NOW, None),
-            Err(OpenError::Forged)
-        );
-    }
-
-    #[test]
-    fn rotation_keeps_old_values_valid() {
-        let old = ring("k1", 1);
-        let v = sealed(&old);
-        let rotated = KeyRing::from_secrets(&[("k2", [2; 32]), ("k1", [1; 32])]).unwrap();
-        assert!(open(&v, TokenKind::Session, "wiki", &rotated, NOW, None).is_ok());
-        assert!(sealed(&rotated).starts_with("v1.k2."));
-    }
-
-    #[test]
-    fn sec_33_a_session_for_one_app_is_worthless_on_another() {
-        let keys = ring("k1", 1);
-        let v = sealed(&keys);
-        assert_eq!(
-            open(&v, TokenKind::Session, "app", &keys, NOW, None),
-            Err(OpenError::Forged)
-        );
-    }
-
-    #[test]
-    fn sec_29_other_token_types_are_not_sessions() {
-        let keys = ring("k1", 1);
-        let mut c = claims();
-        c.kind = TokenKind::Restricted;
-        let v = seal(&c, &keys, &SystemRandom::default()).unwrap();
-        assert_eq!(
-            open(&v, TokenKind::Session, "wiki", &keys, NOW, None),
-            Err(OpenError::Forged)
-        );
-        assert!(open(&v, TokenKind::Restricted, "wiki", &keys, NOW, None).is_ok());
-    }
-
-    #[test]
-    fn sec_30_expiry_idle_and_skew_are_enforced_with_an_injected_clock() {
-        let keys = ring("k1", 1);
-        let v = sealed(&keys);
-        let exp = NOW + 24 * HOUR;
-        assert!(open(&v, TokenKind::Session, "wiki", &keys, exp, None).is_ok());
-        assert!(open(&v, TokenKind::Session, "wiki", &keys, exp + SKEW_MS, None).is_ok());
-        assert_eq!(
-            open(
-                &v,
-                TokenKind::Session,
-                "wiki",
-                &keys,
-                exp + SKEW_MS + 1,
-                None
-            ),
-            Err(OpenError::Expired)
-        );
-        // Idle: refreshed at NOW, idle limit 1 h.
-        assert!(
-            open(
-                &v,
-                TokenKind::Session,
-                "wiki",
-                &keys,
-                NOW + HOUR,
-                Some(HOUR)
-            )
-            .is_ok()
-        );
-        assert_eq!(
-            open(
-                &v,
-                TokenKind::Session,
-                "wiki",
-                &keys,
-                NOW + HOUR + SKEW_MS + 1,
-                Some(HOUR)
-            ),
-            Err(OpenError::Expired)
-        );
-        // A clock far behind the issuer's: refused beyond the tolerated skew.
-        assert_eq!(
-            open(
-                &v,
-                TokenKind::Session,
-                "wiki",
-                &keys,
-                NOW - SKEW_MS - 1,
-                None
-            ),
-            Err(OpenError::NotYetValid)
-        );
-        const { assert!(SKEW_MS <= 60_000) };
-    }
-}
+mod tests;

@@ -42,8 +42,23 @@ pub const DEVICE_COOKIE_HOST: &str = "__Host-otpgate-device";
 /// The device cookie's name on plain-http apps.
 pub const DEVICE_COOKIE_PLAIN: &str = "otpgate-device";
 
+/// The single sign-on portal's session cookie (docs/security.md#47).
+pub const PORTAL_COOKIE_HOST: &str = "__Host-otpgate-portal";
+/// The portal session cookie's name on a plain-http portal.
+pub const PORTAL_COOKIE_PLAIN: &str = "otpgate-portal";
+
+/// The hand-off nonce an app sets before sending the browser to the portal: only the browser
+/// holding it can redeem the code that comes back (docs/security.md#44).
+pub const HANDOFF_COOKIE_HOST: &str = "__Host-otpgate-handoff";
+/// The hand-off nonce's cookie name on plain-http apps.
+pub const HANDOFF_COOKIE_PLAIN: &str = "otpgate-handoff";
+
 /// Every cookie name the gateway owns.
-pub const GATEWAY_COOKIES: [&str; 8] = [
+pub const GATEWAY_COOKIES: [&str; 12] = [
+    HANDOFF_COOKIE_HOST,
+    HANDOFF_COOKIE_PLAIN,
+    PORTAL_COOKIE_HOST,
+    PORTAL_COOKIE_PLAIN,
     COOKIE_HOST,
     COOKIE_PLAIN,
     LOGIN_COOKIE_HOST,
@@ -158,6 +173,22 @@ impl Sessions {
         lifetime: Duration,
         now_ms: u64,
     ) -> Result<(Claims, String), SealError> {
+        self.issue_in(kind, app, email, method, lifetime, now_ms, None)
+    }
+
+    /// Like [`Sessions::issue`], for a session of the family of the portal session `family`
+    /// (a hand-off): it ends when that family is revoked.
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue_in(
+        &self,
+        kind: TokenKind,
+        app: &str,
+        email: Email,
+        method: LoginMethod,
+        lifetime: Duration,
+        now_ms: u64,
+        family: Option<SessionId>,
+    ) -> Result<(Claims, String), SealError> {
         let id = SessionId(crate::random::bytes(self.random.as_ref())?);
         let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
         let claims = Claims {
@@ -169,6 +200,7 @@ impl Sessions {
             issued_ms: now_ms,
             expires_ms: now_ms.saturating_add(lifetime_ms),
             refreshed_ms: now_ms,
+            family,
         };
         let value = cookie::seal(&claims, &self.keys.load(), self.random.as_ref())?;
         Ok((claims, value))

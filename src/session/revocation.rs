@@ -16,6 +16,8 @@ pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2)
 #[derive(Debug, Default)]
 pub struct Revocations {
     sessions: DashMap<SessionId, u64>,
+    /// Revoked portal sessions: they and every session handed off from them.
+    families: DashMap<SessionId, u64>,
     users: DashMap<String, u64>,
     any: AtomicBool,
     seq: AtomicI64,
@@ -28,6 +30,8 @@ impl Revocations {
             return false;
         }
         self.sessions.contains_key(&c.id)
+            || self.families.contains_key(&c.id)
+            || c.family.is_some_and(|f| self.families.contains_key(&f))
             || self
                 .users
                 .get(c.email.as_str())
@@ -41,6 +45,11 @@ impl Revocations {
                 RevocationKind::Session => {
                     if let Some(id) = parse_id(&r.subject) {
                         self.sessions.insert(id, r.expires_ms);
+                    }
+                }
+                RevocationKind::Family => {
+                    if let Some(id) = parse_id(&r.subject) {
+                        self.families.insert(id, r.expires_ms);
                     }
                 }
                 RevocationKind::User => {
@@ -61,6 +70,17 @@ impl Revocations {
         self.any.store(true, Ordering::Release);
     }
 
+    /// Records a family revocation made by this process (visible at once).
+    pub fn revoke_family(&self, id: SessionId, expires_ms: u64) {
+        self.families.insert(id, expires_ms);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Whether the family of the portal session `id` has been revoked.
+    pub fn is_family_revoked(&self, id: &SessionId) -> bool {
+        self.any.load(Ordering::Acquire) && self.families.contains_key(id)
+    }
+
     /// The last store sequence number seen.
     pub fn last_seq(&self) -> i64 {
         self.seq.load(Ordering::Acquire)
@@ -69,6 +89,8 @@ impl Revocations {
     /// Forgets entries that can no longer match a live session.
     pub fn prune(&self, now_ms: u64, max_session_ms: u64) {
         self.sessions
+            .retain(|_, exp| *exp + super::cookie::SKEW_MS >= now_ms);
+        self.families
             .retain(|_, exp| *exp + super::cookie::SKEW_MS >= now_ms);
         self.users.retain(|_, cut| {
             cut.saturating_add(max_session_ms)
@@ -106,7 +128,34 @@ mod tests {
             issued_ms,
             expires_ms: issued_ms + 1_000_000,
             refreshed_ms: issued_ms,
+            family: None,
         }
+    }
+
+    #[test]
+    fn sec_47_a_family_revocation_ends_the_portal_session_and_its_hand_offs() {
+        let r = Revocations::default();
+        let portal = claims(1, "a@x.example", 1_000);
+        let mut handed = claims(2, "a@x.example", 2_000);
+        handed.family = Some(portal.id);
+        let mut other = claims(3, "a@x.example", 2_000);
+        other.family = Some(SessionId([9; 16]));
+        let alone = claims(4, "a@x.example", 2_000);
+        r.apply(&[Revocation {
+            seq: 7,
+            kind: RevocationKind::Family,
+            subject: portal.id.hex(),
+            not_before_ms: 0,
+            expires_ms: 2_000_000,
+        }]);
+        assert!(r.is_revoked(&portal));
+        assert!(r.is_revoked(&handed));
+        assert!(r.is_family_revoked(&portal.id));
+        assert!(!r.is_revoked(&other), "another family lives on");
+        assert!(
+            !r.is_revoked(&alone),
+            "a session of a login on the app lives on"
+        );
     }
 
     #[test]

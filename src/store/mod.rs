@@ -69,6 +69,9 @@ pub enum RevocationKind {
     Session,
     /// Every session of one address issued before a cut-off ("log out everywhere").
     User,
+    /// A portal session and every app session handed off from it, by the portal session's id
+    /// (docs/security.md#47).
+    Family,
 }
 
 impl RevocationKind {
@@ -77,15 +80,16 @@ impl RevocationKind {
         match self {
             Self::Session => "session",
             Self::User => "user",
+            Self::Family => "family",
         }
     }
 
-    /// The kind a stored name stands for (`None` for a name this build does not know).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "session" => Some(Self::Session),
-            "user" => Some(Self::User),
-            _ => None,
+    /// The kind stored as `text`; unknown text reads as one session, the narrowest.
+    pub fn from_text(text: &str) -> Self {
+        match text {
+            "user" => Self::User,
+            "family" => Self::Family,
+            _ => Self::Session,
         }
     }
 }

@@ -81,6 +81,22 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE login_failures ADD COLUMN locks INTEGER NOT NULL DEFAULT 0;
     UPDATE login_failures SET lock_until_ms = locked_ms + 300000, locks = 1
         WHERE locked_ms IS NOT NULL;",
+    // 6: family revocations (docs/security.md#47): a portal session and every app session
+    //    handed off from it. SQLite cannot widen a CHECK in place, so the table is copied into
+    //    one that takes the new kind, with its sequence numbers as they were.
+    "CREATE TABLE revocations_new (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL CHECK (kind IN ('session', 'user', 'family')),
+        subject TEXT NOT NULL,
+        not_before_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    INSERT INTO revocations_new (seq, kind, subject, not_before_ms, expires_ms, created_ms)
+        SELECT seq, kind, subject, not_before_ms, expires_ms, created_ms FROM revocations;
+    DROP TABLE revocations;
+    ALTER TABLE revocations_new RENAME TO revocations;
+    CREATE INDEX revocations_expires ON revocations (expires_ms);",
 ];
 
 /// A `login_failures` row as of `now_ms`.
@@ -167,7 +183,7 @@ impl SqliteStore {
                 let kind: String = r.get(1)?;
                 Ok(Revocation {
                     seq: r.get(0)?,
-                    kind: if kind == "user" { RevocationKind::User } else { RevocationKind::Session },
+                    kind: RevocationKind::from_text(&kind),
                     subject: r.get(2)?,
                     not_before_ms: from_i64(r.get(3)?),
                     expires_ms: from_i64(r.get(4)?),

@@ -33,6 +33,26 @@ async fn revocations_persist_across_reopen_and_prune() {
     s.ping().await.unwrap();
 }
 
+#[tokio::test]
+async fn family_revocations_are_stored_as_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_embedded(dir.path()).unwrap();
+    s.revoke(RevocationKind::Family, "0a0b", 0, 5_000, 1_000)
+        .await
+        .unwrap();
+    drop(s);
+    let s = Store::open_embedded(dir.path()).unwrap();
+    let all = s.revocations_since(0).await.unwrap();
+    assert_eq!(all[0].kind, RevocationKind::Family);
+    assert_eq!(RevocationKind::Family.as_str(), "family");
+    // Sequence numbers keep growing across the migration that made room for the kind.
+    let next = s
+        .revoke(RevocationKind::Session, "00ff", 0, 5_000, 1_000)
+        .await
+        .unwrap();
+    assert!(next > all[0].seq);
+}
+
 const POLICY: LockPolicy = LockPolicy {
     after: 3,
     first: std::time::Duration::from_secs(300),

@@ -71,6 +71,7 @@ pub(super) fn apps(
             max_request_body,
             policies,
             identity_headers,
+            launcher: a.launcher.unwrap_or(true),
         });
     }
     out

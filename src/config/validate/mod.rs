@@ -14,6 +14,7 @@ mod limits;
 mod listen;
 mod mail;
 pub(super) mod policies;
+mod portal;
 mod service_tokens;
 mod state;
 mod users;
@@ -202,6 +203,13 @@ pub(super) fn validate(
     let apps = apps::apps(&mut c, f.apps, &listen, &identity_providers, &limits);
     app_mode::front_proxies_trusted(&mut c, &apps, trusted_proxies.len());
     let log = log(&mut c, f.log);
+    let portal = portal::portal(
+        &mut c,
+        f.portal_url.as_deref(),
+        &listen,
+        &trusted_proxies,
+        &apps,
+    );
 
     let config = c.errors.is_empty().then(|| Config {
         file: file_path.to_path_buf(),
@@ -227,6 +235,7 @@ pub(super) fn validate(
         limits,
         log,
         service_tokens,
+        portal,
     });
     (config, c.warnings, c.errors)
 }
@@ -242,7 +251,7 @@ fn refused_keys(c: &mut Ctx<'_>, f: &FileConfig) {
     if f.portal_host.is_some() {
         c.err(
             "portal_host",
-            "single sign-on through a portal host is not available in this version yet",
+            "not available: the single sign-on portal is configured with portal_url (an origin)",
         );
     }
 }

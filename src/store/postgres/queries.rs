@@ -103,7 +103,7 @@ impl PgStore {
                 // The embedded store's reading: anything but a user cut-off names a session.
                 out.push(Revocation {
                     seq: r.try_get(0)?,
-                    kind: RevocationKind::parse(&kind).unwrap_or(RevocationKind::Session),
+                    kind: RevocationKind::from_text(&kind),
                     subject: r.try_get(2)?,
                     not_before_ms: from_i64(r.try_get(3)?),
                     expires_ms: from_i64(r.try_get(4)?),

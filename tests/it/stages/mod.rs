@@ -10,6 +10,7 @@ mod headers;
 mod login_dispatch;
 mod path;
 mod policy;
+mod portal;
 mod routing;
 mod service_tokens;
 mod session;
