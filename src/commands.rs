@@ -5,6 +5,7 @@
 //! gateway last persisted ([`load_users`]).
 
 mod service_token;
+mod shared_state;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -20,7 +21,8 @@ use crate::policy::{self, Decision, LoginMethod};
 use crate::random::Random;
 use crate::session::keys::KeyError;
 use crate::session::{self, KeyRing, SealError, Sessions, TokenKind};
-use crate::store::{RevocationKind, Store, StoreError};
+use crate::state::StateError;
+use crate::store::{Revocation, RevocationKind, Store, StoreError};
 use crate::users::Users;
 
 /// Why a command was refused (exit code 1).
@@ -38,6 +40,9 @@ pub enum CommandError {
     /// The store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The shared state (Redis).
+    #[error("the shared state: {0}")]
+    State(#[from] StateError),
     /// The audit log.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -201,22 +206,32 @@ fn steps_text(steps: &[policy::Step]) -> String {
 }
 
 /// `otpgate sessions revoke --user ID`: ends every session of a user issued before now
-/// ("log out everywhere"). Running gateways apply it within the revocation poll interval.
-pub fn revoke_user(
+/// ("log out everywhere"). Running gateways apply it within the revocation poll interval; with
+/// the state on Redis it is pushed to them at once.
+pub async fn revoke_user(
     config: &Config,
     user: &str,
     clock: &dyn Clock,
     random: &dyn Random,
 ) -> Result<String, CommandError> {
     let store = Store::open_embedded(&config.data_dir)?;
+    let shared = shared_state::open(config)?;
     let addresses = addresses_of(config, &store, user)?;
     let audit = Audit::open(&config.audit)?;
     let now_ms = u64::try_from(clock.now().as_millis()).unwrap_or(u64::MAX);
     let until =
         now_ms + u64::try_from(MAX_SESSION.as_millis()).unwrap_or(0) + session::cookie::SKEW_MS;
     let request_id = crate::random::request_id(random);
+    let mut revoked = Vec::new();
     for a in &addresses {
-        store.revoke(RevocationKind::User, a, now_ms, until, now_ms)?;
+        let seq = store.revoke(RevocationKind::User, a, now_ms, until, now_ms)?;
+        revoked.push(Revocation {
+            seq,
+            kind: RevocationKind::User,
+            subject: a.clone(),
+            not_before_ms: now_ms,
+            expires_ms: until,
+        });
         audit.record(
             clock.now(),
             Event::new("session.revoked")
@@ -226,6 +241,7 @@ pub fn revoke_user(
                 .with("via", "command line"),
         );
     }
+    shared_state::announce(shared.as_ref(), &revoked).await;
     Ok(format!(
         "revoked every session of {} issued before {}; running gateways apply it within {}s",
         addresses.join(", "),
@@ -235,20 +251,26 @@ pub fn revoke_user(
 }
 
 /// `otpgate users unlock ID`: clears the failed-login count and lock of a user (by address,
-/// or every address of a configured user id).
-pub fn unlock_user(
+/// or every address of a configured user id); with the state on Redis also its password ban,
+/// device failure budgets and mail budgets there.
+pub async fn unlock_user(
     config: &Config,
     user: &str,
     clock: &dyn Clock,
     random: &dyn Random,
 ) -> Result<String, CommandError> {
     let store = Store::open_embedded(&config.data_dir)?;
+    let shared = shared_state::open(config)?;
     let addresses = addresses_of(config, &store, user)?;
     let audit = Audit::open(&config.audit)?;
     let request_id = crate::random::request_id(random);
     let mut cleared = Vec::new();
     for a in &addresses {
-        if store.reset_failures(a)? {
+        let mut any = store.reset_failures(a)?;
+        if let Some(state) = &shared {
+            any |= shared_state::clear_account(state, a).await? > 0;
+        }
+        if any {
             cleared.push(a.as_str());
         }
         audit.record(
@@ -293,10 +315,12 @@ fn users_with_store(config: &Config, store: &Store) -> Result<Users, CommandErro
 
 /// `otpgate users list`: one line per user (sorted by id): id, the address one-time links and
 /// temporary passwords go to (or `-`), groups (or `-`), source, `password` / `no password`, and
-/// `locked` while too many failed logins have the account locked.
-pub fn users_list(config: &Config, clock: &dyn Clock) -> Result<String, CommandError> {
+/// `locked` while too many failed logins have the account locked (with the state on Redis also
+/// `banned` during a password ban).
+pub async fn users_list(config: &Config, clock: &dyn Clock) -> Result<String, CommandError> {
     let now_ms = clock.now_ms();
     let store = Store::open_embedded(&config.data_dir)?;
+    let shared = shared_state::open(config)?;
     let users = users_with_store(config, &store)?;
     let mut rows: Vec<[String; 6]> = Vec::with_capacity(users.len());
     for u in users.all() {
@@ -311,9 +335,13 @@ pub fn users_list(config: &Config, clock: &dyn Clock) -> Result<String, CommandE
         addresses.dedup();
         let mut password = false;
         let mut locked = false;
+        let mut banned = false;
         for a in &addresses {
             password |= store.has_password(a)?;
             locked |= store.failures(a, now_ms)?.locked;
+            if let Some(state) = &shared {
+                banned |= shared_state::banned(state, a).await?;
+            }
         }
         let groups: Vec<&str> = u.groups.iter().map(AsRef::as_ref).collect();
         rows.push([
@@ -327,7 +355,12 @@ pub fn users_list(config: &Config, clock: &dyn Clock) -> Result<String, CommandE
             },
             u.source.to_string(),
             if password { "password" } else { "no password" }.to_owned(),
-            if locked { "locked" } else { "" }.to_owned(),
+            match (locked, banned) {
+                (true, _) => "locked",
+                (false, true) => "banned",
+                (false, false) => "",
+            }
+            .to_owned(),
         ]);
     }
     if rows.is_empty() {

@@ -366,18 +366,37 @@ fn service_token(c: &config::Config, command: ServiceTokenCommand) -> CommandRes
 
 fn sessions(c: &config::Config, command: SessionsCommand) -> CommandResult {
     match command {
-        SessionsCommand::Revoke { user } => {
-            commands::revoke_user(c, &user, &SystemClock, random::system().as_ref())
-        }
+        SessionsCommand::Revoke { user } => block_on(commands::revoke_user(
+            c,
+            &user,
+            &SystemClock,
+            random::system().as_ref(),
+        )),
     }
 }
 
 fn users(c: &config::Config, command: UsersCommand) -> CommandResult {
     match command {
-        UsersCommand::List => commands::users_list(c, &SystemClock),
-        UsersCommand::Unlock { id } => {
-            commands::unlock_user(c, &id, &SystemClock, random::system().as_ref())
-        }
+        UsersCommand::List => block_on(commands::users_list(c, &SystemClock)),
+        UsersCommand::Unlock { id } => block_on(commands::unlock_user(
+            c,
+            &id,
+            &SystemClock,
+            random::system().as_ref(),
+        )),
+    }
+}
+
+/// Runs a command that may talk to the shared state (Redis) on a runtime of its own.
+fn block_on(f: impl std::future::Future<Output = CommandResult>) -> CommandResult {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => Err(commands::CommandError::Refused(format!(
+            "cannot start the runtime: {e}"
+        ))),
     }
 }
 

@@ -10,7 +10,7 @@ use super::{Flow, LoginError, short_id, tx};
 use crate::audit::Event;
 use crate::body::{Body, RequestBody};
 use crate::session::{self, SessionError};
-use crate::store::RevocationKind;
+use crate::store::{Revocation, RevocationKind};
 
 impl Flow<'_> {
     /// `GET /.otpgate/logout`.
@@ -71,14 +71,27 @@ impl Flow<'_> {
                     ));
                 }
                 let (hex, expires) = (c.id.hex(), c.expires_ms);
+                let subject = hex.clone();
                 self.svc
                     .store
-                    .run(move |s| s.revoke(RevocationKind::Session, &hex, 0, expires, now))
+                    .run(move |s| s.revoke(RevocationKind::Session, &subject, 0, expires, now))
                     .await?;
                 self.svc
                     .sessions
                     .revocations()
                     .revoke_session(c.id, expires);
+                // The other replicas hear of it now rather than at their next poll.
+                session::revocation::announce(
+                    self.svc.state,
+                    &[Revocation {
+                        seq: 0,
+                        kind: RevocationKind::Session,
+                        subject: hex,
+                        not_before_ms: 0,
+                        expires_ms: expires,
+                    }],
+                )
+                .await;
                 let request_id = self.request_id();
                 self.audit(
                     Event::new("logout")

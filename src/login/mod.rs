@@ -50,6 +50,7 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 
 pub(crate) use error::LoginError;
+pub(crate) use limits::{ban_key, unlock_keys};
 
 use crate::assertion::Assertions;
 use crate::audit::{Audit, Event};

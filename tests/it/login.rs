@@ -752,6 +752,7 @@ async fn sec_16_wrong_guesses_burn_the_code_and_the_account_locks_at_the_cap() {
         &otpgate::clock::SystemClock,
         otpgate::random::system().as_ref(),
     )
+    .await
     .unwrap();
     assert!(out.starts_with("unlocked alice@corp.example"), "{out}");
     let mut y = Visitor::new(&gw);

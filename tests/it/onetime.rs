@@ -751,6 +751,7 @@ async fn sec_26_password_logins_are_throttled_and_reveal_nobody() {
         &otpgate::clock::SystemClock,
         otpgate::random::system().as_ref(),
     )
+    .await
     .unwrap();
     let p = password_login(&mut v, "carol@corp.example", GOOD_PASSWORD).await;
     assert_eq!(p.status, 303, "unlocked");
@@ -778,6 +779,7 @@ async fn sec_26_password_logins_are_throttled_and_reveal_nobody() {
                 &otpgate::clock::SystemClock,
                 otpgate::random::system().as_ref(),
             )
+            .await
             .unwrap();
         }
         t

@@ -255,6 +255,7 @@ async fn sec_31_revoked_sessions_stay_dead_after_a_restart() {
         &otpgate::clock::SystemClock,
         otpgate::random::system().as_ref(),
     )
+    .await
     .unwrap();
     assert!(
         out.starts_with("revoked every session of alice@corp.example"),
@@ -553,6 +554,7 @@ async fn sec_31_websocket_tunnels_end_when_the_session_is_revoked() {
         &otpgate::clock::SystemClock,
         otpgate::random::system().as_ref(),
     )
+    .await
     .unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(8), async {
         loop {

@@ -27,6 +27,9 @@ use crate::metrics;
 use conn::{Conn, Source, source};
 
 mod conn;
+mod pubsub;
+
+pub use pubsub::Heard;
 
 /// The deadline of every call, connecting included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -158,7 +161,7 @@ impl RedisState {
 
     async fn conn(&self) -> RedisResult<Conn> {
         match &self.source {
-            Source::Server(m) => Ok(Conn::Managed(m.clone())),
+            Source::Server(m, _) => Ok(Conn::Managed(m.clone())),
             Source::Sentinel(s) => s.conn().await.map(Conn::Direct),
         }
     }
@@ -292,6 +295,32 @@ impl RedisState {
         self.cmd::<i64>("delete", c).await.map(drop)
     }
 
+    /// Removes every key starting with `prefix` (SCAN, then DEL in batches); how many. For
+    /// the command line, not for requests: SCAN walks the whole key space.
+    pub(super) async fn delete_prefixed(&self, prefix: &str) -> Result<u64, StateError> {
+        let pattern = format!("{}*", glob_escape(prefix));
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let mut c = redis::cmd("SCAN");
+            c.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = self.cmd("scan", c).await?;
+            if !keys.is_empty() {
+                let mut c = redis::cmd("DEL");
+                c.arg(&keys);
+                deleted += self.cmd::<u64>("delete", c).await?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
     pub(super) async fn hit(&self, key: &str, window: Duration) -> Result<u64, StateError> {
         let window = ms(window).to_string();
         self.script("hit", &self.hit, key, &[window.as_bytes()])
@@ -413,6 +442,18 @@ impl RedisState {
         *self.checked.lock().unwrap_or_else(PoisonError::into_inner) = Some((now, r.clone()));
         r
     }
+}
+
+/// `text` matched literally by a Redis glob pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn unavailable(f: Failure) -> StateError {
