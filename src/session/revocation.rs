@@ -68,9 +68,16 @@ pub async fn announce(state: &State, rows: &[Revocation]) {
         return;
     }
     for r in rows {
-        if let Err(e) = state.publish(CHANNEL, &message(r)).await {
+        let m = message(r);
+        // Once more after a failure: the first call after Redis came back finds the old
+        // connection dropped, and the retry the new one.
+        let sent = match state.publish(CHANNEL, &m).await {
+            Ok(_) => Ok(()),
+            Err(_) => state.publish(CHANNEL, &m).await.map(drop),
+        };
+        if let Err(e) = sent {
             tracing::warn!(error = %e,
-                "cannot push a revocation to the other replicas; they read it from the store within {}s",
+                "cannot push a revocation to the other replicas; those sharing the credentials store read it within {}s",
                 POLL_INTERVAL.as_secs());
             return;
         }

@@ -25,6 +25,7 @@ mod onetime;
 mod proxy;
 mod redis_state;
 mod replicas;
+mod replicas_processes;
 mod restart;
 mod routing;
 mod sessions;
