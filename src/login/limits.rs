@@ -41,13 +41,19 @@ pub(super) fn key_ip(ip: IpAddr) -> String {
     format!("otpgate:rl:ip:{ip}")
 }
 fn key_sends(email: &Email, client: Client) -> String {
-    format!("otpgate:rl:send:{email}:{}", client.key())
+    format!("{}{}", key_sends_prefix(email), client.key())
 }
-fn key_sends_all(email: &Email) -> String {
+pub(super) fn key_sends_prefix(email: &Email) -> String {
+    format!("otpgate:rl:send:{email}:")
+}
+pub(super) fn key_sends_all(email: &Email) -> String {
     format!("otpgate:rl:sendall:{email}")
 }
 fn key_cooldown(email: &Email, client: Client) -> String {
-    format!("otpgate:cool:{email}:{}", client.key())
+    format!("{}{}", key_cooldown_prefix(email), client.key())
+}
+pub(super) fn key_cooldown_prefix(email: &Email) -> String {
+    format!("otpgate:cool:{email}:")
 }
 /// The live code of one client for one address: a newer code from the same client replaces it;
 /// other clients' codes stay (docs/security.md#39).
@@ -57,30 +63,6 @@ pub(super) fn key_index(email: &Email, client: Client) -> String {
 pub(super) fn key_code(tx_hex: &str) -> String {
     format!("otpgate:pin:{tx_hex}")
 }
-/// The state an operator's `users unlock` clears for an address, besides the store's failure
-/// count: the password ban and its window, every device's failure budget, and the mail budgets
-/// and cooldowns (every client's, and the backstop). Exact keys, then prefixes of per-client
-/// keys (each ends in `:`, so no other address's keys share it).
-pub(crate) fn unlock_keys(email: &Email) -> (Vec<String>, Vec<String>) {
-    (
-        vec![
-            super::password::key_pw_ban(email),
-            super::password::key_pw_failures(email),
-            key_sends_all(email),
-        ],
-        vec![
-            super::device::key_failures_prefix(email.as_str()),
-            format!("otpgate:rl:send:{email}:"),
-            format!("otpgate:cool:{email}:"),
-        ],
-    )
-}
-
-/// The key that holds an address's password ban while it lasts (`users list` shows it).
-pub(crate) fn ban_key(email: &Email) -> String {
-    super::password::key_pw_ban(email)
-}
-
 /// Where the writes of a request that mails nothing go, so every request does the same work.
 const KEY_DECOY: &str = "otpgate:rl:decoy";
 

@@ -96,7 +96,7 @@ impl Sentinel {
 
 pub(super) enum Source {
     /// The manager serves every call; the client opens the dedicated pub/sub connection.
-    Server(ConnectionManager, Client),
+    Server(ConnectionManager, Box<Client>),
     Sentinel(Box<Sentinel>),
 }
 
@@ -138,7 +138,7 @@ pub(super) fn source(config: &RedisConfig) -> RedisResult<Source> {
             // closed until it answers.
             Ok(Source::Server(
                 ConnectionManager::new_lazy_with_config(client.clone(), manager)?,
-                client,
+                Box::new(client),
             ))
         }
         RedisTarget::Sentinel { sentinels, service } => {

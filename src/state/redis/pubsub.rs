@@ -58,7 +58,7 @@ impl RedisState {
     /// A dedicated connection subscribed to `channel` (for Sentinel, on the primary named now).
     async fn subscribe(&self, channel: &str) -> RedisResult<PubSub> {
         let client = match &self.source {
-            Source::Server(_, client) => client.clone(),
+            Source::Server(_, client) => (**client).clone(),
             Source::Sentinel(s) => s.client().await?,
         };
         let mut pubsub = client.get_async_pubsub().await?;
