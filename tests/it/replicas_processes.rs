@@ -271,7 +271,7 @@ fn is_refusal(p: &Page) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_processes_share_codes_and_attempts() {
+async fn sec_16_replicas_processes_share_codes_and_attempts() {
     let Some(smtp) = SmtpServer::start().await else {
         return;
     };
@@ -335,7 +335,7 @@ async fn replicas_processes_share_codes_and_attempts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_processes_share_the_per_address_and_per_ip_limits() {
+async fn sec_17_replicas_processes_share_the_per_address_and_per_ip_limits() {
     let Some(smtp) = SmtpServer::start().await else {
         return;
     };
@@ -419,7 +419,8 @@ async fn replicas_processes_a_link_mailed_by_one_works_once_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_processes_revocations_reach_every_replica_within_2s_and_outlive_restarts() {
+async fn sec_31_replicas_processes_revocations_reach_every_replica_within_2s_and_outlive_restarts()
+{
     let Some(smtp) = SmtpServer::start().await else {
         return;
     };
@@ -463,7 +464,7 @@ async fn replicas_processes_revocations_reach_every_replica_within_2s_and_outliv
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_processes_push_revocations_and_resubscribe_after_a_redis_restart() {
+async fn sec_31_replicas_processes_push_revocations_and_resubscribe_after_a_redis_restart() {
     let Some(smtp) = SmtpServer::start().await else {
         return;
     };
@@ -501,7 +502,7 @@ async fn replicas_processes_push_revocations_and_resubscribe_after_a_redis_resta
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_processes_cli_unlock_and_list_reach_the_shared_state() {
+async fn sec_26_replicas_processes_cli_unlock_and_list_reach_the_shared_state() {
     let Some(smtp) = SmtpServer::start().await else {
         return;
     };

@@ -187,26 +187,7 @@ impl RedisState {
         F: Fn(Conn) -> Fut + Send + Sync,
         Fut: Future<Output = Result<T, Failure>> + Send,
     {
-        // Boxed and erased: the client's futures are deep, and every login page awaits this
-        // one (the compiler's auto-trait and layout checks stop at the `dyn`).
-        let call: Pin<Box<dyn Future<Output = Result<T, Failure>> + Send + '_>> = Box::pin(async {
-            let conn = self.conn().await.map_err(Failure::Redis)?;
-            match f(conn).await {
-                Err(Failure::Redis(e)) if self.stale(&e) => {
-                    // The primary this replica knew is gone (or demoted): ask the sentinels
-                    // again at once rather than failing a login after every failover. The
-                    // command did not run there, or ran on a primary that no longer serves.
-                    self.forget();
-                    let conn = self.conn().await.map_err(Failure::Redis)?;
-                    f(conn).await
-                }
-                other => other,
-            }
-        });
-        let result = tokio::time::timeout(CALL_TIMEOUT, call)
-            .await
-            .unwrap_or(Err(Failure::Timeout(CALL_TIMEOUT)));
-        match result {
+        match self.call(f).await {
             Ok(v) => {
                 if self.down.swap(false, Ordering::Relaxed) {
                     tracing::info!(url = %self.url, "shared state (Redis) answers again");
@@ -227,6 +208,34 @@ impl RedisState {
                 Err(err)
             }
         }
+    }
+
+    /// One call under the deadline, asking the sentinels again when the primary changed.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Failure>
+    where
+        T: Send,
+        F: Fn(Conn) -> Fut + Send + Sync,
+        Fut: Future<Output = Result<T, Failure>> + Send,
+    {
+        // Boxed and erased: the client's futures are deep, and every login page awaits this
+        // one (the compiler's auto-trait and layout checks stop at the `dyn`).
+        let call: Pin<Box<dyn Future<Output = Result<T, Failure>> + Send + '_>> = Box::pin(async {
+            let conn = self.conn().await.map_err(Failure::Redis)?;
+            match f(conn).await {
+                Err(Failure::Redis(e)) if self.stale(&e) => {
+                    // The primary this replica knew is gone (or demoted): ask the sentinels
+                    // again at once rather than failing a login after every failover. The
+                    // command did not run there, or ran on a primary that no longer serves.
+                    self.forget();
+                    let conn = self.conn().await.map_err(Failure::Redis)?;
+                    f(conn).await
+                }
+                other => other,
+            }
+        });
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .unwrap_or(Err(Failure::Timeout(CALL_TIMEOUT)))
     }
 
     /// Runs one command.

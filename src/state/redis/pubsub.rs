@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::Source;
-use super::{CALL_TIMEOUT, RedisState, chain};
+use super::{CALL_TIMEOUT, Failure, RedisState, chain, unavailable};
 use crate::state::StateError;
 
 /// The first pause before subscribing again; it doubles up to [`LAST_RETRY`].
@@ -44,7 +44,9 @@ enum Lost {
 }
 
 impl RedisState {
-    /// PUBLISH: the number of subscribers that received it.
+    /// PUBLISH: the number of subscribers that received it. A failure is counted but leaves
+    /// readiness alone: logins do not depend on it (an ACL without the channel, say), and an
+    /// outage shows in the next login or probe.
     pub(in crate::state) async fn publish(
         &self,
         channel: &str,
@@ -52,7 +54,15 @@ impl RedisState {
     ) -> Result<u64, StateError> {
         let mut c = redis::cmd("PUBLISH");
         c.arg(channel).arg(payload);
-        self.cmd("publish", c).await
+        let c = &c;
+        self.call(
+            move |mut conn| async move { c.query_async(&mut conn).await.map_err(Failure::Redis) },
+        )
+        .await
+        .map_err(|f| {
+            ::metrics::counter!(crate::metrics::STATE_ERRORS, "op" => "publish").increment(1);
+            unavailable(f)
+        })
     }
 
     /// A dedicated connection subscribed to `channel` (for Sentinel, on the primary named now).
