@@ -6,6 +6,7 @@
 
 mod apps;
 mod service_token;
+mod shared_state;
 mod store_copy;
 
 use std::net::IpAddr;
@@ -24,7 +25,8 @@ use crate::policy::{self, Decision, LoginMethod};
 use crate::random::Random;
 use crate::session::keys::KeyError;
 use crate::session::{self, KeyRing, SealError, Sessions, TokenKind};
-use crate::store::{RevocationKind, Store, StoreError};
+use crate::state::StateError;
+use crate::store::{Revocation, RevocationKind, Store, StoreError};
 use crate::users::Users;
 
 /// Why a command was refused (exit code 1).
@@ -42,6 +44,9 @@ pub enum CommandError {
     /// The store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The shared state (Redis).
+    #[error("the shared state: {0}")]
+    State(#[from] StateError),
     /// The audit log.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -205,7 +210,8 @@ fn steps_text(steps: &[policy::Step]) -> String {
 }
 
 /// `otpgate sessions revoke --user ID`: ends every session of a user issued before now
-/// ("log out everywhere"). Running gateways apply it within the revocation poll interval.
+/// ("log out everywhere"). Running gateways apply it within the revocation poll interval; with
+/// the state on Redis it is pushed to them at once.
 pub async fn revoke_user(
     config: &Config,
     user: &str,
@@ -213,16 +219,25 @@ pub async fn revoke_user(
     random: &dyn Random,
 ) -> Result<String, CommandError> {
     let store = open_store(config).await?;
+    let shared = shared_state::open(config)?;
     let addresses = addresses_of(config, &store, user).await?;
     let audit = Audit::open(&config.audit)?;
     let now_ms = u64::try_from(clock.now().as_millis()).unwrap_or(u64::MAX);
     let until =
         now_ms + u64::try_from(MAX_SESSION.as_millis()).unwrap_or(0) + session::cookie::SKEW_MS;
     let request_id = crate::random::request_id(random);
+    let mut revoked = Vec::new();
     for a in &addresses {
-        store
+        let seq = store
             .revoke(RevocationKind::User, a, now_ms, until, now_ms)
             .await?;
+        revoked.push(Revocation {
+            seq,
+            kind: RevocationKind::User,
+            subject: a.clone(),
+            not_before_ms: now_ms,
+            expires_ms: until,
+        });
         audit.record(
             clock.now(),
             Event::new("session.revoked")
@@ -232,6 +247,7 @@ pub async fn revoke_user(
                 .with("via", "command line"),
         );
     }
+    shared_state::announce(shared.as_ref(), &revoked).await;
     Ok(format!(
         "revoked every session of {} issued before {}; running gateways apply it within {}s",
         addresses.join(", "),
@@ -241,7 +257,8 @@ pub async fn revoke_user(
 }
 
 /// `otpgate users unlock ID`: clears the failed-login count and lock of a user (by address,
-/// or every address of a configured user id).
+/// or every address of a configured user id); with the state on Redis also its password ban,
+/// device failure budgets and mail budgets there.
 pub async fn unlock_user(
     config: &Config,
     user: &str,
@@ -249,12 +266,17 @@ pub async fn unlock_user(
     random: &dyn Random,
 ) -> Result<String, CommandError> {
     let store = open_store(config).await?;
+    let shared = shared_state::open(config)?;
     let addresses = addresses_of(config, &store, user).await?;
     let audit = Audit::open(&config.audit)?;
     let request_id = crate::random::request_id(random);
     let mut cleared = Vec::new();
     for a in &addresses {
-        if store.reset_failures(a).await? {
+        let mut any = store.reset_failures(a).await?;
+        if let Some(state) = &shared {
+            any |= shared_state::clear_account(state, a).await? > 0;
+        }
+        if any {
             cleared.push(a.as_str());
         }
         audit.record(
@@ -305,10 +327,12 @@ async fn users_with_store(config: &Config, store: &Store) -> Result<Users, Comma
 
 /// `otpgate users list`: one line per user (sorted by id): id, the address one-time links and
 /// temporary passwords go to (or `-`), groups (or `-`), source, `password` / `no password`, and
-/// `locked` while too many failed logins have the account locked.
+/// `locked` while too many failed logins have the account locked (with the state on Redis also
+/// `banned` during a password ban).
 pub async fn users_list(config: &Config, clock: &dyn Clock) -> Result<String, CommandError> {
     let now_ms = clock.now_ms();
     let store = open_store(config).await?;
+    let shared = shared_state::open(config)?;
     let users = users_with_store(config, &store).await?;
     let mut rows: Vec<[String; 6]> = Vec::with_capacity(users.len());
     for u in users.all() {
@@ -323,9 +347,13 @@ pub async fn users_list(config: &Config, clock: &dyn Clock) -> Result<String, Co
         addresses.dedup();
         let mut password = false;
         let mut locked = false;
+        let mut banned = false;
         for a in &addresses {
             password |= store.has_password(a).await?;
             locked |= store.failures(a, now_ms).await?.locked;
+            if let Some(state) = &shared {
+                banned |= shared_state::banned(state, a).await?;
+            }
         }
         let groups: Vec<&str> = u.groups.iter().map(AsRef::as_ref).collect();
         rows.push([
@@ -339,7 +367,12 @@ pub async fn users_list(config: &Config, clock: &dyn Clock) -> Result<String, Co
             },
             u.source.to_string(),
             if password { "password" } else { "no password" }.to_owned(),
-            if locked { "locked" } else { "" }.to_owned(),
+            match (locked, banned) {
+                (true, _) => "locked",
+                (false, true) => "banned",
+                (false, false) => "",
+            }
+            .to_owned(),
         ]);
     }
     if rows.is_empty() {

@@ -2,6 +2,7 @@
 //! the background tasks ([`tasks`]) and swaps in new configs ([`reload`]).
 
 mod reload;
+mod revocations;
 mod tasks;
 
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,5 +1,5 @@
-//! The background tasks of a running gateway: the directory sync, the revocation poll, metric
-//! upkeep, the sweep of expired state and its saving.
+//! The background tasks of a running gateway: the directory sync, metric upkeep, the sweep of
+//! expired state and its saving (the revocation sync is in `revocations`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,6 @@ use crate::config::DirectoryConfig;
 use crate::directory;
 use crate::gateway::Gateway;
 use crate::metrics;
-use crate::session;
 use crate::state::{self, Saved, StateFile};
 use crate::store::{Store, StoreError};
 use crate::users::DirectorySnapshot;
@@ -102,7 +101,7 @@ pub(super) fn spawn_upkeep(
             Duration::from_secs(30),
             Box::new(move || sweeper.state().sweep()),
         ),
-        tokio::spawn(sync_revocations(gateway.clone(), cancel.clone())),
+        tokio::spawn(super::revocations::sync(gateway.clone(), cancel.clone())),
     ];
     if let Some(file) = state_file {
         tasks.push(tokio::spawn(save_state_periodically(file, cancel.clone())));
@@ -153,33 +152,5 @@ pub(super) async fn save_state(file: Arc<StateFile>, last: bool) {
         Ok(Err(e)) if last => tracing::error!(error = %e, "cannot save the state"),
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the state; trying again"),
         Err(e) => tracing::error!(error = %e, "the state save did not complete"),
-    }
-}
-
-/// Keeps the revocation cache current: polls the store for revocations made elsewhere (the
-/// command line, other replicas) and prunes entries that can no longer matter.
-async fn sync_revocations(gw: Arc<Gateway>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(session::revocation::POLL_INTERVAL);
-    let mut rounds: u64 = 0;
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        rounds += 1;
-        let since = gw.sessions().revocations().last_seq();
-        match gw.store().revocations_since(since).await {
-            Ok(rows) => gw.sessions().revocations().apply(&rows),
-            Err(e) => tracing::error!(error = %e, "cannot read revocations; retrying"),
-        }
-        if rounds.is_multiple_of(30) {
-            let now_ms = u64::try_from(gw.clock().now().as_millis()).unwrap_or(u64::MAX);
-            let max_ms = 30 * 86_400_000;
-            gw.sessions().revocations().prune(now_ms, max_ms);
-            let cutoff = now_ms.saturating_sub(session::cookie::SKEW_MS);
-            if let Err(e) = gw.store().prune(cutoff).await {
-                tracing::warn!(error = %e, "cannot prune old revocations");
-            }
-        }
     }
 }

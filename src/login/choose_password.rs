@@ -216,13 +216,15 @@ impl Flow<'_> {
             .store
             .revoke(RevocationKind::User, e, now, until, now)
             .await?;
-        self.svc.sessions.revocations().apply(&[Revocation {
+        let revoked = [Revocation {
             seq: 0,
             kind: RevocationKind::User,
             subject: email.to_string(),
             not_before_ms: now,
             expires_ms: until,
-        }]);
+        }];
+        self.svc.sessions.revocations().apply(&revoked);
+        session::revocation::announce(self.svc.state, &revoked).await;
         Ok(())
     }
 

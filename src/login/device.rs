@@ -59,7 +59,10 @@ pub(super) fn cookie_name(https: bool) -> &'static str {
 }
 
 fn key_failures(email: &str, id: SessionId) -> String {
-    format!("otpgate:devfail:{email}:{}", id.hex())
+    format!("{}{}", key_failures_prefix(email), id.hex())
+}
+pub(super) fn key_failures_prefix(email: &str) -> String {
+    format!("otpgate:devfail:{email}:")
 }
 
 impl Flow<'_> {

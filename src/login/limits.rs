@@ -41,13 +41,19 @@ pub(super) fn key_ip(ip: IpAddr) -> String {
     format!("otpgate:rl:ip:{ip}")
 }
 fn key_sends(email: &Email, client: Client) -> String {
-    format!("otpgate:rl:send:{email}:{}", client.key())
+    format!("{}{}", key_sends_prefix(email), client.key())
 }
-fn key_sends_all(email: &Email) -> String {
+pub(super) fn key_sends_prefix(email: &Email) -> String {
+    format!("otpgate:rl:send:{email}:")
+}
+pub(super) fn key_sends_all(email: &Email) -> String {
     format!("otpgate:rl:sendall:{email}")
 }
 fn key_cooldown(email: &Email, client: Client) -> String {
-    format!("otpgate:cool:{email}:{}", client.key())
+    format!("{}{}", key_cooldown_prefix(email), client.key())
+}
+pub(super) fn key_cooldown_prefix(email: &Email) -> String {
+    format!("otpgate:cool:{email}:")
 }
 /// The live code of one client for one address: a newer code from the same client replaces it;
 /// other clients' codes stay (docs/security.md#39).

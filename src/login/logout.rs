@@ -10,7 +10,7 @@ use super::{Flow, LoginError, short_id, tx};
 use crate::audit::Event;
 use crate::body::{Body, RequestBody};
 use crate::session::{self, SessionError};
-use crate::store::RevocationKind;
+use crate::store::{Revocation, RevocationKind};
 
 impl Flow<'_> {
     /// `GET /.otpgate/logout`.
@@ -79,6 +79,18 @@ impl Flow<'_> {
                     .sessions
                     .revocations()
                     .revoke_session(c.id, expires);
+                // The other replicas hear of it now rather than at their next poll.
+                session::revocation::announce(
+                    self.svc.state,
+                    &[Revocation {
+                        seq: 0,
+                        kind: RevocationKind::Session,
+                        subject: hex,
+                        not_before_ms: 0,
+                        expires_ms: expires,
+                    }],
+                )
+                .await;
                 let request_id = self.request_id();
                 self.audit(
                     Event::new("logout")

@@ -310,6 +310,30 @@ fn one_line(s: &str) -> String {
         .collect()
 }
 
+/// The state an operator's `users unlock` clears for an address, besides the store's failure
+/// count: the password ban and its window, every device's failure budget, and the mail budgets
+/// and cooldowns (every client's, and the backstop). Exact keys, then prefixes of per-client
+/// keys (each ends in `:`, so no other address's keys share it).
+pub(crate) fn unlock_keys(email: &Email) -> (Vec<String>, Vec<String>) {
+    (
+        vec![
+            password::key_pw_ban(email),
+            password::key_pw_failures(email),
+            limits::key_sends_all(email),
+        ],
+        vec![
+            device::key_failures_prefix(email.as_str()),
+            limits::key_sends_prefix(email),
+            limits::key_cooldown_prefix(email),
+        ],
+    )
+}
+
+/// The key that holds an address's password ban while it lasts (`users list` shows it).
+pub(crate) fn ban_key(email: &Email) -> String {
+    password::key_pw_ban(email)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,10 +32,10 @@ const BAN_AFTER: u64 = 3;
 const BAN_WINDOW: Duration = Duration::from_secs(2 * 60);
 const BAN: Duration = Duration::from_secs(5 * 60);
 
-fn key_pw_failures(email: &Email) -> String {
+pub(super) fn key_pw_failures(email: &Email) -> String {
     format!("otpgate:pwfail:{email}")
 }
-fn key_pw_ban(email: &Email) -> String {
+pub(super) fn key_pw_ban(email: &Email) -> String {
     format!("otpgate:pwban:{email}")
 }
 

@@ -186,6 +186,16 @@ impl MemoryState {
         self.map.remove(key);
     }
 
+    pub(super) fn delete_prefixed(&self, prefix: &str) -> u64 {
+        let keys = self.live_entries(|k, _, _| k.to_owned());
+        let mut n = 0;
+        for k in keys.iter().filter(|k| k.starts_with(prefix)) {
+            self.delete(k);
+            n += 1;
+        }
+        n
+    }
+
     pub(super) fn hit(&self, key: &str, window: Duration) -> u64 {
         let now = self.now();
         self.map.write(key, |e| {

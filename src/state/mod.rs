@@ -16,9 +16,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use self::redis::RedisState;
+pub use self::redis::{Heard, RedisState};
 pub use memory::MemoryState;
 pub use persist::{FILE_NAME, Restored, SAVE_INTERVAL, Saved, StateFile};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::StateConfig;
@@ -254,6 +257,44 @@ impl State {
         match self {
             Self::Memory(m) => Ok(m.consume_code(key, digest)),
             Self::Redis(r) => r.consume_code(key, digest).await,
+        }
+    }
+
+    /// Removes every key starting with `prefix`; how many. Walks every key: for the command
+    /// line, never for a request.
+    pub async fn delete_prefixed(&self, prefix: &str) -> Result<u64, StateError> {
+        match self {
+            Self::Memory(m) => Ok(m.delete_prefixed(prefix)),
+            Self::Redis(r) => r.delete_prefixed(prefix).await,
+        }
+    }
+
+    /// Whether other processes share this state (and hear what is published on it).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Redis(_))
+    }
+
+    /// Publishes `payload` on `channel` to every process listening on this state; how many
+    /// heard it. Nothing to do in memory: no other process shares it.
+    pub async fn publish(&self, channel: &str, payload: &[u8]) -> Result<u64, StateError> {
+        match self {
+            Self::Memory(_) => Ok(0),
+            Self::Redis(r) => r.publish(channel, payload).await,
+        }
+    }
+
+    /// Hands what is published on `channel` to `tx` until `cancel`, with
+    /// [`Heard::Subscribed`] after every (re)subscription (what was published meanwhile is
+    /// lost). In memory there is nothing to hear: it waits for `cancel`.
+    pub async fn listen(
+        &self,
+        channel: &str,
+        tx: &mpsc::Sender<Heard>,
+        cancel: &CancellationToken,
+    ) {
+        match self {
+            Self::Memory(_) => cancel.cancelled().await,
+            Self::Redis(r) => r.listen(channel, tx, cancel).await,
         }
     }
 

@@ -32,6 +32,7 @@ mod portal_replicas;
 mod proxy;
 mod redis_state;
 mod replicas;
+mod replicas_processes;
 mod restart;
 mod routing;
 mod sessions;

@@ -271,3 +271,55 @@ async fn redis_auth_uses_the_password_and_fails_closed_without_it() {
     let e = wrong.ping().await.unwrap_err();
     assert!(!format!("{e:?}").contains("not-it"), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_state_publish_reaches_listeners_and_prefix_deletes_are_literal() {
+    use otpgate::state::Heard;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (a, b) = (open(redis.port), open(redis.port));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let listener = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move { b.listen("otpgate:test", &tx, &cancel).await })
+    };
+    let next = async |rx: &mut tokio::sync::mpsc::Receiver<Heard>| {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(next(&mut rx).await, Heard::Subscribed);
+    assert_eq!(a.publish("otpgate:test", b"one").await.unwrap(), 1);
+    assert_eq!(next(&mut rx).await, Heard::Message(b"one".to_vec()));
+    // Redis restarts: the listener subscribes again and says so (what came meanwhile is lost).
+    let mut redis = redis;
+    redis.kill();
+    redis.restart().await;
+    assert_eq!(next(&mut rx).await, Heard::Subscribed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.publish("otpgate:test", b"two").await.unwrap_or(0) != 1 {
+        assert!(Instant::now() < deadline, "the publisher did not reconnect");
+    }
+    assert_eq!(next(&mut rx).await, Heard::Message(b"two".to_vec()));
+    cancel.cancel();
+    listener.await.unwrap();
+
+    // Prefixes are matched literally, glob characters included.
+    for k in [
+        "otpgate:p:a*b:1",
+        "otpgate:p:a*b:2",
+        "otpgate:p:axb:1",
+        "otpgate:p:a*bc:1",
+    ] {
+        assert!(a.put_new(k, b"1", MIN).await.unwrap());
+    }
+    assert_eq!(a.delete_prefixed("otpgate:p:a*b:").await.unwrap(), 2);
+    assert!(a.get("otpgate:p:axb:1").await.unwrap().is_some());
+    assert!(a.get("otpgate:p:a*bc:1").await.unwrap().is_some());
+    let memory = State::memory(otpgate::clock::system());
+    assert!(memory.put_new("otpgate:p:a:1", b"1", MIN).await.unwrap());
+    assert_eq!(memory.delete_prefixed("otpgate:p:a:").await.unwrap(), 1);
+}

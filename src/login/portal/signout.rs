@@ -1,6 +1,7 @@
 //! Signing out at the portal (docs/security.md#47): the portal session and every app session
-//! handed off from it end together, as one family revocation in the store, so other replicas
-//! see it at their next poll and copied cookies stop working everywhere.
+//! handed off from it end together, as one family revocation in the store, pushed to the
+//! other replicas (and read by them at their next poll anyway), so copied cookies stop working
+//! everywhere.
 
 use http::header::SET_COOKIE;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -14,7 +15,7 @@ use crate::body::{Body, RequestBody};
 use crate::http::redirect;
 use crate::return_to;
 use crate::session;
-use crate::store::RevocationKind;
+use crate::store::{Revocation, RevocationKind};
 
 /// The form purpose of the portal's sign-out.
 const PURPOSE: &str = "portal-logout";
@@ -66,11 +67,24 @@ impl Flow<'_> {
             let until = now
                 .saturating_add(u64::try_from(crate::config::MAX_SESSION.as_millis()).unwrap_or(0))
                 .saturating_add(session::cookie::SKEW_MS);
+            let hex = c.id.hex();
             self.svc
                 .store
-                .revoke(RevocationKind::Family, &c.id.hex(), 0, until, now)
+                .revoke(RevocationKind::Family, &hex, 0, until, now)
                 .await?;
             self.svc.sessions.revocations().revoke_family(c.id, until);
+            // The other replicas hear of it now rather than at their next poll.
+            session::revocation::announce(
+                self.svc.state,
+                &[Revocation {
+                    seq: 0,
+                    kind: RevocationKind::Family,
+                    subject: hex,
+                    not_before_ms: 0,
+                    expires_ms: until,
+                }],
+            )
+            .await;
             let request_id = self.request_id();
             self.audit(
                 Event::new("logout")

@@ -77,6 +77,11 @@ impl Sentinel {
         Ok(conn)
     }
 
+    /// A client for the primary the sentinels name now (for a dedicated connection).
+    pub(super) async fn client(&self) -> RedisResult<Client> {
+        self.client.lock().await.async_get_client().await
+    }
+
     fn cached(&self) -> Option<MultiplexedConnection> {
         self.current
             .lock()
@@ -90,7 +95,8 @@ impl Sentinel {
 }
 
 pub(super) enum Source {
-    Server(ConnectionManager),
+    /// The manager serves every call; the client opens the dedicated pub/sub connection.
+    Server(ConnectionManager, Box<Client>),
     Sentinel(Box<Sentinel>),
 }
 
@@ -130,9 +136,10 @@ pub(super) fn source(config: &RedisConfig) -> RedisResult<Source> {
                 .set_number_of_retries(2);
             // Lazy: a Redis that is down at start does not stop the gateway; logins fail
             // closed until it answers.
-            Ok(Source::Server(ConnectionManager::new_lazy_with_config(
-                client, manager,
-            )?))
+            Ok(Source::Server(
+                ConnectionManager::new_lazy_with_config(client.clone(), manager)?,
+                Box::new(client),
+            ))
         }
         RedisTarget::Sentinel { sentinels, service } => {
             let addrs = sentinels.iter().map(|(h, p)| addr(h, *p, config.tls));

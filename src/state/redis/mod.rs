@@ -27,6 +27,9 @@ use crate::metrics;
 use conn::{Conn, Source, source};
 
 mod conn;
+mod pubsub;
+
+pub use pubsub::Heard;
 
 /// The deadline of every call, connecting included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -158,7 +161,7 @@ impl RedisState {
 
     async fn conn(&self) -> RedisResult<Conn> {
         match &self.source {
-            Source::Server(m) => Ok(Conn::Managed(m.clone())),
+            Source::Server(m, _) => Ok(Conn::Managed(m.clone())),
             Source::Sentinel(s) => s.conn().await.map(Conn::Direct),
         }
     }
@@ -184,26 +187,7 @@ impl RedisState {
         F: Fn(Conn) -> Fut + Send + Sync,
         Fut: Future<Output = Result<T, Failure>> + Send,
     {
-        // Boxed and erased: the client's futures are deep, and every login page awaits this
-        // one (the compiler's auto-trait and layout checks stop at the `dyn`).
-        let call: Pin<Box<dyn Future<Output = Result<T, Failure>> + Send + '_>> = Box::pin(async {
-            let conn = self.conn().await.map_err(Failure::Redis)?;
-            match f(conn).await {
-                Err(Failure::Redis(e)) if self.stale(&e) => {
-                    // The primary this replica knew is gone (or demoted): ask the sentinels
-                    // again at once rather than failing a login after every failover. The
-                    // command did not run there, or ran on a primary that no longer serves.
-                    self.forget();
-                    let conn = self.conn().await.map_err(Failure::Redis)?;
-                    f(conn).await
-                }
-                other => other,
-            }
-        });
-        let result = tokio::time::timeout(CALL_TIMEOUT, call)
-            .await
-            .unwrap_or(Err(Failure::Timeout(CALL_TIMEOUT)));
-        match result {
+        match self.call(f).await {
             Ok(v) => {
                 if self.down.swap(false, Ordering::Relaxed) {
                     tracing::info!(url = %self.url, "shared state (Redis) answers again");
@@ -224,6 +208,34 @@ impl RedisState {
                 Err(err)
             }
         }
+    }
+
+    /// One call under the deadline, asking the sentinels again when the primary changed.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Failure>
+    where
+        T: Send,
+        F: Fn(Conn) -> Fut + Send + Sync,
+        Fut: Future<Output = Result<T, Failure>> + Send,
+    {
+        // Boxed and erased: the client's futures are deep, and every login page awaits this
+        // one (the compiler's auto-trait and layout checks stop at the `dyn`).
+        let call: Pin<Box<dyn Future<Output = Result<T, Failure>> + Send + '_>> = Box::pin(async {
+            let conn = self.conn().await.map_err(Failure::Redis)?;
+            match f(conn).await {
+                Err(Failure::Redis(e)) if self.stale(&e) => {
+                    // The primary this replica knew is gone (or demoted): ask the sentinels
+                    // again at once rather than failing a login after every failover. The
+                    // command did not run there, or ran on a primary that no longer serves.
+                    self.forget();
+                    let conn = self.conn().await.map_err(Failure::Redis)?;
+                    f(conn).await
+                }
+                other => other,
+            }
+        });
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .unwrap_or(Err(Failure::Timeout(CALL_TIMEOUT)))
     }
 
     /// Runs one command.
@@ -290,6 +302,32 @@ impl RedisState {
         let mut c = redis::cmd("DEL");
         c.arg(key);
         self.cmd::<i64>("delete", c).await.map(drop)
+    }
+
+    /// Removes every key starting with `prefix` (SCAN, then DEL in batches); how many. For
+    /// the command line, not for requests: SCAN walks the whole key space.
+    pub(super) async fn delete_prefixed(&self, prefix: &str) -> Result<u64, StateError> {
+        let pattern = format!("{}*", glob_escape(prefix));
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let mut c = redis::cmd("SCAN");
+            c.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = self.cmd("scan", c).await?;
+            if !keys.is_empty() {
+                let mut c = redis::cmd("DEL");
+                c.arg(&keys);
+                deleted += self.cmd::<u64>("delete", c).await?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
     }
 
     pub(super) async fn hit(&self, key: &str, window: Duration) -> Result<u64, StateError> {
@@ -413,6 +451,18 @@ impl RedisState {
         *self.checked.lock().unwrap_or_else(PoisonError::into_inner) = Some((now, r.clone()));
         r
     }
+}
+
+/// `text` matched literally by a Redis glob pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn unavailable(f: Failure) -> StateError {
