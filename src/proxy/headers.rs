@@ -78,6 +78,8 @@ fn remove_from_request(name: &[u8], peer_trusted: bool, upgrade: bool) -> bool {
     }
 }
 
+/// Hop-by-hop response headers. `Trailer` is not one (RFC 9110 s6.6.2): it declares the
+/// trailers that follow, and an HTTP/1.1 client gets trailers only when they are declared.
 fn hop_by_hop(name: &[u8]) -> bool {
     matches!(
         name,
@@ -87,7 +89,6 @@ fn hop_by_hop(name: &[u8]) -> bool {
             | b"proxy-authenticate"
             | b"proxy-authorization"
             | b"te"
-            | b"trailer"
             | b"transfer-encoding"
             | b"upgrade"
     )

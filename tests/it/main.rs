@@ -18,6 +18,7 @@ mod assertion;
 mod cli;
 mod directory;
 mod forward_auth;
+mod grpc;
 mod lifecycle;
 mod login;
 mod mail;
