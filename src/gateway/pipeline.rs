@@ -143,7 +143,9 @@ impl Gateway {
             let path = path.to_owned();
             let users = self.users.users_full();
             let flow = self.login_flow(rt, app, &users, &client);
-            return Ok(crate::login::handle(flow, req, &path).await?);
+            // Boxed: the login pages' future is large, and proxied requests would otherwise
+            // carry (and copy) its size too.
+            return Ok(Box::pin(crate::login::handle(flow, req, &path)).await?);
         }
         // An app behind its own front proxy is never proxied from here.
         if app.config.mode == AppMode::ForwardAuth {

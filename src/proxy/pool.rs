@@ -123,9 +123,12 @@ impl Pool {
         upgrade: bool,
         prepare: impl Fn(&mut Request<UpstreamBody>, bool),
     ) -> Result<Response<Incoming>, ProxyError> {
+        // Connecting (TCP, TLS, the HTTP/2 handshake) makes a large future; boxed, it costs an
+        // allocation per new connection instead of a larger state (copied as it moves) on
+        // every request.
         let (conn, pooled) = match self.checkout(upgrade) {
             Some(c) => (c, true),
-            None => (self.connect(upgrade).await?, false),
+            None => (Box::pin(self.connect(upgrade)).await?, false),
         };
         prepare(&mut req, matches!(conn, Conn::H2(_)));
         match self.send_on(conn, req).await {
@@ -133,7 +136,7 @@ impl Pool {
             // A kept connection the upstream closed meanwhile: the request was not sent, so it
             // is safe to send it again, once, on a new connection.
             Err(Retry::Unsent(mut req, _)) if pooled => {
-                let conn = self.connect(upgrade).await?;
+                let conn = Box::pin(self.connect(upgrade)).await?;
                 prepare(&mut req, matches!(conn, Conn::H2(_)));
                 self.send_on(conn, req).await.map_err(Retry::into_error)
             }
