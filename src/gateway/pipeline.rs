@@ -267,7 +267,6 @@ fn route_of<'a>(rt: &'a Runtime, app: &'a App, tunnel: Option<TunnelLimits>) -> 
         identity: &app.config.identity_headers,
         metrics: &app.metrics,
         tunnel,
-        assertion_header: rt.config.identity_assertion.as_ref().map(|c| &c.header),
         credential_headers: rt.service_tokens.headers(),
     }
 }

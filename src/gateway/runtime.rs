@@ -107,7 +107,8 @@ impl Runtime {
                 cookie_name: session::cookie_name(origin.https),
                 session_lifetime: a.session_duration.unwrap_or(config.session.duration),
                 issuer: origin.to_string(),
-                strip: proxy::Strip::new(&config.strip_request_headers, &a.identity_headers),
+                strip: proxy::Strip::new(&config.strip_request_headers, &a.identity_headers)
+                    .with_assertion(config.identity_assertion.as_ref().map(|c| &c.header)),
                 origin,
                 config: a.clone(),
                 upstream,

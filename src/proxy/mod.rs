@@ -93,8 +93,6 @@ pub struct Route<'a> {
     /// Limits for the tunnel, when the request asks for WebSocket (without them no upgrade is
     /// passed through).
     pub(crate) tunnel: Option<TunnelLimits>,
-    /// The configured identity-assertion header, removed from every client request.
-    pub(crate) assertion_header: Option<&'a http::HeaderName>,
     /// The service-token headers as configured: never forwarded (docs/security.md#34).
     pub(crate) credential_headers: [&'a http::HeaderName; 2],
 }
@@ -176,15 +174,7 @@ async fn send(
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let (mut parts, body) = req.into_parts();
-    let orig_host = rewrite_headers(
-        &mut parts,
-        permit,
-        t.strip,
-        t.identity,
-        client,
-        upgrade,
-        t.assertion_header,
-    );
+    let orig_host = rewrite_headers(&mut parts, permit, t.strip, t.identity, client, upgrade);
     // The default spellings went in `prepare_request`; these are the configured names.
     for name in t.credential_headers {
         parts.headers.remove(name);
@@ -241,7 +231,6 @@ fn rewrite_headers(
     names: &IdentityHeaders,
     client: Downstream,
     upgrade: bool,
-    assertion_header: Option<&http::HeaderName>,
 ) -> Option<HeaderValue> {
     let orig_host: Option<HeaderValue> = parts.headers.get(HOST).cloned().or_else(|| {
         parts
@@ -260,12 +249,15 @@ fn rewrite_headers(
         proto: if client.https { "https" } else { "http" },
         host: host_str,
     };
+    // Room for the forwarding and identity headers, so the map grows once, not per insert.
+    parts.headers.reserve(8);
     headers::prepare_request(&mut parts.headers, &fwd, strip, upgrade);
     // docs/security.md#34, #40: the session never reaches the upstream; identity arrives only
     // as the gateway's own headers (client-supplied ones, under any name an app might trust,
     // were removed above).
+    // docs/security.md#34: an assertion a client sent is never passed on either, under the
+    // default name or the configured one, in any spelling: both are on the app's `strip` list.
     crate::session::strip_gateway_cookies(&mut parts.headers);
-    strip_assertions(&mut parts.headers, assertion_header);
     if let Some(id) = permit.identity() {
         parts.headers.insert(names.email.clone(), id.email.clone());
         parts.headers.insert(names.user.clone(), id.user.clone());
@@ -281,32 +273,6 @@ fn rewrite_headers(
         parts.headers.insert(names.user.clone(), user.clone());
     }
     orig_host
-}
-
-/// docs/security.md#34: an assertion a client sent is never passed on, under the default name
-/// or the configured one (and in the underscore spelling some servers fold into it), on every
-/// request, bypassed ones too. Only the gateway's own, added after this, reaches the upstream.
-fn strip_assertions(headers: &mut http::HeaderMap, configured: Option<&http::HeaderName>) {
-    const DEFAULT: http::HeaderName =
-        http::HeaderName::from_static(crate::assertion::DEFAULT_HEADER);
-    let folded = |name: &str, want: &str| {
-        name.len() == want.len()
-            && name
-                .bytes()
-                .zip(want.bytes())
-                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
-    };
-    let spoofed: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|k| {
-            folded(k.as_str(), DEFAULT.as_str())
-                || configured.is_some_and(|c| folded(k.as_str(), c.as_str()))
-        })
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
 }
 
 /// The path and query sent upstream: as received, or the normalised path with the query.

@@ -244,6 +244,16 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
     if !mentions {
         return;
     }
+    // The common case, a client sending only the gateway's cookie: nothing to rebuild.
+    let mut values = headers.get_all(COOKIE).iter();
+    if let (Some(only), None) = (values.next(), values.next())
+        && let Ok(v) = only.to_str()
+        && !v.contains(';')
+        && GATEWAY_COOKIES.contains(&v.split_once('=').map_or(v, |(k, _)| k).trim())
+    {
+        headers.remove(COOKIE);
+        return;
+    }
     let kept: Vec<String> = headers
         .get_all(COOKIE)
         .iter()
