@@ -206,7 +206,7 @@ mod tests {
             "x_identity_token",
             "x-identity_token",
             "otpgate-jwt-assertion",
-            "otpgate_jwt_assertion",
+            "otpgate-jwt_assertion",
         ] {
             assert!(s.matches(name.as_bytes()), "{name}");
         }

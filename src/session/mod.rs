@@ -416,5 +416,12 @@ mod tests {
         let mut h = headers(&["nototpgate=1; a=b"]);
         strip_gateway_cookies(&mut h);
         assert_eq!(h[COOKIE], "nototpgate=1; a=b");
+        // A lone cookie is removed only when it is the gateway's.
+        for lone in ["nototpgate=1", "otpgate-theme=dark", " otpgate"] {
+            let mut h = headers(&[lone]);
+            strip_gateway_cookies(&mut h);
+            let kept = lone.trim() != "otpgate";
+            assert_eq!(h.get(COOKIE).is_some(), kept, "{lone}");
+        }
     }
 }

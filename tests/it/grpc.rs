@@ -235,3 +235,97 @@ async fn trailers_pass_both_ways_through_an_http2_upstream() {
     assert!(text.contains("x-reply-sum: 42\r\n"), "{text}");
     assert!(text.contains("x-got-sum: none\r\n"), "{text}");
 }
+
+/// A TLS upstream offering `alpn` that answers with the HTTP version its request came in.
+async fn version_upstream(leaf: &crate::harness::Leaf, alpn: &[&[u8]]) -> std::net::SocketAddr {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der.clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+            leaf.key_der.clone(),
+        )),
+    )
+    .unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let v = format!("{:?}", req.version());
+                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                        Bytes::from(v),
+                    )))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_speaks_http2_when_alpn_offers_it_and_http1_otherwise() {
+    let ca = crate::harness::TestCa::new();
+    let leaf = ca.leaf(&["127.0.0.1"]);
+    let h2 = version_upstream(&leaf, &[b"h2", b"http/1.1"]).await;
+    let h1 = version_upstream(&leaf, &[b"http/1.1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let app = |name: &str, addr: std::net::SocketAddr, protocol: &str| {
+        format!(
+            "  - name: {name}
+    hosts: [{name}.test]
+    upstream: https://{addr}
+    upstream_ca: {ca}
+    upstream_protocol: {protocol}
+    policies:
+      - {{ name: open, action: bypass }}
+",
+            ca = ca_path.display()
+        )
+    };
+    let yaml = format!(
+        "version: 1\nlisten: {{ http: 127.0.0.1:0 }}\napps:\n{}{}{}{}",
+        app("autoh2", h2, "auto"),
+        app("autoh1", h1, "auto"),
+        app("one", h2, "http1"),
+        app("two", h2, "http2"),
+    );
+    let gw = Gw::start(&yaml).await;
+    for (host, want) in [
+        ("autoh2", "HTTP/2.0"),
+        ("autoh1", "HTTP/1.1"),
+        ("one", "HTTP/1.1"),
+        ("two", "HTTP/2.0"),
+    ] {
+        // Twice: the second request goes over the kept connection.
+        for _ in 0..2 {
+            let r = gw
+                .client()
+                .get(gw.http_url(&format!("{host}.test"), "/"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{host}");
+            assert_eq!(r.text().await.unwrap(), want, "{host}");
+        }
+    }
+}
