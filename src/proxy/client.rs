@@ -23,9 +23,9 @@ pub type UpstreamBody = http_body_util::Limited<crate::body::RequestBody>;
 pub(super) enum Stream {
     /// `http://`.
     Plain(TokioIo<TcpStream>),
-    /// `https://`, and whether ALPN chose `h2`.
+    /// `https://` (boxed: a TLS session is large), and whether ALPN chose `h2`.
     Tls(
-        TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+        TokioIo<Box<tokio_rustls::client::TlsStream<TcpStream>>>,
         /// ALPN chose `h2`.
         bool,
     ),
@@ -115,7 +115,7 @@ impl Connector {
             .await
             .map_err(|e| ProxyError::Connect(Box::new(e)))?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        Ok(Stream::Tls(TokioIo::new(tls), h2))
+        Ok(Stream::Tls(TokioIo::new(Box::new(tls)), h2))
     }
 }
 

@@ -135,7 +135,8 @@ impl Pool {
             Ok(r) => Ok(r),
             // A kept connection the upstream closed meanwhile: the request was not sent, so it
             // is safe to send it again, once, on a new connection.
-            Err(Retry::Unsent(mut req, _)) if pooled => {
+            Err(Retry::Unsent(req, _)) if pooled => {
+                let mut req = *req;
                 let conn = Box::pin(self.connect(upgrade)).await?;
                 prepare(&mut req, matches!(conn, Conn::H2(_)));
                 self.send_on(conn, req).await.map_err(Retry::into_error)
@@ -248,7 +249,9 @@ impl Pool {
             }
             return Ok(Conn::H2(tx));
         }
-        let b = http1::Builder::new();
+        let mut b = http1::Builder::new();
+        // As on the listeners: head and small bodies in one write(2).
+        b.writev(false);
         let tx = match stream {
             Stream::Plain(io) => {
                 let (tx, conn) = b.handshake(io).await.map_err(handshake)?;
@@ -290,16 +293,17 @@ async fn drive<F: Future<Output = Result<(), hyper::Error>>>(conn: F) {
     }
 }
 
-/// A failed send: unsent (safe to retry on a new connection), or failed.
+/// A failed send: unsent (safe to retry on a new connection; boxed, as it is rare and large),
+/// or failed.
 enum Retry {
-    Unsent(Request<UpstreamBody>, hyper::Error),
+    Unsent(Box<Request<UpstreamBody>>, hyper::Error),
     Failed(hyper::Error),
 }
 
 impl From<hyper::client::conn::TrySendError<Request<UpstreamBody>>> for Retry {
     fn from(mut e: hyper::client::conn::TrySendError<Request<UpstreamBody>>) -> Self {
         match e.take_message() {
-            Some(req) => Self::Unsent(req, e.into_error()),
+            Some(req) => Self::Unsent(Box::new(req), e.into_error()),
             None => Self::Failed(e.into_error()),
         }
     }
