@@ -180,16 +180,20 @@ impl Pool {
             return Some(Conn::H2(tx.clone()));
         }
         let mut idle = self.idle.lock().ok()?;
-        // Most recently used first; handles still busy with their last response stay.
+        // Most recently used first; handles still busy with their last response stay (checked
+        // with two atomic loads each, so a long list of busy ones costs little).
+        let now = Instant::now();
         for _ in 0..idle.len() {
             let entry = idle.pop_back()?;
-            if entry.tx.is_closed() || entry.since.elapsed() > IDLE_TIMEOUT {
-                continue;
-            }
             if entry.tx.is_ready() {
+                if now.saturating_duration_since(entry.since) > IDLE_TIMEOUT {
+                    continue;
+                }
                 return Some(Conn::H1(entry.tx));
             }
-            idle.push_front(entry);
+            if !entry.tx.is_closed() {
+                idle.push_front(entry);
+            }
         }
         None
     }
