@@ -90,6 +90,30 @@ fn bench(c: &mut Criterion) {
     c.bench_function("route::normalise host", |b| {
         b.iter(|| otpgate::gateway::route::normalise(black_box("App.Example.Test:8443")))
     });
+    // Twenty apps, one of them behind a wildcard: the Host of a request to an exact name.
+    let hosts: Vec<Vec<otpgate::config::HostPattern>> = (0..20)
+        .map(|i| {
+            if i == 19 {
+                vec![otpgate::config::HostPattern::Wildcard(
+                    "corp.example".into(),
+                )]
+            } else {
+                vec![otpgate::config::HostPattern::Exact(format!(
+                    "app{i}.example.test"
+                ))]
+            }
+        })
+        .collect();
+    let router = otpgate::gateway::route::Router::new(hosts.iter().map(Vec::as_slice));
+    let uri: http::Uri = "/".parse().unwrap_or_else(|_| unreachable!());
+    let mut host_headers = HeaderMap::new();
+    host_headers.insert(
+        http::header::HOST,
+        HeaderValue::from_static("app7.example.test:8443"),
+    );
+    c.bench_function("route::app_index (20 apps, exact host)", |b| {
+        b.iter(|| otpgate::gateway::route::app_index(&router, black_box(&uri), &host_headers, None))
+    });
     let headers = browser_headers();
     c.bench_function("forwarded::client_ip (untrusted peer)", |b| {
         let peer: IpAddr = "198.51.100.7".parse().unwrap_or_else(|_| unreachable!());

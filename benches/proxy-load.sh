@@ -12,12 +12,15 @@
 # `otpgate mint-cookie`; nginx is then also measured with `auth_request` (one subrequest per
 # request to an auth endpoint on the upstream, the usual forward-auth deployment), reported as
 # nginx_auth with its own ratio.
+# ROUTE=token sends a service token (made with `otpgate service-token create`) to a service_auth
+# policy instead.
 #
 # Requires: nginx, wrk, taskset (Debian: nginx wrk util-linux).
 #
 #   benches/proxy-load.sh                      # 3 rounds x 10 s, 64 connections
 #   ROUNDS=5 DURATION=20 CONNECTIONS=128 benches/proxy-load.sh
 #   ROUTE=protected benches/proxy-load.sh      # otpgate with a session cookie (mint-cookie)
+#   ROUTE=token benches/proxy-load.sh          # otpgate with a service token (service_auth)
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -119,7 +122,8 @@ EOF
 case "$ROUTE" in
   bypass) policy='{ name: open, action: bypass }' ;;
   protected) policy='{ name: staff, action: allow, include: [ { email_domain: bench.test } ] }' ;;
-  *) echo "proxy-load: ROUTE must be bypass or protected" >&2; exit 2 ;;
+  token) policy='{ name: machines, action: service_auth, include: [ { service_token: bench } ] }' ;;
+  *) echo "proxy-load: ROUTE must be bypass, protected or token" >&2; exit 2 ;;
 esac
 cat > "$work/otpgate.yaml" <<EOF
 version: 1
@@ -133,6 +137,14 @@ apps:
     upstream: http://127.0.0.1:$UP
     policies: [ $policy ]
 EOF
+
+if [ "$ROUTE" = token ]; then
+  # The token's entry and key come from `otpgate service-token create`, run on a config that
+  # does not name it yet.
+  sed 's/policies: .*/policies: [ { name: open, action: bypass } ]/' "$work/otpgate.yaml" > "$work/pre.yaml"
+  token=$("$OTPGATE" --config "$work/pre.yaml" service-token create bench 2>&1)
+  { echo "service_tokens:"; echo "$token" | sed -n '/^  - name/,$p'; } >> "$work/otpgate.yaml"
+fi
 
 taskset -c "$LOAD_CPU" nginx -c "$work/upstream.conf" & pids+=($!)
 taskset -c "$PROXY_CPU" nginx -c "$work/proxy.conf" & pids+=($!)
@@ -155,6 +167,8 @@ if [ "$ROUTE" = protected ]; then
   proxies=(nginx nginx_auth otpgate)
   cookie=$("$OTPGATE" --config "$work/otpgate.yaml" mint-cookie --app bench --email load@bench.test --ttl 1h)
   otpgate_headers=(-H "Cookie: $cookie")
+elif [ "$ROUTE" = token ]; then
+  otpgate_headers=(-H "$(echo "$token" | grep '^Otpgate-Client-Id')" -H "$(echo "$token" | grep '^Otpgate-Client-Secret')")
 fi
 
 # CPU ticks (user + system) of a process and its children's threads.

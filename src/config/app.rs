@@ -30,6 +30,8 @@ pub struct AppConfig {
     pub upstream_ca: Vec<CertificateDer<'static>>,
     /// Send the client's `Host` upstream instead of the upstream's authority.
     pub preserve_host: bool,
+    /// The HTTP version spoken to the upstream.
+    pub upstream_protocol: UpstreamProtocol,
     /// Time allowed for the upstream's response head.
     pub timeout: Duration,
     /// Login methods offered.
@@ -44,6 +46,31 @@ pub struct AppConfig {
     pub identity_headers: IdentityHeaders,
     /// Listed on the portal's app launcher.
     pub launcher: bool,
+}
+
+/// The HTTP version spoken to an app's upstream (`apps[].upstream_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 only, like nginx's `proxy_pass` (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 only: prior knowledge (h2c) for `http://`, ALPN `h2` for `https://`. Needed for
+    /// gRPC.
+    Http2,
+    /// `https://`: HTTP/2 when the upstream offers it in ALPN, else HTTP/1.1; `http://`: HTTP/1.1.
+    Auto,
+}
+
+impl UpstreamProtocol {
+    /// `http1`, `http2` or `auto`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "http1" => Some(Self::Http1),
+            "http2" => Some(Self::Http2),
+            "auto" => Some(Self::Auto),
+            _ => None,
+        }
+    }
 }
 
 /// The request headers carrying a session's identity upstream (`apps[].identity_headers`),

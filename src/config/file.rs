@@ -318,6 +318,7 @@ pub(crate) struct AppFile {
     pub(crate) upstream_ca: Option<String>,
     #[serde(default)]
     pub(crate) preserve_host: bool,
+    pub(crate) upstream_protocol: Option<String>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub(crate) timeout: Option<Duration>,
     pub(crate) login_methods: Option<Vec<String>>,

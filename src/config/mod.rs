@@ -34,7 +34,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub use app::{AppConfig, HeaderPattern, HostPattern, IdentityHeaders, Origin, Upstream};
+pub use app::{
+    AppConfig, HeaderPattern, HostPattern, IdentityHeaders, Origin, Upstream, UpstreamProtocol,
+};
 pub use assertion::{AssertionConfig, DEFAULT_ASSERTION_HEADER, MAX_ASSERTION_LIFETIME};
 pub use credentials::{CredentialsConfig, PgSslMode, PostgresConfig, postgres_config};
 pub use directory::{DirectoryConfig, DirectoryGroups, DirectoryUsers};

@@ -792,3 +792,30 @@ fn documented_directory_examples_load() {
         assert!(l.warnings.is_empty(), "{block}\n{:?}", l.warnings);
     }
 }
+
+#[test]
+fn upstream_protocol_defaults_to_http1_and_rejects_unknown_names() {
+    let l = load_text(MINIMAL).unwrap();
+    assert_eq!(l.config.apps[0].upstream_protocol, UpstreamProtocol::Http1);
+    for (text, want) in [
+        ("http1", UpstreamProtocol::Http1),
+        ("http2", UpstreamProtocol::Http2),
+        ("auto", UpstreamProtocol::Auto),
+    ] {
+        let yaml = MINIMAL.replace(
+            "    upstream: http://127.0.0.1:3000\n",
+            &format!("    upstream: https://127.0.0.1:3000\n    upstream_protocol: {text}\n"),
+        );
+        let l = load_text(&yaml).unwrap();
+        assert_eq!(l.config.apps[0].upstream_protocol, want);
+    }
+    let errs = errors(&MINIMAL.replace(
+        "    upstream: http://127.0.0.1:3000\n",
+        "    upstream: http://127.0.0.1:3000\n    upstream_protocol: h3\n",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("apps[0].upstream_protocol") && e.contains("http1, http2 or auto")),
+        "{errs:?}"
+    );
+}

@@ -149,7 +149,9 @@ impl Gateway {
             let path = path.to_owned();
             let users = self.users.users_full();
             let flow = self.login_flow(rt, app, &users, &client);
-            return Ok(crate::login::handle(flow, req, &path).await?);
+            // Boxed: the login pages' future is large, and proxied requests would otherwise
+            // carry (and copy) its size too.
+            return Ok(Box::pin(crate::login::handle(flow, req, &path)).await?);
         }
         // An app behind its own front proxy is never proxied from here.
         if app.config.mode == AppMode::ForwardAuth {
@@ -277,7 +279,6 @@ fn route_of<'a>(rt: &'a Runtime, app: &'a App, tunnel: Option<TunnelLimits>) -> 
         identity: &app.config.identity_headers,
         metrics: &app.metrics,
         tunnel,
-        assertion_header: rt.config.identity_assertion.as_ref().map(|c| &c.header),
         credential_headers: rt.service_tokens.headers(),
     }
 }

@@ -5,23 +5,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
-
 use super::route::Router;
 use crate::access::AppAccess;
 use crate::audit::{Audit, AuditError};
 use crate::config::{AppConfig, BoundAddrs, Config, Origin, Upstream as UpstreamConfig};
 use crate::metrics::AppMetrics;
 use crate::pages::{Pages, PagesError};
-use crate::proxy::{self, ProxyError, Upstream, UpstreamClient};
+use crate::proxy::{self, Pool, ProxyError, Upstream};
 use crate::session;
 use crate::session::service_token::ServiceTokens;
 
 /// Problems building a runtime from a config.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// An upstream client could not be set up.
-    #[error("app {app}: cannot set up its upstream client")]
+    /// An upstream's connection pool could not be set up.
+    #[error("app {app}: cannot set up its upstream connections")]
     Client {
         /// The app.
         app: String,
@@ -74,9 +72,6 @@ impl App {
     }
 }
 
-/// Upstream clients by the extra trust anchors they were built with.
-type Clients = Vec<(Vec<CertificateDer<'static>>, Arc<UpstreamClient>)>;
-
 /// An immutable snapshot of everything config-derived; replaced as a whole on reload.
 #[derive(Debug)]
 pub struct Runtime {
@@ -93,21 +88,21 @@ pub struct Runtime {
     /// Service tokens, ready to check (their audit timestamps start afresh on reload).
     pub service_tokens: ServiceTokens,
     pub(super) router: Router,
-    clients: Clients,
+    pools: Vec<Arc<Pool>>,
 }
 
 impl Runtime {
-    /// Builds the snapshot. Upstream clients of `previous` are reused where the trust settings
-    /// are the same, so a reload keeps pooled connections.
+    /// Builds the snapshot. Connection pools of `previous` are reused where upstream and
+    /// settings are the same, so a reload keeps pooled connections.
     pub fn build(
         config: Config,
         bound: &BoundAddrs,
         previous: Option<&Self>,
     ) -> Result<Self, BuildError> {
-        let mut clients: Clients = Vec::new();
+        let mut pools: Vec<Arc<Pool>> = Vec::new();
         let mut apps = Vec::with_capacity(config.apps.len());
         for a in &config.apps {
-            let upstream = upstream(a, &mut clients, previous.map_or(&[][..], |p| &p.clients))?;
+            let upstream = upstream(a, &mut pools, previous.map_or(&[][..], |p| &p.pools))?;
             let origin = a.origin(bound);
             apps.push(App {
                 cookie_name: session::cookie_name(origin.https),
@@ -118,7 +113,8 @@ impl Runtime {
                     .portal
                     .as_ref()
                     .map_or_else(|| origin.to_string(), ToString::to_string),
-                strip: proxy::Strip::new(&config.strip_request_headers, &a.identity_headers),
+                strip: proxy::Strip::new(&config.strip_request_headers, &a.identity_headers)
+                    .with_assertion(config.identity_assertion.as_ref().map(|c| &c.header)),
                 origin,
                 config: a.clone(),
                 upstream,
@@ -139,7 +135,7 @@ impl Runtime {
             audit,
             pages,
             router,
-            clients,
+            pools,
         })
     }
 
@@ -149,42 +145,35 @@ impl Runtime {
     }
 }
 
-/// An app's upstream, sharing a client with every app that trusts the same anchors (in this
-/// snapshot or, across a reload, in the previous one).
+/// An app's upstream, sharing a pool with every app that has the same upstream and settings
+/// (in this snapshot or, across a reload, in the previous one).
 fn upstream(
     a: &AppConfig,
-    clients: &mut Clients,
-    previous: &[(Vec<CertificateDer<'static>>, Arc<UpstreamClient>)],
+    pools: &mut Vec<Arc<Pool>>,
+    previous: &[Arc<Pool>],
 ) -> Result<Upstream, BuildError> {
     let (https, authority) = match &a.upstream {
         UpstreamConfig::Echo => return Ok(Upstream::Echo),
         UpstreamConfig::Http { https, authority } => (*https, authority),
     };
-    let existing = clients
-        .iter()
-        .chain(previous)
-        .find(|(ca, _)| *ca == a.upstream_ca)
-        .map(|(_, c)| c.clone());
-    let client = match existing {
-        Some(c) => c,
-        None => proxy::client::build(&a.upstream_ca)
-            .map(Arc::new)
-            .map_err(|source| BuildError::Client {
-                app: a.name.clone(),
-                source,
-            })?,
-    };
-    if !clients.iter().any(|(ca, _)| *ca == a.upstream_ca) {
-        clients.push((a.upstream_ca.clone(), client.clone()));
+    let same = |p: &&Arc<Pool>| p.serves(https, authority, a.upstream_protocol, &a.upstream_ca);
+    if let Some(p) = pools.iter().find(same) {
+        return Ok(Upstream::Http(p.clone()));
     }
-    let scheme = if https {
-        http::uri::Scheme::HTTPS
-    } else {
-        http::uri::Scheme::HTTP
+    let pool = match previous.iter().find(same) {
+        Some(p) => p.clone(),
+        None => Pool::new(
+            https,
+            authority.clone(),
+            a.upstream_protocol,
+            a.upstream_ca.clone(),
+        )
+        .map(Arc::new)
+        .map_err(|source| BuildError::Client {
+            app: a.name.clone(),
+            source,
+        })?,
     };
-    Ok(Upstream::Http {
-        client,
-        scheme,
-        authority: authority.clone(),
-    })
+    pools.push(pool.clone());
+    Ok(Upstream::Http(pool))
 }

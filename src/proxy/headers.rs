@@ -9,7 +9,6 @@
 //! (`Otpgate-Client-Id`, `Otpgate-Client-Secret`) go in every spelling too: a credential for the
 //! gateway is nothing the upstream should see.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::HeaderMap;
@@ -78,6 +77,8 @@ fn remove_from_request(name: &[u8], peer_trusted: bool, upgrade: bool) -> bool {
     }
 }
 
+/// Hop-by-hop response headers. `Trailer` is not one (RFC 9110 s6.6.2): it declares the
+/// trailers that follow, and an HTTP/1.1 client gets trailers only when they are declared.
 fn hop_by_hop(name: &[u8]) -> bool {
     matches!(
         name,
@@ -87,7 +88,6 @@ fn hop_by_hop(name: &[u8]) -> bool {
             | b"proxy-authenticate"
             | b"proxy-authorization"
             | b"te"
-            | b"trailer"
             | b"transfer-encoding"
             | b"upgrade"
     )
@@ -144,6 +144,28 @@ fn value(text: String) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
 }
 
+/// An address as text. IPv4, the common case, without the formatting machinery
+/// (`Ipv4Addr`'s `Display` costs over a thousand instructions; this, a few dozen).
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
 /// Cleans and completes the headers of a request going upstream: what `strip` lists goes
 /// with the rest, on every request (docs/security.md#40). `upgrade` keeps the `Upgrade` header
 /// (and sets `Connection: upgrade`) for protocol switches such as WebSocket.
@@ -172,13 +194,40 @@ pub fn prepare_request(
     removals.apply(headers, |n| upgrade && n == UPGRADE);
 
     let peer = fwd.peer_ip.to_canonical();
-    let peer_text = peer.to_string();
-    let peer_value = value(peer_text.clone());
+    // The peer's address is formatted once and shared by X-Forwarded-For, X-Real-IP and
+    // Forwarded.
+    let peer_text = ip_text(peer);
+    let mut forwarded = String::with_capacity(64 + fwd.host.len());
+    if let Some(prior) = prior_fwd {
+        forwarded.push_str(&prior);
+        forwarded.push_str(", ");
+    }
+    match peer {
+        IpAddr::V4(_) => {
+            forwarded.push_str("for=");
+            forwarded.push_str(&peer_text);
+        }
+        IpAddr::V6(_) => {
+            forwarded.push_str("for=\"[");
+            forwarded.push_str(&peer_text);
+            forwarded.push_str("]\"");
+        }
+    }
+    forwarded.push_str(";host=\"");
+    // Host syntax has no quotes or backslashes; drop any so the quoted-string stays intact.
+    if fwd.host.contains(['"', '\\']) {
+        forwarded.extend(fwd.host.chars().filter(|c| *c != '"' && *c != '\\'));
+    } else {
+        forwarded.push_str(fwd.host);
+    }
+    forwarded.push_str("\";proto=");
+    forwarded.push_str(fwd.proto);
     let xff = match prior_xff {
         Some(prior) => value(format!("{prior}, {peer_text}")),
-        None => peer_value.clone(),
+        None => None,
     };
-    if let Some(v) = xff {
+    let peer_value = value(peer_text);
+    if let Some(v) = xff.or_else(|| peer_value.clone()) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
@@ -192,29 +241,11 @@ pub fn prepare_request(
     let real_ip = if fwd.client_ip == peer {
         peer_value
     } else {
-        value(fwd.client_ip.to_string())
+        value(ip_text(fwd.client_ip))
     };
     if let Some(v) = real_ip {
         headers.insert(X_REAL_IP, v);
     }
-    let mut forwarded = String::with_capacity(48 + fwd.host.len());
-    if let Some(prior) = prior_fwd {
-        forwarded.push_str(&prior);
-        forwarded.push_str(", ");
-    }
-    match peer {
-        IpAddr::V4(_) => {
-            let _ = write!(forwarded, "for={peer_text}");
-        }
-        IpAddr::V6(_) => {
-            let _ = write!(forwarded, "for=\"[{peer_text}]\"");
-        }
-    }
-    forwarded.push_str(";host=\"");
-    // Host syntax has no quotes or backslashes; drop any so the quoted-string stays intact.
-    forwarded.extend(fwd.host.chars().filter(|c| *c != '"' && *c != '\\'));
-    forwarded.push_str("\";proto=");
-    forwarded.push_str(fwd.proto);
     if let Some(v) = value(forwarded) {
         headers.insert(FORWARDED, v);
     }
@@ -451,6 +482,22 @@ mod tests {
         }
         assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.2");
         assert_eq!(h["x-forwarded-prefix"], "/app");
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "198.51.100.7",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 
     #[test]

@@ -4,20 +4,22 @@
 pub mod client;
 pub mod echo;
 pub mod headers;
+pub mod pool;
 pub mod strip;
 
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{CACHE_CONTROL, CONTENT_LENGTH, HOST, HeaderValue, SET_COOKIE};
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, HOST, HeaderValue, SET_COOKIE, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Limited;
 use hyper_util::rt::TokioIo;
 
-pub use client::UpstreamClient;
+pub use client::UpstreamBody;
 pub use headers::ForwardInfo;
+pub use pool::Pool;
 pub use strip::Strip;
 
 use crate::access::Permitted;
@@ -45,7 +47,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    fn from_client(e: hyper_util::client::legacy::Error) -> Self {
+    fn from_hyper(e: hyper::Error) -> Self {
         let mut src: Option<&(dyn StdError + 'static)> = e.source();
         while let Some(s) = src {
             if s.downcast_ref::<http_body_util::LengthLimitError>()
@@ -55,26 +57,16 @@ impl ProxyError {
             }
             src = s.source();
         }
-        if e.is_connect() {
-            Self::Connect(Box::new(e))
-        } else {
-            Self::Upstream(Box::new(e))
-        }
+        Self::Upstream(Box::new(e))
     }
 }
 
 /// Where an app's requests go, ready to use.
 #[derive(Debug, Clone)]
 pub enum Upstream {
-    /// An HTTP(S) server behind a pooled client.
-    Http {
-        /// The pooled client (shared by apps with the same trust settings).
-        client: Arc<UpstreamClient>,
-        /// `http` or `https`.
-        scheme: Scheme,
-        /// `host:port`.
-        authority: Authority,
-    },
+    /// An HTTP(S) server and its connections (shared by apps with the same upstream and
+    /// settings, and kept across reloads).
+    Http(Arc<Pool>),
     /// The built-in echo app.
     Echo,
 }
@@ -101,8 +93,6 @@ pub struct Route<'a> {
     /// Limits for the tunnel, when the request asks for WebSocket (without them no upgrade is
     /// passed through).
     pub(crate) tunnel: Option<TunnelLimits>,
-    /// The configured identity-assertion header, removed from every client request.
-    pub(crate) assertion_header: Option<&'a http::HeaderName>,
     /// The service-token headers as configured: never forwarded (docs/security.md#34).
     pub(crate) credential_headers: [&'a http::HeaderName; 2],
 }
@@ -177,16 +167,14 @@ async fn send(
         && headers::wants_websocket(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let tunnel = if upgrade { t.tunnel } else { None };
+    // gRPC needs `TE: trailers`; a hop-by-hop header, it is set again for HTTP/2 upstreams only.
+    let te_trailers = req
+        .headers()
+        .get_all(TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let (mut parts, body) = req.into_parts();
-    let orig_host = rewrite_headers(
-        &mut parts,
-        permit,
-        t.strip,
-        t.identity,
-        client,
-        upgrade,
-        t.assertion_header,
-    );
+    let orig_host = rewrite_headers(&mut parts, permit, t.strip, t.identity, client, upgrade);
     // The default spellings went in `prepare_request`; these are the configured names.
     for name in t.credential_headers {
         parts.headers.remove(name);
@@ -198,7 +186,7 @@ async fn send(
             .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
     );
 
-    let (client_http, scheme, authority) = match t.upstream {
+    let pool = match t.upstream {
         Upstream::Echo => {
             parts.uri = Uri::from_parts({
                 let mut p = http::uri::Parts::default();
@@ -208,30 +196,17 @@ async fn send(
             .map_err(|e| ProxyError::Upstream(Box::new(e)))?;
             return echo::respond(t.app, t.identity, &parts, body).await;
         }
-        Upstream::Http {
-            client,
-            scheme,
-            authority,
-        } => (client, scheme, authority),
+        Upstream::Http(pool) => pool,
     };
 
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(scheme.clone());
-    uri.authority = Some(authority.clone());
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(Box::new(e)))?;
-    parts.version = Version::HTTP_11;
-    if t.preserve_host {
-        if let Some(h) = orig_host {
-            parts.headers.insert(HOST, h);
-        }
-    } else {
-        // The client sets Host from the upstream authority.
-        parts.headers.remove(HOST);
-    }
+    // Origin form; HTTP/2 gets scheme and authority in `prepare`.
+    parts.uri = Uri::from(path_and_query);
+    let preserved = if t.preserve_host { orig_host } else { None };
     let resp = exchange(
-        client_http,
+        pool,
         Request::from_parts(parts, body),
+        (upgrade, te_trailers),
+        preserved.as_ref(),
         t.timeout,
         t.metrics,
     )
@@ -256,7 +231,6 @@ fn rewrite_headers(
     names: &IdentityHeaders,
     client: Downstream,
     upgrade: bool,
-    assertion_header: Option<&http::HeaderName>,
 ) -> Option<HeaderValue> {
     let orig_host: Option<HeaderValue> = parts.headers.get(HOST).cloned().or_else(|| {
         parts
@@ -275,12 +249,15 @@ fn rewrite_headers(
         proto: if client.https { "https" } else { "http" },
         host: host_str,
     };
+    // Room for the forwarding and identity headers, so the map grows once, not per insert.
+    parts.headers.reserve(8);
     headers::prepare_request(&mut parts.headers, &fwd, strip, upgrade);
     // docs/security.md#34, #40: the session never reaches the upstream; identity arrives only
     // as the gateway's own headers (client-supplied ones, under any name an app might trust,
     // were removed above).
+    // docs/security.md#34: an assertion a client sent is never passed on either, under the
+    // default name or the configured one, in any spelling: both are on the app's `strip` list.
     crate::session::strip_gateway_cookies(&mut parts.headers);
-    strip_assertions(&mut parts.headers, assertion_header);
     if let Some(id) = permit.identity() {
         parts.headers.insert(names.email.clone(), id.email.clone());
         parts.headers.insert(names.user.clone(), id.user.clone());
@@ -298,32 +275,6 @@ fn rewrite_headers(
     orig_host
 }
 
-/// docs/security.md#34: an assertion a client sent is never passed on, under the default name
-/// or the configured one (and in the underscore spelling some servers fold into it), on every
-/// request, bypassed ones too. Only the gateway's own, added after this, reaches the upstream.
-fn strip_assertions(headers: &mut http::HeaderMap, configured: Option<&http::HeaderName>) {
-    const DEFAULT: http::HeaderName =
-        http::HeaderName::from_static(crate::assertion::DEFAULT_HEADER);
-    let folded = |name: &str, want: &str| {
-        name.len() == want.len()
-            && name
-                .bytes()
-                .zip(want.bytes())
-                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
-    };
-    let spoofed: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|k| {
-            folded(k.as_str(), DEFAULT.as_str())
-                || configured.is_some_and(|c| folded(k.as_str(), c.as_str()))
-        })
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
-}
-
 /// The path and query sent upstream: as received, or the normalised path with the query.
 fn path_and_query(uri: &Uri, path: &str, changed: bool) -> Result<PathAndQuery, ProxyError> {
     match uri.path_and_query() {
@@ -338,21 +289,52 @@ fn path_and_query(uri: &Uri, path: &str, changed: bool) -> Result<PathAndQuery, 
     }
 }
 
-/// Sends the request and waits for the response head, within `timeout`.
+/// Sends the request and waits for the response head (connecting first if need be), within
+/// `timeout`. The request's URI is in origin form and it has no `Host`; both are completed for
+/// the connection it goes on.
 async fn exchange(
-    client: &UpstreamClient,
-    req: Request<client::UpstreamBody>,
+    pool: &Arc<Pool>,
+    req: Request<UpstreamBody>,
+    (upgrade, te_trailers): (bool, bool),
+    preserved_host: Option<&HeaderValue>,
     timeout: Duration,
     metrics: &AppMetrics,
 ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
     let started = Instant::now();
-    match tokio::time::timeout(timeout, client.request(req)).await {
+    let prepare = |req: &mut Request<UpstreamBody>, h2: bool| {
+        if h2 {
+            *req.version_mut() = Version::HTTP_2;
+            let authority = preserved_host
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| pool.authority().clone());
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(if pool.https() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            });
+            uri.authority = Some(authority);
+            uri.path_and_query = req.uri().path_and_query().cloned();
+            if let Ok(u) = Uri::from_parts(uri) {
+                *req.uri_mut() = u;
+            }
+            req.headers_mut().remove(HOST);
+            if te_trailers {
+                req.headers_mut()
+                    .insert(TE, HeaderValue::from_static("trailers"));
+            }
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+            let host = preserved_host.unwrap_or_else(|| pool.host()).clone();
+            req.headers_mut().insert(HOST, host);
+        }
+    };
+    match tokio::time::timeout(timeout, pool.send(req, upgrade, prepare)).await {
         Err(_) => {
             metrics.upstream_timeouts.increment(1);
             Err(ProxyError::Timeout)
         }
         Ok(Err(e)) => {
-            let e = ProxyError::from_client(e);
             if matches!(e, ProxyError::Connect(_)) {
                 metrics.upstream_connect_errors.increment(1);
             }
@@ -390,6 +372,8 @@ fn finish(
         });
     }
     headers::clean_response(resp.headers_mut(), switching);
+    // The client's connection has its own version; an HTTP/2 upstream's must not leak into it.
+    *resp.version_mut() = Version::HTTP_11;
     crate::session::strip_gateway_set_cookies(resp.headers_mut());
     Ok(resp.map(Body::Upstream))
 }

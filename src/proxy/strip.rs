@@ -46,7 +46,7 @@ impl Strip {
     /// The foreign identity headers, the operator's list, and the app's identity header names
     /// (so a client can never supply them).
     pub fn new(operator: &[HeaderPattern], identity: &IdentityHeaders) -> Self {
-        let mut patterns: Vec<HeaderPattern> = FOREIGN_IDENTITY
+        let patterns: Vec<HeaderPattern> = FOREIGN_IDENTITY
             .iter()
             .filter_map(|p| HeaderPattern::parse(p))
             .chain(operator.iter().cloned())
@@ -55,8 +55,12 @@ impl Strip {
                     .into_iter()
                     .map(HeaderPattern::from),
             )
-            .filter(|p| !p.folded.is_empty())
             .collect();
+        Self::from_patterns(patterns)
+    }
+
+    fn from_patterns(mut patterns: Vec<HeaderPattern>) -> Self {
+        patterns.retain(|p| !p.folded.is_empty());
         patterns.sort_by(|a, b| (&a.folded, a.prefix).cmp(&(&b.folded, b.prefix)));
         patterns.dedup();
         let mut spans = [(0u16, 0u16); 128];
@@ -95,6 +99,21 @@ impl Strip {
                 folded_eq(name, want)
             }
         })
+    }
+}
+
+impl Strip {
+    /// The same list plus the configured identity-assertion header (docs/security.md#34): a
+    /// client's is never passed on. The default name is among the `Otpgate-*` names already.
+    pub fn with_assertion(self, header: Option<&http::HeaderName>) -> Self {
+        let Some(h) = header else { return self };
+        let extra: Vec<HeaderPattern> = self
+            .patterns
+            .iter()
+            .cloned()
+            .chain(std::iter::once(HeaderPattern::from(h)))
+            .collect();
+        Self::from_patterns(extra)
     }
 }
 
@@ -176,6 +195,27 @@ mod tests {
         ] {
             assert!(!s.matches(name.as_bytes()), "{name}");
         }
+    }
+
+    #[test]
+    fn sec_34_the_configured_assertion_header_is_stripped_in_every_spelling() {
+        let s = Strip::default()
+            .with_assertion(Some(&http::HeaderName::from_static("x-identity-token")));
+        for name in [
+            "x-identity-token",
+            "x_identity_token",
+            "x-identity_token",
+            "otpgate-jwt-assertion",
+            "otpgate-jwt_assertion",
+        ] {
+            assert!(s.matches(name.as_bytes()), "{name}");
+        }
+        assert!(!s.matches(b"x-identity"));
+        assert!(
+            Strip::default()
+                .with_assertion(None)
+                .matches(b"otpgate-jwt-assertion")
+        );
     }
 
     #[test]

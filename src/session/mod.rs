@@ -276,6 +276,16 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
     if !mentions {
         return;
     }
+    // The common case, a client sending only the gateway's cookie: nothing to rebuild.
+    let mut values = headers.get_all(COOKIE).iter();
+    if let (Some(only), None) = (values.next(), values.next())
+        && let Ok(v) = only.to_str()
+        && !v.contains(';')
+        && GATEWAY_COOKIES.contains(&v.split_once('=').map_or(v, |(k, _)| k).trim())
+    {
+        headers.remove(COOKIE);
+        return;
+    }
     let kept: Vec<String> = headers
         .get_all(COOKIE)
         .iter()
@@ -438,5 +448,12 @@ mod tests {
         let mut h = headers(&["nototpgate=1; a=b"]);
         strip_gateway_cookies(&mut h);
         assert_eq!(h[COOKIE], "nototpgate=1; a=b");
+        // A lone cookie is removed only when it is the gateway's.
+        for lone in ["nototpgate=1", "otpgate-theme=dark", " otpgate"] {
+            let mut h = headers(&[lone]);
+            strip_gateway_cookies(&mut h);
+            let kept = lone.trim() != "otpgate";
+            assert_eq!(h.get(COOKIE).is_some(), kept, "{lone}");
+        }
     }
 }

@@ -19,6 +19,7 @@ mod assertion;
 mod cli;
 mod directory;
 mod forward_auth;
+mod grpc;
 mod lifecycle;
 mod login;
 mod mail;

@@ -7,7 +7,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::super::{
     AppConfig, AppMode, HostPattern, IdentityProviders, Limits, Listen, MAX_SESSION, Origin,
-    Upstream, de_at,
+    Upstream, UpstreamProtocol, de_at,
 };
 use super::app_mode;
 use super::policies::{parse_host_pattern, parse_upstream, policy};
@@ -38,6 +38,8 @@ pub(super) fn apps(
             Some(u) if mode == AppMode::Proxy => upstream(c, &at, u, a.upstream_ca.as_deref()),
             _ => (Upstream::Echo, Vec::new()),
         };
+        let upstream_protocol =
+            upstream_protocol(c, &at, a.upstream_protocol.as_deref(), &upstream);
         let timeout = c.positive(&format!("{at}.timeout"), a.timeout, Duration::from_secs(30));
         let login_methods = login_methods(c, &at, a.login_methods.as_deref(), idps);
         if let Some(d) = a.session_duration
@@ -65,6 +67,7 @@ pub(super) fn apps(
             upstream,
             upstream_ca,
             preserve_host: a.preserve_host,
+            upstream_protocol,
             timeout,
             login_methods,
             session_duration: a.session_duration,
@@ -204,6 +207,37 @@ fn upstream(
         }
     }
     (upstream, upstream_ca)
+}
+
+/// `http1` (the default), `http2` or `auto`; only an HTTP(S) upstream has one.
+fn upstream_protocol(
+    c: &mut Ctx<'_>,
+    at: &str,
+    text: Option<&str>,
+    upstream: &Upstream,
+) -> UpstreamProtocol {
+    let Some(text) = text else {
+        return UpstreamProtocol::default();
+    };
+    let Some(p) = UpstreamProtocol::parse(text) else {
+        c.err(
+            format!("{at}.upstream_protocol"),
+            format!("unknown protocol {text:?} (http1, http2 or auto)"),
+        );
+        return UpstreamProtocol::default();
+    };
+    match upstream {
+        Upstream::Echo => c.warn(
+            format!("{at}.upstream_protocol"),
+            "only used with an http:// or https:// upstream",
+        ),
+        Upstream::Http { https: false, .. } if p == UpstreamProtocol::Auto => c.warn(
+            format!("{at}.upstream_protocol"),
+            "auto speaks HTTP/1.1 to an http:// upstream (no ALPN without TLS); http2 for h2c",
+        ),
+        Upstream::Http { .. } => {}
+    }
+    p
 }
 
 /// The login methods offered; each must be among `identity_providers`.
