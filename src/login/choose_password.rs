@@ -22,7 +22,7 @@ use crate::http::redirect;
 use crate::mailer::OutgoingMail;
 use crate::policy::LoginMethod;
 use crate::session::{self, KeyRing, SessionError, TokenKind};
-use crate::store::{Revocation, RevocationKind};
+use crate::store::RevocationKind;
 
 /// How long the restricted session of a temporary password lasts.
 const RESTRICTED_LIFETIME: Duration = Duration::from_secs(15 * 60);
@@ -212,20 +212,8 @@ impl Flow<'_> {
         // One transaction would be neater, but the order is what matters: the password is
         // committed first (a crash after it keeps it), then the other sessions end.
         self.svc.store.set_password(e, &hash, now).await?;
-        self.svc
-            .store
-            .revoke(RevocationKind::User, e, now, until, now)
-            .await?;
-        let revoked = [Revocation {
-            seq: 0,
-            kind: RevocationKind::User,
-            subject: email.to_string(),
-            not_before_ms: now,
-            expires_ms: until,
-        }];
-        self.svc.sessions.revocations().apply(&revoked);
-        session::revocation::announce(self.svc.state, &revoked).await;
-        Ok(())
+        self.revoke(RevocationKind::User, e.to_owned(), now, until, now)
+            .await
     }
 
     fn mail_password_changed(&self, email: &Email) {

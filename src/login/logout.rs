@@ -10,7 +10,7 @@ use super::{Flow, LoginError, short_id, tx};
 use crate::audit::Event;
 use crate::body::{Body, RequestBody};
 use crate::session::{self, SessionError};
-use crate::store::{Revocation, RevocationKind};
+use crate::store::RevocationKind;
 
 impl Flow<'_> {
     /// `GET /.otpgate/logout`.
@@ -70,27 +70,8 @@ impl Flow<'_> {
                         "Please use the Sign out button on the sign-out page.",
                     ));
                 }
-                let (hex, expires) = (c.id.hex(), c.expires_ms);
-                self.svc
-                    .store
-                    .revoke(RevocationKind::Session, &hex, 0, expires, now)
+                self.revoke(RevocationKind::Session, c.id.hex(), 0, c.expires_ms, now)
                     .await?;
-                self.svc
-                    .sessions
-                    .revocations()
-                    .revoke_session(c.id, expires);
-                // The other replicas hear of it now rather than at their next poll.
-                session::revocation::announce(
-                    self.svc.state,
-                    &[Revocation {
-                        seq: 0,
-                        kind: RevocationKind::Session,
-                        subject: hex,
-                        not_before_ms: 0,
-                        expires_ms: expires,
-                    }],
-                )
-                .await;
                 let request_id = self.request_id();
                 self.audit(
                     Event::new("logout")

@@ -43,6 +43,7 @@ mod page;
 mod password;
 pub(crate) mod pin;
 pub(crate) mod portal;
+mod revoke;
 pub(crate) mod secret;
 pub(crate) mod send;
 mod session_start;

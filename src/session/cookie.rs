@@ -67,6 +67,18 @@ impl SessionId {
     pub fn hex(&self) -> String {
         crate::random::hex(&self.0)
     }
+
+    /// The id [`SessionId::hex`] wrote (`None` for anything else).
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 32 {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+        }
+        Some(Self(id))
+    }
 }
 
 /// What a sealed value says.

@@ -46,7 +46,7 @@ pub fn parse_message(bytes: &[u8]) -> Option<Revocation> {
         _ => return None,
     };
     let subject = v.get("subject")?.as_str()?;
-    if kind != RevocationKind::User && parse_id(subject).is_none() {
+    if kind != RevocationKind::User && SessionId::from_hex(subject).is_none() {
         return None;
     }
     Some(Revocation {
@@ -113,12 +113,12 @@ impl Revocations {
         for r in rows {
             match r.kind {
                 RevocationKind::Session => {
-                    if let Some(id) = parse_id(&r.subject) {
+                    if let Some(id) = SessionId::from_hex(&r.subject) {
                         self.sessions.insert(id, r.expires_ms);
                     }
                 }
                 RevocationKind::Family => {
-                    if let Some(id) = parse_id(&r.subject) {
+                    if let Some(id) = SessionId::from_hex(&r.subject) {
                         self.families.insert(id, r.expires_ms);
                     }
                 }
@@ -168,17 +168,6 @@ impl Revocations {
                 >= now_ms
         });
     }
-}
-
-fn parse_id(hex: &str) -> Option<SessionId> {
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(SessionId(id))
 }
 
 #[cfg(test)]

@@ -178,7 +178,7 @@ impl Flow<'_> {
         let (Ok(email), Some(method), Some(family)) = (
             Email::parse(&r.email),
             LoginMethod::parse(&r.method),
-            parse_id(&r.family),
+            SessionId::from_hex(&r.family),
         ) else {
             return Ok(self.handoff_failed(None, "invalid_record", &request_id));
         };
@@ -265,17 +265,6 @@ impl Flow<'_> {
     }
 }
 
-fn parse_id(hex: &str) -> Option<SessionId> {
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(SessionId(id))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,7 +276,7 @@ mod tests {
         assert!(!key("wiki", &code).contains(&code));
         assert_ne!(digest(&code), digest(&"B".repeat(43)));
         let id = SessionId([0xab; 16]);
-        assert_eq!(parse_id(&id.hex()), Some(id));
-        assert_eq!(parse_id("zz"), None);
+        assert_eq!(SessionId::from_hex(&id.hex()), Some(id));
+        assert_eq!(SessionId::from_hex("zz"), None);
     }
 }

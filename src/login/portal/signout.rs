@@ -15,7 +15,7 @@ use crate::body::{Body, RequestBody};
 use crate::http::redirect;
 use crate::return_to;
 use crate::session;
-use crate::store::{Revocation, RevocationKind};
+use crate::store::RevocationKind;
 
 /// The form purpose of the portal's sign-out.
 const PURPOSE: &str = "portal-logout";
@@ -67,24 +67,8 @@ impl Flow<'_> {
             let until = now
                 .saturating_add(u64::try_from(crate::config::MAX_SESSION.as_millis()).unwrap_or(0))
                 .saturating_add(session::cookie::SKEW_MS);
-            let hex = c.id.hex();
-            self.svc
-                .store
-                .revoke(RevocationKind::Family, &hex, 0, until, now)
+            self.revoke(RevocationKind::Family, c.id.hex(), 0, until, now)
                 .await?;
-            self.svc.sessions.revocations().revoke_family(c.id, until);
-            // The other replicas hear of it now rather than at their next poll.
-            session::revocation::announce(
-                self.svc.state,
-                &[Revocation {
-                    seq: 0,
-                    kind: RevocationKind::Family,
-                    subject: hex,
-                    not_before_ms: 0,
-                    expires_ms: until,
-                }],
-            )
-            .await;
             let request_id = self.request_id();
             self.audit(
                 Event::new("logout")
