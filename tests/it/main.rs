@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod browser;
+mod fleet;
 mod front_proxy;
 mod harness;
 mod ldap;
@@ -33,6 +34,7 @@ mod portal_replicas;
 mod proxy;
 mod redis_state;
 mod replicas;
+mod replicas_faults;
 mod replicas_processes;
 mod restart;
 mod routing;

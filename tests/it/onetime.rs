@@ -158,7 +158,7 @@ pub async fn first_mail(smtp: &SmtpServer, to: &str) -> ReceivedMail {
 
 /// A page as compared across addresses: status, headers without `date`, and the body without
 /// the address and the per-transaction CSRF token.
-fn normalised(p: &Page, email: &str) -> (u16, Vec<(String, String)>, String) {
+pub fn normalised(p: &Page, email: &str) -> (u16, Vec<(String, String)>, String) {
     let mut h: Vec<(String, String)> = p
         .headers
         .iter()
