@@ -10,12 +10,18 @@
 #   benches/proxy-instructions.sh                   # ROUTE=protected: a minted session cookie
 #   ROUTE=token benches/proxy-instructions.sh       # a service token (service_auth policy)
 #   ROUTE=bypass N=5000 benches/proxy-instructions.sh
+#   BACKENDS=shared benches/proxy-instructions.sh   # state on Redis, credentials on PostgreSQL
+#   EXTRA_CONFIG='identity_assertion: { enabled: false }' benches/proxy-instructions.sh
 #   callgrind_annotate --inclusive=yes "$OUT.1" | less
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 OTPGATE=${OTPGATE:-$root/target/release/otpgate}
 ROUTE=${ROUTE:-protected}   # protected (cookie) | token | bypass
 N=${N:-2000}
+BACKENDS=${BACKENDS:-embedded}   # embedded | shared (throwaway Redis + PostgreSQL)
+EXTRA_CONFIG=${EXTRA_CONFIG:-}   # more top-level YAML for otpgate's config
+# shellcheck source=benches/backends.sh
+. "$root/benches/backends.sh"
 BASE_PORT=${BASE_PORT:-19900}
 OUT=${OUT:-${TMPDIR:-/tmp}/otpgate-callgrind-$ROUTE.out}
 for tool in valgrind callgrind_control nginx curl; do
@@ -48,6 +54,11 @@ apps:
     upstream: http://127.0.0.1:$UP
     policies: [ $policy ]
 C
+if [ "$BACKENDS" = shared ]; then
+  start_backends "$work" $((BASE_PORT + 10)) 1
+  printf '%s\n' "$BACKEND_CONFIG" >> "$work/otpgate.yaml"
+fi
+if [ -n "$EXTRA_CONFIG" ]; then printf '%s\n' "$EXTRA_CONFIG" >> "$work/otpgate.yaml"; fi
 sed 's/policies: .*/policies: [ { name: open, action: bypass } ]/' "$work/otpgate.yaml" > "$work/pre.yaml"
 tok=$("$OTPGATE" --config "$work/pre.yaml" service-token create bench 2>&1)
 { echo "service_tokens:"; echo "$tok" | sed -n '/^  - name/,$p'; } >> "$work/otpgate.yaml"
@@ -58,7 +69,7 @@ case "$ROUTE" in
 esac
 nginx -c "$work/upstream.conf" & up=$!
 valgrind --tool=callgrind --callgrind-out-file="$OUT" "$OTPGATE" --config "$work/otpgate.yaml" > "$work/o.log" 2>&1 & cg=$!
-trap 'kill $up $cg 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $up $cg 2>/dev/null; stop_backends; wait 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 300); do curl -sf -o /dev/null "${headers[@]}" "http://127.0.0.1:$OTP/" && break; sleep 0.2; done
 curl -sf -o /dev/null "${headers[@]}" "http://127.0.0.1:$OTP/w[1-300]"
 callgrind_control -z $cg >/dev/null

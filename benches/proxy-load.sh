@@ -21,6 +21,9 @@
 #   ROUNDS=5 DURATION=20 CONNECTIONS=128 benches/proxy-load.sh
 #   ROUTE=protected benches/proxy-load.sh      # otpgate with a session cookie (mint-cookie)
 #   ROUTE=token benches/proxy-load.sh          # otpgate with a service token (service_auth)
+#   BACKENDS=shared ROUTE=protected benches/proxy-load.sh   # state on Redis, credentials on
+#                                              # PostgreSQL (throwaway servers, benches/backends.sh)
+#   EXTRA_CONFIG='identity_assertion: { enabled: false }' ROUTE=protected benches/proxy-load.sh
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -30,6 +33,8 @@ WARMUP=${WARMUP:-3}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 ROUTE=${ROUTE:-bypass}
+BACKENDS=${BACKENDS:-embedded}   # embedded | shared (Redis + PostgreSQL)
+EXTRA_CONFIG=${EXTRA_CONFIG:-}   # more top-level YAML for otpgate's config
 BASE_PORT=${BASE_PORT:-18900}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,8 +49,11 @@ fi
 
 work=$(mktemp -d)
 pids=()
+# shellcheck source=benches/backends.sh
+. "$root/benches/backends.sh"
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  stop_backends
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -137,6 +145,11 @@ apps:
     upstream: http://127.0.0.1:$UP
     policies: [ $policy ]
 EOF
+if [ "$BACKENDS" = shared ]; then
+  start_backends "$work" $((BASE_PORT + 10)) "$LOAD_CPU"
+  printf '%s\n' "$BACKEND_CONFIG" >> "$work/otpgate.yaml"
+fi
+if [ -n "$EXTRA_CONFIG" ]; then printf '%s\n' "$EXTRA_CONFIG" >> "$work/otpgate.yaml"; fi
 
 if [ "$ROUTE" = token ]; then
   # The token's entry and key come from `otpgate service-token create`, run on a config that

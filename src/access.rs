@@ -31,8 +31,17 @@ use crate::users::{User, Users};
 pub struct Permitted {
     bypass: bool,
     session: Option<Session>,
-    /// `X-Otpgate-User` of the service a `service_auth` policy let in.
-    service: Option<HeaderValue>,
+    /// The service a `service_auth` policy let in.
+    service: Option<Grant>,
+}
+
+/// A service token's leave.
+#[derive(Debug)]
+struct Grant {
+    /// `X-Otpgate-User: service:<name>`.
+    user: HeaderValue,
+    /// When the token expires (Unix ms): a tunnel it opened ends then.
+    expires_ms: Option<u64>,
 }
 
 /// The session behind a permitted request.
@@ -73,7 +82,17 @@ impl Permitted {
 
     /// `X-Otpgate-User: service:<name>`, when a service token allowed the request.
     pub fn service_user(&self) -> Option<&HeaderValue> {
-        self.service.as_ref()
+        self.service.as_ref().map(|g| &g.user)
+    }
+
+    /// When the leave ends (Unix ms): the session's expiry, or the service token's; `None`
+    /// for a bypass or a token without an expiry. A tunnel opened with it ends then.
+    pub fn ends_ms(&self) -> Option<u64> {
+        match (&self.session, &self.service) {
+            (Some(s), _) => Some(s.claims.expires_ms()),
+            (None, Some(g)) => g.expires_ms,
+            (None, None) => None,
+        }
     }
 
     /// The session, when one allowed the request.
@@ -247,7 +266,10 @@ fn authorize_service(
     Ok(Permitted {
         bypass,
         session: None,
-        service: (!bypass).then(|| service.user_header().clone()),
+        service: (!bypass).then(|| Grant {
+            user: service.user_header().clone(),
+            expires_ms: service.expires_ms(),
+        }),
     })
 }
 

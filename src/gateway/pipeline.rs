@@ -196,7 +196,8 @@ impl Gateway {
         }
     }
 
-    /// A WebSocket upgrade needs a tunnel slot; the tunnel ends with the session.
+    /// A WebSocket upgrade needs a tunnel slot; the tunnel ends with the session, or when the
+    /// service token that opened it expires.
     fn tunnel_limits(
         &self,
         rt: &Runtime,
@@ -216,8 +217,9 @@ impl Gateway {
         Ok(Some(TunnelLimits {
             permit: slot,
             idle: rt.config.limits.idle_timeout,
-            max_lifetime: claims
-                .map(|c| Duration::from_millis(c.expires_ms().saturating_sub(now_ms))),
+            max_lifetime: permit
+                .ends_ms()
+                .map(|end| Duration::from_millis(end.saturating_sub(now_ms))),
             shutdown: self.shutdown.clone(),
             session: claims.map(|c| (self.sessions.revocations_arc(), c.clone())),
         }))

@@ -404,7 +404,7 @@ where
         tokio::select! {
             r = &mut copy => break match r { Ok(_) => "closed", Err(_) => "error" },
             () = shutdown.cancelled() => break "shutdown",
-            () = &mut deadline => break "session expired",
+            () = &mut deadline => break "session or service token expired",
             _ = check.tick() => {
                 if activity.idle() >= idle {
                     break "idle";

@@ -105,6 +105,10 @@ impl<'a> Service<'a> {
     pub fn user_header(&self) -> &'a HeaderValue {
         &self.0.user
     }
+    /// When the token stops working (Unix ms), if it expires.
+    pub fn expires_ms(&self) -> Option<u64> {
+        self.0.expires_ms
+    }
     /// Whether a `service_token.used` event is due (at most one a minute per token).
     pub fn audit_due(&self, now_ms: u64) -> bool {
         due(&self.0.used_audited_ms, now_ms)

@@ -568,3 +568,89 @@ async fn sec_31_websocket_tunnels_end_when_the_session_is_revoked() {
     .await;
     assert!(closed.is_ok(), "the tunnel outlived the session");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_33_websocket_tunnels_opened_with_a_service_token_end_when_it_expires() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("service-token.key");
+    let token =
+        otpgate::session::service_token::create(&key, &otpgate::random::SystemRandom::default())
+            .unwrap();
+    // Expires on a whole second 3-4 s from now (the config takes RFC 3339 seconds).
+    let at = otpgate::clock::SystemClock.unix_secs() + 4;
+    let expires = time::OffsetDateTime::from_unix_timestamp(i64::try_from(at).unwrap())
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let yaml = format!(
+        "version: 1
+listen: {{ http: 127.0.0.1:0, admin: 127.0.0.1:0 }}
+service_token_key_file: {key}
+service_tokens:
+  - {{ name: ci, client_id: {id}, secret_hash: \"{hash}\", expires: \"{expires}\" }}
+apps:
+  - name: app
+    hosts: [app.test]
+    public_url: http://app.test
+    upstream: {up}
+    policies:
+      - {{ name: machines, action: service_auth, include: [ {{ service_token: ci }} ] }}
+",
+        key = key.display(),
+        id = token.client_id,
+        hash = token.secret_hash,
+        up = up.url(),
+    );
+    let gw = Gw::start(&yaml).await;
+    let url = format!("ws://app.test:{}/ws", gw.http().port());
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        url.as_str(),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("otpgate-client-id", token.client_id.parse().unwrap());
+    req.headers_mut().insert(
+        "otpgate-client-secret",
+        token.secret.expose().parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        req,
+        tokio::net::TcpStream::connect(gw.http()).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(
+        ws.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "hello"
+    );
+    // The tunnel is busy the whole time (no idle end): only the token's expiry can close it.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if ws.send(Message::text("ping")).await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                Ok(None | Some(Err(_))) => return,
+                Ok(Some(Ok(m))) if m.is_close() => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the tunnel outlived the service token");
+    let ended = otpgate::clock::SystemClock.unix_secs();
+    assert!(
+        ended >= at,
+        "the tunnel ended before the token expired ({ended} < {at})"
+    );
+}
