@@ -530,4 +530,6 @@ fn kind(v: &Value) -> &'static str {
 }
 
 #[cfg(test)]
+mod directory_tests;
+#[cfg(test)]
 mod tests;
