@@ -38,6 +38,9 @@ pub const TLS_FAILURES: &str = "otpgate_tls_handshake_failures_total";
 pub const CODES: &str = "otpgate_codes_total";
 /// Login attempts, by app, method and outcome.
 pub const LOGINS: &str = "otpgate_logins_total";
+/// Single sign-on hand-off codes, by app and outcome (`issued` on the portal; `redeemed` or
+/// `refused` on the app).
+pub const PORTAL_HANDOFFS: &str = "otpgate_portal_handoffs_total";
 /// Links and temporary passwords requested from the login page, by app, method and outcome
 /// (`sent`, or `suppressed` with a reason).
 pub const AUTH_EMAILS: &str = "otpgate_auth_emails_total";
@@ -153,6 +156,10 @@ const DESCRIPTIONS: &[Description] = &[
         "One-time PINs requested, by app and outcome (sent, or suppressed with a reason).",
     ),
     counter(LOGINS, "Login attempts, by app, method and outcome."),
+    counter(
+        PORTAL_HANDOFFS,
+        "Single sign-on hand-off codes, by app and outcome: issued (portal), redeemed or refused (app).",
+    ),
     counter(
         AUTH_EMAILS,
         "One-time links and temporary passwords requested, by app, method and outcome (sent, or suppressed with a reason).",

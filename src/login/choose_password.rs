@@ -57,10 +57,13 @@ impl Flow<'_> {
                 .request(request_id)
                 .with("session", short_id(&claims.id)),
         );
-        let mut r = redirect(
-            StatusCode::SEE_OTHER,
-            &format!("{}{}", self.site.origin, PASSWORD_PATH),
-        );
+        let mut to = format!("{}{}", self.site.origin, PASSWORD_PATH);
+        let fq = self.form_query();
+        if !fq.is_empty() {
+            to.push('?');
+            to.push_str(&fq);
+        }
+        let mut r = redirect(StatusCode::SEE_OTHER, &to);
         let https = self.site.origin.https;
         if let Some(h) =
             session::set_cookie(restricted_cookie(https), &value, RESTRICTED_LIFETIME, https)
@@ -101,7 +104,7 @@ impl Flow<'_> {
             status,
             "password.html",
             context! {
-                app => self.name(), csrf, email => c.email.as_str(), error,
+                app => self.name(), fq => self.form_query(), csrf, email => c.email.as_str(), error,
                 min_length => self.min_password_length(),
             },
         )
@@ -169,7 +172,7 @@ impl Flow<'_> {
                 .with("via", "password change"),
         );
         self.mail_password_changed(&c.email);
-        let rd = LoginTx::from_headers(&parts.headers, self.tx_cookie(), self.name(), &keys, now)
+        let rd = LoginTx::from_headers(&parts.headers, &self.tx_cookie(), self.name(), &keys, now)
             .map_or_else(|| crate::return_to::root(self.rd_origin()), |t| t.rd);
         let mut r = self
             .start_session(&c.email, LoginMethod::OneTimeToken, &rd, &request_id)

@@ -63,12 +63,12 @@ impl Flow<'_> {
         let mut r = self.site.pages.page(
             StatusCode::OK,
             "link_confirm.html",
-            context! { app => self.name(), valid => true, email => link.email, csrf, t },
+            context! { app => self.name(), fq => self.form_query(), valid => true, email => link.email, csrf, t },
         );
         match tx.seal(self.name(), &keys, self.svc.random.as_ref()) {
             Ok(v) => {
                 if let Some(h) =
-                    session::set_cookie(self.tx_cookie(), &v, tx::LIFETIME, self.site.origin.https)
+                    session::set_cookie(&self.tx_cookie(), &v, tx::LIFETIME, self.site.origin.https)
                 {
                     r.headers_mut().append(SET_COOKIE, h);
                 }
@@ -96,7 +96,7 @@ impl Flow<'_> {
         let keys = self.svc.sessions.keys();
         let tx = LoginTx::from_headers(
             &parts.headers,
-            self.tx_cookie(),
+            &self.tx_cookie(),
             self.name(),
             &keys,
             self.now_ms(),

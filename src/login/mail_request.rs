@@ -149,7 +149,7 @@ impl Flow<'_> {
         self.site.pages.page(
             StatusCode::OK,
             "sent.html",
-            context! { app => self.name(), csrf, email => email.as_str(), method => kind, hours, rd => tx.rd.as_str() },
+            context! { app => self.name(), fq => self.form_query(), csrf, email => email.as_str(), method => kind, hours, rd => tx.rd.as_str() },
         )
     }
 }

@@ -251,8 +251,30 @@ impl Flow<'_> {
             .record(self.svc.clock.now(), e.app(self.name()).ip(self.ip));
     }
 
-    fn tx_cookie(&self) -> &'static str {
-        tx::cookie_name(self.site.origin.https)
+    /// The login transaction's cookie. On the portal, one per app: logins for two apps may be
+    /// under way in two tabs of one browser, and neither may end the other's.
+    fn tx_cookie(&self) -> std::borrow::Cow<'static, str> {
+        let name = tx::cookie_name(self.site.origin.https);
+        match self.site.portal_for {
+            Some(_) => format!("{name}-{}", self.name()).into(),
+            None => name.into(),
+        }
+    }
+
+    /// What the forms of a login page on the portal carry in their address (`app=…&state=…`):
+    /// which app the post is for and its hand-off nonce, so that each tab's post reaches its
+    /// own app's login (the transaction it opens is sealed for that app, so a changed value
+    /// opens nothing). Empty on an app.
+    fn form_query(&self) -> String {
+        if self.site.portal_for.is_none() {
+            return String::new();
+        }
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("app", self.name());
+        if let Some(s) = &self.handoff_state {
+            q.append_pair("state", s);
+        }
+        q.finish()
     }
 
     /// The user who logs in as `email`, if the user table has one.

@@ -160,7 +160,7 @@ impl Flow<'_> {
             status,
             "login.html",
             context! {
-                app => self.name(), csrf, email => view.email, error => view.error,
+                app => self.name(), fq => self.form_query(), csrf, email => view.email, error => view.error,
                 pw_email => view.pw_email, pw_error => view.pw_error,
                 offer_pin => self.offers(LoginMethod::OneTimePin),
                 offer_link => self.offers(LoginMethod::OneTimeLink),
@@ -171,7 +171,7 @@ impl Flow<'_> {
             match tx.seal(self.name(), &keys, self.svc.random.as_ref()) {
                 Ok(v) => {
                     if let Some(h) = session::set_cookie(
-                        self.tx_cookie(),
+                        &self.tx_cookie(),
                         &v,
                         tx::LIFETIME,
                         self.site.origin.https,
@@ -192,8 +192,13 @@ impl Flow<'_> {
         form: &HashMap<String, String>,
     ) -> Option<LoginTx> {
         let keys = self.svc.sessions.keys();
-        let tx =
-            LoginTx::from_headers(headers, self.tx_cookie(), self.name(), &keys, self.now_ms())?;
+        let tx = LoginTx::from_headers(
+            headers,
+            &self.tx_cookie(),
+            self.name(),
+            &keys,
+            self.now_ms(),
+        )?;
         let token = form.get("csrf").map_or("", String::as_str);
         (tx::origin_ok(headers, &self.origin())
             && tx::csrf_ok(&keys, "login", self.name(), &tx.id, token))

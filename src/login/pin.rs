@@ -193,7 +193,7 @@ impl Flow<'_> {
         self.site.pages.page(
             StatusCode::OK,
             "code.html",
-            context! { app => self.name(), csrf, email, error, minutes, length, rd => tx.rd.as_str() },
+            context! { app => self.name(), fq => self.form_query(), csrf, email, error, minutes, length, rd => tx.rd.as_str() },
         )
     }
 

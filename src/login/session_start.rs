@@ -54,7 +54,7 @@ impl Flow<'_> {
                 self.site.session_lifetime,
                 https,
             ),
-            session::clear_cookie(self.tx_cookie(), https),
+            session::clear_cookie(&self.tx_cookie(), https),
             // This browser is now a known device for the address (docs/security.md#39).
             self.device_cookie(email, method),
         ]

@@ -160,7 +160,29 @@ impl Agent {
     }
 
     pub async fn post(&mut self, host: &str, path: &str, fields: &[(&str, &str)]) -> Answer {
-        let mut form: Vec<(&str, &str)> = vec![("csrf", self.csrf.as_str())];
+        let csrf = self.csrf.clone();
+        self.post_with(host, path, &csrf, fields).await
+    }
+
+    /// Submits the first form of `page` (a page of another tab: its own action and token).
+    pub async fn submit(&mut self, host: &str, page: &Answer, fields: &[(&str, &str)]) -> Answer {
+        let field = |body: &str, start: &str| {
+            let rest = &body[body.find(start).unwrap() + start.len()..];
+            rest[..rest.find('"').unwrap()].replace("&amp;", "&")
+        };
+        let action = field(&page.body, "action=\"");
+        let csrf = field(&page.body, "name=\"csrf\" value=\"");
+        self.post_with(host, &action, &csrf, fields).await
+    }
+
+    async fn post_with(
+        &mut self,
+        host: &str,
+        path: &str,
+        csrf: &str,
+        fields: &[(&str, &str)],
+    ) -> Answer {
+        let mut form: Vec<(&str, &str)> = vec![("csrf", csrf)];
         form.extend_from_slice(fields);
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
@@ -328,6 +350,75 @@ async fn sec_46_the_apps_policy_decides_the_mail_and_a_refusal_is_a_page() {
     let (_, page) = v.open(&out.location).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Send me a code"));
+}
+
+/// Two tabs, two apps, one browser: opening B's login while A's is under way ends neither.
+/// The PIN typed in A's tab completes A's login and hands off to A; B's form is still good and
+/// B, opened again, hands off at once. Hand-offs are counted per app and outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_log_in_to_two_apps_at_the_portal() {
+    let Some(smtp) = SmtpServer::start().await else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let port = free_port();
+    let gw = Gw::start_with(&config(port, &up, &smtp), CERTS).await;
+    let mut v = Agent::new(&gw);
+
+    // Tab A asks for a code.
+    let (_, page_a) = v.open(&v.url("a.test", "/docs")).await;
+    assert_eq!(page_a.status, 200, "{}", page_a.body);
+    let code_a = v.submit("auth.test", &page_a, &[("email", ALICE)]).await;
+    assert_eq!(code_a.status, 200, "{}", code_a.body);
+    wait_for_mails(&smtp, 1).await;
+    // Tab B opens B's login at the portal in the meantime.
+    let (_, page_b) = v.open(&v.url("b.test", "/wiki")).await;
+    assert_eq!(page_b.status, 200, "{}", page_b.body);
+    assert!(page_b.body.contains("Send me a code"), "{}", page_b.body);
+
+    // The PIN in tab A completes A's login and hands off to A.
+    let pin = pin_of(&smtp.received()[0]);
+    let done = v.submit("auth.test", &code_a, &[("code", &pin)]).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(
+        done.location
+            .starts_with(&format!("https://a.test:{port}/.otpgate/callback?code=")),
+        "{}",
+        done.location
+    );
+    let (at, page) = v.open(&done.location).await;
+    assert_eq!(at, v.url("a.test", "/docs"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(ALICE), "{}", page.body);
+
+    // Tab B's form is still B's and still good (not "expired"; the code page answers, the
+    // same for any address), and opened again, B finds the portal session and hands off at once.
+    let code_b = v.submit("auth.test", &page_b, &[("email", ALICE)]).await;
+    assert_eq!(code_b.status, 200, "{}", code_b.body);
+    assert!(!code_b.body.contains("expired"), "{}", code_b.body);
+    assert!(
+        code_b.body.contains("/.otpgate/code?app=b&amp;state="),
+        "{}",
+        code_b.body
+    );
+    let (at, page) = v.open(&v.url("b.test", "/wiki")).await;
+    assert_eq!(at, v.url("b.test", "/wiki"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(ALICE), "{}", page.body);
+
+    // A spent code is refused, and the metrics say so.
+    let path = &done.location[done.location.find("/.otpgate").unwrap()..];
+    assert_eq!(v.get("a.test", path).await.status, 400);
+    let m = gw.metrics().await;
+    for line in [
+        "otpgate_portal_handoffs_total{app=\"a\",outcome=\"issued\"}",
+        "otpgate_portal_handoffs_total{app=\"a\",outcome=\"redeemed\"}",
+        "otpgate_portal_handoffs_total{app=\"a\",outcome=\"refused\"}",
+        "otpgate_portal_handoffs_total{app=\"b\",outcome=\"redeemed\"}",
+        "# HELP otpgate_portal_handoffs_total ",
+    ] {
+        assert!(m.contains(line), "{line}\n{m}");
+    }
 }
 
 /// A one-time link asked for on the portal names its app, so it logs in through the portal in

@@ -29,7 +29,7 @@ pub(crate) async fn handle(
     let https = c.site.origin.https;
     c.handoff_state = super::handoff_state(req.uri().query(), req.headers(), https);
     // A page opened with `?app=` (the login page, a mailed link) remembers the app, and the
-    // app's hand-off nonce, for the posts that follow, whose forms do not carry them.
+    // app's hand-off nonce, for the links that do not carry them (the forms do: `form_query`).
     let remember = (chosen && read && super::app_param(req.uri().query()).is_some())
         .then(|| {
             let value = match &c.handoff_state {

@@ -22,7 +22,7 @@ use crate::audit::Event;
 use crate::body::Body;
 use crate::email::Email;
 use crate::http::redirect;
-use crate::metrics::LOGINS;
+use crate::metrics::{LOGINS, PORTAL_HANDOFFS};
 use crate::policy::LoginMethod;
 use crate::return_to;
 use crate::session::{self, Claims, SessionId, TokenKind};
@@ -122,6 +122,7 @@ impl Flow<'_> {
             .state
             .put_code(&key(self.name(), &code), record, HANDOFF_TTL, false)
             .await?;
+        ::metrics::counter!(PORTAL_HANDOFFS, "app" => self.name().to_owned(), "outcome" => "issued").increment(1);
         self.audit(
             Event::new("portal.handoff")
                 .email(portal.email.as_str())
@@ -238,6 +239,7 @@ impl Flow<'_> {
                 .with("via", "portal"),
         );
         ::metrics::counter!(LOGINS, "app" => self.name().to_owned(), "method" => method.as_str(), "outcome" => "success").increment(1);
+        ::metrics::counter!(PORTAL_HANDOFFS, "app" => self.name().to_owned(), "outcome" => "redeemed").increment(1);
         Ok(resp)
     }
 
@@ -257,6 +259,7 @@ impl Flow<'_> {
             e = e.email(email.as_str());
         }
         self.audit(e);
+        ::metrics::counter!(PORTAL_HANDOFFS, "app" => self.name().to_owned(), "outcome" => "refused").increment(1);
         self.site.pages.error(
             StatusCode::BAD_REQUEST,
             "Sign-in did not complete",

@@ -36,8 +36,9 @@ pub(crate) const PORTAL_AUDIENCE: &str = "otpgate:portal";
 /// Where an app redeems a hand-off code (stable path).
 pub(crate) const CALLBACK_PATH: &str = "/.otpgate/callback";
 use crate::session::{PORTAL_COOKIE_HOST as COOKIE_HOST, PORTAL_COOKIE_PLAIN as COOKIE_PLAIN};
-/// Which app the portal's login forms are for, between a form and its post: not secret (the
-/// login transaction it goes with is sealed for that app, so a changed value opens nothing).
+/// Which app the portal's pages are for when their address does not say (the forms carry it
+/// in their action, so each tab's post reaches its own app): not secret (the login transaction
+/// it goes with is sealed for that app, so a changed value opens nothing).
 pub(crate) const APP_COOKIE_HOST: &str = "__Host-otpgate-portal-app";
 /// The app cookie on a plain-http portal.
 pub(crate) const APP_COOKIE_PLAIN: &str = "otpgate-portal-app";

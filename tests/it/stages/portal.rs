@@ -183,8 +183,15 @@ async fn an_apps_login_goes_to_the_portal_with_the_app_and_the_target() {
         "{csp}"
     );
     let cookies = r.set_cookies().join("\n");
-    assert!(cookies.contains("otpgate-login=v1."), "{cookies}");
+    // One login transaction per app, and forms that name their app: a login for another app
+    // in another tab ends neither.
+    assert!(cookies.contains("otpgate-login-a=v1."), "{cookies}");
     assert!(cookies.contains("otpgate-portal-app=a;"), "{cookies}");
+    assert!(
+        r.text().contains("action=\"/.otpgate/login?app=a\""),
+        "{}",
+        r.text()
+    );
     // Without an app there is nothing to sign in to: the launcher says where to start.
     let r = get_with(&stage, "auth.test", "/.otpgate/code", None).await;
     assert_eq!(r.status, 303);
