@@ -136,7 +136,7 @@ pub(crate) fn spawn(
     if kind != ListenerKind::Admin
         && gateway.runtime().config.limits.runtime == ServeRuntime::PerCore
     {
-        return spawn_per_core(kind, listener, gateway, tls, cancel);
+        return spawn_per_core(kind, listener, &gateway, tls.as_ref(), &cancel);
     }
     tokio::spawn(accept_loop(kind, listener, gateway, tls, cancel))
 }
@@ -144,9 +144,9 @@ pub(crate) fn spawn(
 fn spawn_per_core(
     kind: ListenerKind,
     listener: TcpListener,
-    gateway: Arc<Gateway>,
-    tls: Option<TlsAcceptor>,
-    cancel: CancellationToken,
+    gateway: &Arc<Gateway>,
+    tls: Option<&TlsAcceptor>,
+    cancel: &CancellationToken,
 ) -> JoinHandle<()> {
     // Honours the CPU affinity mask: pinned to one core, one thread.
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
@@ -169,7 +169,7 @@ fn spawn_per_core(
             }
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (gw, tls, cancel) = (gateway.clone(), tls.clone(), cancel.clone());
+        let (gw, tls, cancel) = (gateway.clone(), tls.cloned(), cancel.clone());
         let thread = std::thread::Builder::new()
             .name(format!("otpgate-{}-{core}", kind.name()))
             .spawn(move || {
