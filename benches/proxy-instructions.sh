@@ -12,6 +12,7 @@
 #   ROUTE=bypass N=5000 benches/proxy-instructions.sh
 #   BACKENDS=shared benches/proxy-instructions.sh   # state on Redis, credentials on PostgreSQL
 #   EXTRA_CONFIG='identity_assertion: { enabled: false }' benches/proxy-instructions.sh
+#   RUNTIME=per_core benches/proxy-instructions.sh  # limits.runtime: per_core
 #   callgrind_annotate --inclusive=yes "$OUT.1" | less
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,6 +23,7 @@ BACKENDS=${BACKENDS:-embedded}   # embedded | shared (throwaway Redis + PostgreS
 EXTRA_CONFIG=${EXTRA_CONFIG:-}   # more top-level YAML for otpgate's config
 # shellcheck source=benches/backends.sh
 . "$root/benches/backends.sh"
+RUNTIME=${RUNTIME:-multi_thread}   # limits.runtime: multi_thread | per_core
 BASE_PORT=${BASE_PORT:-19900}
 OUT=${OUT:-${TMPDIR:-/tmp}/otpgate-callgrind-$ROUTE.out}
 for tool in valgrind callgrind_control nginx curl; do
@@ -47,6 +49,7 @@ version: 1
 listen: { http: 127.0.0.1:$OTP, admin: 127.0.0.1:$ADMIN }
 data_dir: $work/data
 log: { level: warn, access: false }
+limits: { runtime: $RUNTIME }
 apps:
   - name: bench
     hosts: [127.0.0.1]
@@ -79,4 +82,4 @@ sleep 1
 echo "statuses: $code"
 f=$(ls -t "$OUT"* | head -1)
 ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
-echo "route=$ROUTE n=$N Ir=$ir per_request=$((ir / N)) file=$f"
+echo "route=$ROUTE runtime=$RUNTIME n=$N Ir=$ir per_request=$((ir / N)) file=$f"

@@ -15,7 +15,13 @@
 # ROUTE=token sends a service token (made with `otpgate service-token create`) to a service_auth
 # policy instead.
 #
-# Requires: nginx, wrk, taskset (Debian: nginx wrk util-linux).
+# RATE=5000 drives each proxy at that fixed rate instead of as fast as it goes (h2load --rps
+# spread over the connections, per-request times from its log): the p99 column is then the
+# latency at a load both proxies carry, and rps shows the rate reached. h2load sends a
+# connection's next request only after its previous answer, so a stall delays what follows
+# instead of being counted against it (unlike wrk2); compare runs of the same script only.
+#
+# Requires: nginx, wrk, taskset (Debian: nginx wrk util-linux); with RATE, h2load (nghttp2-client).
 #
 #   benches/proxy-load.sh                      # 3 rounds x 10 s, 64 connections
 #   ROUNDS=5 DURATION=20 CONNECTIONS=128 benches/proxy-load.sh
@@ -24,6 +30,8 @@
 #   BACKENDS=shared ROUTE=protected benches/proxy-load.sh   # state on Redis, credentials on
 #                                              # PostgreSQL (throwaway servers, benches/backends.sh)
 #   EXTRA_CONFIG='identity_assertion: { enabled: false }' ROUTE=protected benches/proxy-load.sh
+#   RATE=5000 ROUTE=protected benches/proxy-load.sh   # p99 at a fixed 5,000 requests/s
+#   RUNTIME=per_core benches/proxy-load.sh     # otpgate with limits.runtime: per_core
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -36,6 +44,8 @@ ROUTE=${ROUTE:-bypass}
 BACKENDS=${BACKENDS:-embedded}   # embedded | shared (Redis + PostgreSQL)
 EXTRA_CONFIG=${EXTRA_CONFIG:-}   # more top-level YAML for otpgate's config
 BASE_PORT=${BASE_PORT:-18900}
+RATE=${RATE:-}
+RUNTIME=${RUNTIME:-multi_thread}   # otpgate's limits.runtime: multi_thread | per_core
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 OTPGATE=${OTPGATE:-$root/target/release/otpgate}
@@ -43,6 +53,9 @@ OTPGATE=${OTPGATE:-$root/target/release/otpgate}
 for tool in nginx wrk taskset; do
   command -v "$tool" >/dev/null || { echo "proxy-load: $tool is required (apt-get install nginx wrk util-linux)" >&2; exit 2; }
 done
+if [ -n "$RATE" ]; then
+  command -v h2load >/dev/null || { echo "proxy-load: RATE needs h2load (apt-get install nghttp2-client)" >&2; exit 2; }
+fi
 if [ -z "${SKIP_BUILD:-}" ]; then
   (cd "$root" && cargo build --release --quiet --bin otpgate)
 fi
@@ -138,6 +151,7 @@ version: 1
 listen: { http: 127.0.0.1:$OTP, admin: 127.0.0.1:$ADMIN }
 data_dir: $work/data
 log: { level: warn, access: false }
+limits: { runtime: $RUNTIME }
 apps:
   - name: bench
     hosts: [127.0.0.1]
@@ -229,7 +243,30 @@ run() { # proxy seconds -> "rps p99_ms cpu_us_per_req cpu_util"
     'BEGIN { cpu = t / hz; printf "%.0f %.3f %.2f %.0f\n", r, p, cpu * 1e6 / n, 100 * cpu / s }'
 }
 
-echo "proxy-load: route=$ROUTE rounds=$ROUNDS duration=${DURATION}s connections=$CONNECTIONS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
+# The same figures at a fixed rate, from h2load's per-request log (start, status, microseconds).
+run_rate() { # proxy seconds -> "rps p99_ms cpu_us_per_req cpu_util"
+  local proxy=$1 secs=$2 before after log=$work/latency.log reqs
+  local headers=()
+  if [ "$proxy" = otpgate ]; then headers=("${otpgate_headers[@]}"); fi
+  rm -f "$log"
+  # shellcheck disable=SC2046
+  before=$(ticks $(proxy_pids "$proxy"))
+  taskset -c "$LOAD_CPU" h2load --h1 -t1 -c"$CONNECTIONS" -D"$secs" \
+    --rps="$(awk -v r="$RATE" -v c="$CONNECTIONS" 'BEGIN { printf "%.3f", r / c }')" \
+    --log-file="$log" "${headers[@]}" "http://127.0.0.1:$(port_of "$proxy")/" > /dev/null
+  # shellcheck disable=SC2046
+  after=$(ticks $(proxy_pids "$proxy"))
+  if awk '$2 < 200 || $2 > 299 { bad = 1 } END { exit !bad }' "$log"; then
+    echo "proxy-load: $proxy answered non-2xx responses" >&2; exit 1
+  fi
+  reqs=$(wc -l < "$log")
+  p99=$(cut -f3 "$log" | sort -n | awk -v n="$reqs" 'NR == int(n * 0.99 + 0.999) { printf "%.3f", $1 / 1000 }')
+  awk -v p="$p99" -v t=$((after - before)) -v n="$reqs" -v hz="$hz" -v s="$secs" \
+    'BEGIN { cpu = t / hz; printf "%.0f %.3f %.2f %.0f\n", n / s, p, cpu * 1e6 / n, 100 * cpu / s }'
+}
+if [ -n "$RATE" ]; then run() { run_rate "$@"; }; fi
+
+echo "proxy-load: route=$ROUTE runtime=$RUNTIME rate=${RATE:-max} rounds=$ROUNDS duration=${DURATION}s connections=$CONNECTIONS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
 for proxy in "${proxies[@]}"; do run "$proxy" "$WARMUP" > /dev/null; done
 
 printf '%-6s %-10s %10s %9s %15s %9s\n' round proxy rps p99_ms cpu_us_per_req cpu_pct

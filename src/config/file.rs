@@ -440,6 +440,7 @@ pub(crate) struct LimitsFile {
     pub(crate) max_connections: Option<usize>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub(crate) shutdown_grace: Option<Duration>,
+    pub(crate) runtime: Option<ServeRuntime>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -448,6 +449,18 @@ pub(crate) struct LogFile {
     pub(crate) format: Option<LogFormat>,
     pub(crate) level: Option<String>,
     pub(crate) access: Option<bool>,
+}
+
+/// How client connections on the app listeners are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServeRuntime {
+    /// One work-stealing runtime with a worker per core, one listener.
+    #[default]
+    MultiThread,
+    /// A single-threaded runtime per core, each accepting on its own `SO_REUSEPORT` listener:
+    /// a connection's tasks never leave their thread.
+    PerCore,
 }
 
 /// How log lines are written.

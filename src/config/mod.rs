@@ -40,7 +40,7 @@ pub use app::{
 pub use assertion::{AssertionConfig, DEFAULT_ASSERTION_HEADER, MAX_ASSERTION_LIFETIME};
 pub use credentials::{CredentialsConfig, PgSslMode, PostgresConfig, postgres_config};
 pub use directory::{DirectoryConfig, DirectoryGroups, DirectoryUsers};
-pub use file::LogFormat;
+pub use file::{LogFormat, ServeRuntime};
 pub use mode::AppMode;
 pub use origin::BoundAddrs;
 pub use secret::Secret;
@@ -335,6 +335,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// How the app listeners serve connections (read at start; a reload keeps it).
+    pub runtime: ServeRuntime,
 }
 
 /// Logging settings.

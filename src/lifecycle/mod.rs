@@ -113,7 +113,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     sessions
         .revocations()
         .apply(&store.revocations_since(0).await?);
-    let listeners = Listeners::bind(&config.listen).await?;
+    let listeners = Listeners::bind(&config.listen, config.limits.runtime).await?;
     let bound = listeners.addrs();
     let (resolver, acceptor) = if listeners.https.is_some() {
         let resolver = SniResolver::new(CertStore::load(&config.tls)?);

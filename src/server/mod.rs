@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BoundAddrs;
-use crate::config::{Limits, Listen};
+use crate::config::{Limits, Listen, ServeRuntime};
 use crate::gateway::{ConnInfo, Gateway};
 use crate::io::{Activity, Tracked};
 
@@ -72,24 +72,29 @@ pub(crate) struct Listeners {
 }
 
 impl Listeners {
-    /// Binds every configured address.
-    pub(crate) async fn bind(listen: &Listen) -> Result<Self, ServerError> {
+    /// Binds every configured address; with `per_core`, the app listeners allow more sockets
+    /// on their address (`SO_REUSEPORT`, same user only) for the other cores.
+    pub(crate) async fn bind(listen: &Listen, runtime: ServeRuntime) -> Result<Self, ServerError> {
         async fn one(
             addr: Option<SocketAddr>,
             kind: &'static str,
+            shared: bool,
         ) -> Result<Option<TcpListener>, ServerError> {
-            match addr {
-                None => Ok(None),
-                Some(addr) => TcpListener::bind(addr)
-                    .await
-                    .map(Some)
-                    .map_err(|source| ServerError::Bind { addr, kind, source }),
-            }
+            let Some(addr) = addr else { return Ok(None) };
+            let bound = if shared {
+                bind_shared(addr).and_then(TcpListener::from_std)
+            } else {
+                TcpListener::bind(addr).await
+            };
+            bound
+                .map(Some)
+                .map_err(|source| ServerError::Bind { addr, kind, source })
         }
+        let shared = runtime == ServeRuntime::PerCore;
         Ok(Self {
-            http: one(listen.http, "http").await?,
-            https: one(listen.https, "https").await?,
-            admin: one(listen.admin, "admin").await?,
+            http: one(listen.http, "http", shared).await?,
+            https: one(listen.https, "https", shared).await?,
+            admin: one(listen.admin, "admin", false).await?,
         })
     }
 
@@ -104,8 +109,23 @@ impl Listeners {
     }
 }
 
+/// A listening socket that other sockets of this user may share (`SO_REUSEPORT`): the kernel
+/// spreads new connections over them. Options as tokio's `bind` sets them.
+fn bind_shared(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// Starts the accept loop of one listener. It stops accepting when `cancel` fires, then gives
-/// open connections `limits.shutdown_grace` to finish their requests.
+/// open connections `limits.shutdown_grace` to finish their requests. With
+/// `limits.runtime: per_core` an app listener gets a thread per core instead, each with its own
+/// single-threaded runtime and socket; the handle then completes when all of them have drained.
 pub(crate) fn spawn(
     kind: ListenerKind,
     listener: TcpListener,
@@ -113,7 +133,73 @@ pub(crate) fn spawn(
     tls: Option<TlsAcceptor>,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
+    if kind != ListenerKind::Admin
+        && gateway.runtime().config.limits.runtime == ServeRuntime::PerCore
+    {
+        return spawn_per_core(kind, listener, &gateway, tls.as_ref(), &cancel);
+    }
     tokio::spawn(accept_loop(kind, listener, gateway, tls, cancel))
+}
+
+fn spawn_per_core(
+    kind: ListenerKind,
+    listener: TcpListener,
+    gateway: &Arc<Gateway>,
+    tls: Option<&TlsAcceptor>,
+    cancel: &CancellationToken,
+) -> JoinHandle<()> {
+    // Honours the CPU affinity mask: pinned to one core, one thread.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let addr = listener.local_addr();
+    let mut sockets = vec![listener.into_std()];
+    for _ in 1..cores {
+        sockets.push(match &addr {
+            Ok(a) => bind_shared(*a),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        });
+    }
+    let mut done = Vec::with_capacity(cores);
+    for (core, socket) in sockets.into_iter().enumerate() {
+        let socket = match socket {
+            Ok(s) => s,
+            Err(e) => {
+                // The first socket always serves; a core without one only costs capacity.
+                tracing::error!(listener = kind.name(), core, error = %e, "cannot add a per-core listener");
+                continue;
+            }
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (gw, tls, cancel) = (gateway.clone(), tls.cloned(), cancel.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("otpgate-{}-{core}", kind.name()))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let served = runtime.and_then(|rt| {
+                    rt.block_on(async {
+                        let listener = TcpListener::from_std(socket)?;
+                        accept_loop(kind, listener, gw, tls, cancel).await;
+                        Ok::<_, io::Error>(())
+                    })
+                });
+                if let Err(e) = served {
+                    tracing::error!(listener = kind.name(), core, error = %e, "per-core listener failed");
+                }
+                drop(tx);
+            });
+        match thread {
+            Ok(_) => done.push(rx),
+            Err(e) => {
+                tracing::error!(listener = kind.name(), core, error = %e, "cannot start a serving thread");
+            }
+        }
+    }
+    tokio::spawn(async move {
+        for rx in done {
+            let _ = rx.await;
+        }
+    })
 }
 
 async fn accept_loop(

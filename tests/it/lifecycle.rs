@@ -169,6 +169,47 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     assert!(TcpStream::connect(addr).await.is_err());
 }
 
+/// `limits.runtime: per_core`: a thread and a socket per core serve the app listener; many
+/// connections are all answered, and shutdown still drains an in-flight request first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_runtime_serves_and_drains() {
+    let up = Upstream::start().await;
+    let gw = Gw::start(&config(
+        &up.url(),
+        "runtime: per_core, shutdown_grace: 10s",
+        "",
+    ))
+    .await;
+    // Fresh connections each, so the kernel spreads them over the per-core sockets.
+    for i in 0..16 {
+        let r = raw(
+            gw.http(),
+            &format!("GET /n{i} HTTP/1.1\nHost: one.test\nConnection: close"),
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    let client = gw.client();
+    let url = gw.http_url("one.test", "/slow?ms=1000");
+    let in_flight =
+        tokio::spawn(async move { client.get(url).send().await.unwrap().text().await.unwrap() });
+    eventually(
+        "the request to reach the upstream",
+        Duration::from_secs(5),
+        || up.hits() == 17,
+    )
+    .await;
+    let addr = gw.http();
+    let Gw { running, .. } = gw;
+    running.shutdown();
+    let started = std::time::Instant::now();
+    running.wait().await;
+    assert_eq!(in_flight.await.unwrap(), "slow done");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_the_config_and_keeps_it_when_the_new_file_is_bad() {
     let up = Upstream::start().await;

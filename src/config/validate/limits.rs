@@ -261,5 +261,6 @@ pub(super) fn limits(c: &mut Ctx<'_>, l: &file::LimitsFile) -> Limits {
         },
         max_connections,
         shutdown_grace: l.shutdown_grace.unwrap_or(Duration::from_secs(30)),
+        runtime: l.runtime.unwrap_or_default(),
     }
 }
