@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     // The crate root, start/reload/stop and the command line wire everything together.
     ("main", 7),
+    // The binary's command-line shape (clap), beside main.rs.
+    ("cli", 7),
     ("lib", 7),
     ("lifecycle", 7),
     ("commands", 7),
