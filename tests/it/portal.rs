@@ -1,7 +1,7 @@
 //! The single sign-on portal end to end over HTTPS, with the PIN taken from a real SMTP server
 //! (aiosmtpd): one login at the portal for app A, app B and C with no second login and no
 //! second mail, the hand-off refused when replayed, the app's policy deciding whether a code
-//! is mailed, and the portal's sign-out ending every app session (docs/security.md#44–#46).
+//! is mailed, and the portal's sign-out ending every app session (docs/security.md#44–#47).
 //! The same setup serves the Chromium test in `browser.rs`'s neighbour `portal_browser`.
 
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! The single sign-on portal clicked through in a real headless Chromium over HTTPS, the PIN
 //! from a real SMTP server: log in once through the portal on app A, open B and C with no
 //! second login, see the launcher list the three apps, sign out at the portal and be signed out
-//! of all three (docs/security.md#44, #46). Screenshots: `target/tmp/screenshots/portal_sso/`.
+//! of all three (docs/security.md#44, #47). Screenshots: `target/tmp/screenshots/portal_sso/`.
 
 use std::time::{Duration, Instant};
 

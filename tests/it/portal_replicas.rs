@@ -1,7 +1,7 @@
 //! The portal on two replicas sharing a real redis-server (and one data_dir, so the cookie keys
 //! and the store are shared, as in `replicas.rs`): a hand-off code made on one replica is
 //! redeemed on the other exactly once, and the family sign-out on one ends the app sessions on
-//! the other (docs/security.md#44, #46).
+//! the other (docs/security.md#44, #47).
 
 use std::time::{Duration, Instant};
 

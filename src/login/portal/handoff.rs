@@ -1,4 +1,4 @@
-//! Hand-off codes (docs/security.md#44, #44): how an app gets its own cookie from a portal
+//! Hand-off codes (docs/security.md#44, #45): how an app gets its own cookie from a portal
 //! session without the portal's cookie ever reaching it.
 //!
 //! The portal makes 256 random bits, files a record under a key derived from the app's name

@@ -1,4 +1,4 @@
-//! The single sign-on portal driven in process (docs/security.md#44–#46): the portal's login
+//! The single sign-on portal driven in process (docs/security.md#44–#47): the portal's login
 //! page hands off at once with a portal session, each app redeems its code once, the target is
 //! validated again at the callback, a refusal is a page and never a loop, and signing out at the
 //! portal ends the whole family. The portal session is minted here (the login forms the portal
