@@ -159,6 +159,9 @@ fn spawn_per_core(
         });
     }
     let mut done = Vec::with_capacity(cores);
+    // Upstream connections are pooled across cores, so a connection one core's runtime drives
+    // may carry another core's in-flight request: no runtime stops before every core drained.
+    let all_drained = CancellationToken::new();
     for (core, socket) in sockets.into_iter().enumerate() {
         let socket = match socket {
             Ok(s) => s,
@@ -169,7 +172,12 @@ fn spawn_per_core(
             }
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (gw, tls, cancel) = (gateway.clone(), tls.cloned(), cancel.clone());
+        let (gw, tls, cancel, all) = (
+            gateway.clone(),
+            tls.cloned(),
+            cancel.clone(),
+            all_drained.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name(format!("otpgate-{}-{core}", kind.name()))
             .spawn(move || {
@@ -180,13 +188,14 @@ fn spawn_per_core(
                     rt.block_on(async {
                         let listener = TcpListener::from_std(socket)?;
                         accept_loop(kind, listener, gw, tls, cancel).await;
+                        let _ = tx.send(());
+                        all.cancelled().await;
                         Ok::<_, io::Error>(())
                     })
                 });
                 if let Err(e) = served {
                     tracing::error!(listener = kind.name(), core, error = %e, "per-core listener failed");
                 }
-                drop(tx);
             });
         match thread {
             Ok(_) => done.push(rx),
@@ -199,6 +208,7 @@ fn spawn_per_core(
         for rx in done {
             let _ = rx.await;
         }
+        all_drained.cancel();
     })
 }
 
