@@ -13,7 +13,6 @@ use hyper::body::Incoming;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body.
-#[derive(Debug)]
 pub enum Body {
     /// No body.
     Empty,
@@ -21,6 +20,19 @@ pub enum Body {
     Full(Option<Bytes>),
     /// The upstream's body, streamed frame by frame.
     Upstream(Incoming),
+    /// A body read by other means (the direct HTTP/1.1 path's, straight off its connection).
+    Stream(Pin<Box<dyn HttpBody<Data = Bytes, Error = BoxError> + Send>>),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Empty => f.write_str("Empty"),
+            Self::Full(d) => f.debug_tuple("Full").field(d).finish(),
+            Self::Upstream(b) => f.debug_tuple("Upstream").field(b).finish(),
+            Self::Stream(_) => f.write_str("Stream"),
+        }
+    }
 }
 
 impl Body {
@@ -32,16 +44,19 @@ impl Body {
 
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
             Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Self::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Self::Upstream(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            Self::Stream(body) => body.as_mut().poll_frame(cx),
         }
     }
 
@@ -50,6 +65,7 @@ impl HttpBody for Body {
             Self::Empty | Self::Full(None) => true,
             Self::Full(Some(d)) => d.is_empty(),
             Self::Upstream(b) => b.is_end_stream(),
+            Self::Stream(b) => b.is_end_stream(),
         }
     }
 
@@ -58,6 +74,7 @@ impl HttpBody for Body {
             Self::Empty | Self::Full(None) => SizeHint::with_exact(0),
             Self::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             Self::Upstream(b) => b.size_hint(),
+            Self::Stream(b) => b.size_hint(),
         }
     }
 }

@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, HeaderValue, UPGRADE};
 
+use super::plan::{Plan, Removals};
 use super::strip::{self, Strip};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -79,7 +80,7 @@ fn remove_from_request(name: &[u8], peer_trusted: bool, upgrade: bool) -> bool {
 
 /// Hop-by-hop response headers. `Trailer` is not one (RFC 9110 s6.6.2): it declares the
 /// trailers that follow, and an HTTP/1.1 client gets trailers only when they are declared.
-fn hop_by_hop(name: &[u8]) -> bool {
+pub(super) fn hop_by_hop(name: &[u8]) -> bool {
     matches!(
         name,
         b"connection"
@@ -91,38 +92,6 @@ fn hop_by_hop(name: &[u8]) -> bool {
             | b"transfer-encoding"
             | b"upgrade"
     )
-}
-
-/// Names to remove, without a heap allocation in the common case.
-struct Removals {
-    inline: [Option<HeaderName>; 4],
-    len: usize,
-    spill: Vec<HeaderName>,
-}
-
-impl Removals {
-    fn new() -> Self {
-        Self {
-            inline: [None, None, None, None],
-            len: 0,
-            spill: Vec::new(),
-        }
-    }
-    fn push(&mut self, n: HeaderName) {
-        if self.len < self.inline.len() {
-            self.inline[self.len] = Some(n);
-            self.len += 1;
-        } else {
-            self.spill.push(n);
-        }
-    }
-    fn apply(self, headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
-        for n in self.inline.into_iter().flatten().chain(self.spill) {
-            if !keep(&n) {
-                headers.remove(&n);
-            }
-        }
-    }
 }
 
 /// What the gateway knows about the client, for the forwarding headers.
@@ -175,12 +144,23 @@ pub fn prepare_request(
     strip: &Strip,
     upgrade: bool,
 ) {
-    let mut removals = Removals::new();
-    collect_connection_tokens(headers, &mut removals);
+    plan_request(headers, fwd, strip, upgrade).apply(headers);
+}
+
+/// What [`prepare_request`] does to `headers`, as a [`Plan`] (applied to the map, or written
+/// straight into a request head by the direct HTTP/1.1 path).
+pub fn plan_request(
+    headers: &HeaderMap,
+    fwd: &ForwardInfo<'_>,
+    strip: &Strip,
+    upgrade: bool,
+) -> Plan {
+    let mut plan = Plan::new(upgrade);
+    collect_connection_tokens(headers, &mut plan.removals);
     for name in headers.keys() {
         let name_bytes = name.as_str().as_bytes();
         if remove_from_request(name_bytes, fwd.peer_trusted, upgrade) || strip.matches(name_bytes) {
-            removals.push(name.clone());
+            plan.remove(name.clone());
         }
     }
     let (prior_xff, prior_fwd) = if fwd.peer_trusted {
@@ -191,7 +171,6 @@ pub fn prepare_request(
     } else {
         (None, None)
     };
-    removals.apply(headers, |n| upgrade && n == UPGRADE);
 
     let peer = fwd.peer_ip.to_canonical();
     // The peer's address is formatted once and shared by X-Forwarded-For, X-Real-IP and
@@ -228,15 +207,15 @@ pub fn prepare_request(
     };
     let peer_value = value(peer_text);
     if let Some(v) = xff.or_else(|| peer_value.clone()) {
-        headers.insert(X_FORWARDED_FOR, v);
+        plan.set(X_FORWARDED_FOR, v);
     }
     if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
+        plan.set(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
     }
     if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_HOST))
         && let Ok(v) = HeaderValue::from_str(fwd.host)
     {
-        headers.insert(X_FORWARDED_HOST, v);
+        plan.set(X_FORWARDED_HOST, v);
     }
     let real_ip = if fwd.client_ip == peer {
         peer_value
@@ -244,14 +223,15 @@ pub fn prepare_request(
         value(ip_text(fwd.client_ip))
     };
     if let Some(v) = real_ip {
-        headers.insert(X_REAL_IP, v);
+        plan.set(X_REAL_IP, v);
     }
     if let Some(v) = value(forwarded) {
-        headers.insert(FORWARDED, v);
+        plan.set(FORWARDED, v);
     }
     if upgrade {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        plan.set(CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    plan
 }
 
 /// Cleans the headers of a response coming back from upstream.

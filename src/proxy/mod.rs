@@ -3,7 +3,9 @@
 
 pub mod client;
 pub mod echo;
+pub mod h1;
 pub mod headers;
+pub mod plan;
 pub mod pool;
 pub mod strip;
 
@@ -13,12 +15,13 @@ use std::time::{Duration, Instant};
 
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, HOST, HeaderValue, SET_COOKIE, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Limited;
 use hyper_util::rt::TokioIo;
 
 pub use client::UpstreamBody;
 pub use headers::ForwardInfo;
+pub use plan::Plan;
 pub use pool::Pool;
 pub use strip::Strip;
 
@@ -174,11 +177,13 @@ async fn send(
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let (mut parts, body) = req.into_parts();
-    let orig_host = rewrite_headers(&mut parts, permit, t.strip, t.identity, client, upgrade);
-    // The default spellings went in `prepare_request`; these are the configured names.
-    for name in t.credential_headers {
-        parts.headers.remove(name);
-    }
+    let (orig_host, mut plan) = plan_headers(
+        &parts,
+        permit,
+        (t.strip, t.identity, t.credential_headers),
+        client,
+        upgrade,
+    );
     let path_and_query = path_and_query(&parts.uri, path, changed)?;
     let body = Limited::new(
         body,
@@ -188,6 +193,7 @@ async fn send(
 
     let pool = match t.upstream {
         Upstream::Echo => {
+            plan.apply(&mut parts.headers);
             parts.uri = Uri::from_parts({
                 let mut p = http::uri::Parts::default();
                 p.path_and_query = Some(path_and_query);
@@ -199,9 +205,31 @@ async fn send(
         Upstream::Http(pool) => pool,
     };
 
+    let preserved = if t.preserve_host { orig_host } else { None };
+    // A bodiless GET or HEAD to an HTTP/1.1 upstream: its head is written straight onto a
+    // pooled connection (see `h1`).
+    if !upgrade
+        && pool.direct()
+        && (parts.method == Method::GET || parts.method == Method::HEAD)
+        && http_body::Body::is_end_stream(&body)
+    {
+        plan.set(HOST, preserved.unwrap_or_else(|| pool.host().clone()));
+        let send = pool.send_direct(&parts.method, |out| {
+            h1::head::encode(
+                &parts.method,
+                path_and_query.as_str(),
+                &parts.headers,
+                &plan,
+                out,
+            );
+        });
+        let mut resp = timed(send, t.timeout, t.metrics).await?;
+        crate::session::strip_gateway_set_cookies(resp.headers_mut());
+        return Ok(resp);
+    }
+    plan.apply(&mut parts.headers);
     // Origin form; HTTP/2 gets scheme and authority in `prepare`.
     parts.uri = Uri::from(path_and_query);
-    let preserved = if t.preserve_host { orig_host } else { None };
     let resp = exchange(
         pool,
         Request::from_parts(parts, body),
@@ -222,16 +250,15 @@ fn declared_length(h: &http::HeaderMap) -> Option<u64> {
 }
 
 /// Header hygiene (with the app's `strip` list), forwarding headers and the identity headers
-/// under the app's `names`. Returns the Host the client asked for, as sent (for
-/// `preserve_host`).
-fn rewrite_headers(
-    parts: &mut http::request::Parts,
+/// under the app's `names`, as a plan for the request's headers; and the Host the client
+/// asked for, as sent (for `preserve_host`).
+fn plan_headers(
+    parts: &http::request::Parts,
     permit: &Permitted,
-    strip: &Strip,
-    names: &IdentityHeaders,
+    (strip, names, credential_headers): (&Strip, &IdentityHeaders, [&http::HeaderName; 2]),
     client: Downstream,
     upgrade: bool,
-) -> Option<HeaderValue> {
+) -> (Option<HeaderValue>, Plan) {
     let orig_host: Option<HeaderValue> = parts.headers.get(HOST).cloned().or_else(|| {
         parts
             .uri
@@ -249,30 +276,30 @@ fn rewrite_headers(
         proto: if client.https { "https" } else { "http" },
         host: host_str,
     };
-    // Room for the forwarding and identity headers, so the map grows once, not per insert.
-    parts.headers.reserve(8);
-    headers::prepare_request(&mut parts.headers, &fwd, strip, upgrade);
+    let mut plan = headers::plan_request(&parts.headers, &fwd, strip, upgrade);
     // docs/security.md#34, #40: the session never reaches the upstream; identity arrives only
     // as the gateway's own headers (client-supplied ones, under any name an app might trust,
     // were removed above).
     // docs/security.md#34: an assertion a client sent is never passed on either, under the
     // default name or the configured one, in any spelling: both are on the app's `strip` list.
-    crate::session::strip_gateway_cookies(&mut parts.headers);
+    plan.cookies(crate::session::CookieEdit::of(&parts.headers));
     if let Some(id) = permit.identity() {
-        parts.headers.insert(names.email.clone(), id.email.clone());
-        parts.headers.insert(names.user.clone(), id.user.clone());
-        parts
-            .headers
-            .insert(names.groups.clone(), id.groups.clone());
+        plan.set(names.email.clone(), id.email.clone());
+        plan.set(names.user.clone(), id.user.clone());
+        plan.set(names.groups.clone(), id.groups.clone());
         if let Some((name, token)) = &id.assertion {
-            parts.headers.insert(name, token.clone());
+            plan.set(name.clone(), token.clone());
         }
     } else if let Some(user) = permit.service_user() {
         // A service has no address or groups: only the user header, `service:<name>`. No
         // assertion either: it names a person who logged in (docs/product.md#s4).
-        parts.headers.insert(names.user.clone(), user.clone());
+        plan.set(names.user.clone(), user.clone());
     }
-    orig_host
+    // The default spellings went in `plan_request`; these are the configured names.
+    for name in credential_headers {
+        plan.remove(name.clone());
+    }
+    (orig_host, plan)
 }
 
 /// The path and query sent upstream: as received, or the normalised path with the query.
@@ -300,7 +327,6 @@ async fn exchange(
     timeout: Duration,
     metrics: &AppMetrics,
 ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
-    let started = Instant::now();
     let prepare = |req: &mut Request<UpstreamBody>, h2: bool| {
         if h2 {
             *req.version_mut() = Version::HTTP_2;
@@ -329,7 +355,18 @@ async fn exchange(
             req.headers_mut().insert(HOST, host);
         }
     };
-    match tokio::time::timeout(timeout, pool.send(req, upgrade, prepare)).await {
+    timed(pool.send(req, upgrade, prepare), timeout, metrics).await
+}
+
+/// Runs `exchange` (connecting if need be, sending, reading the response head) within
+/// `timeout`, counting timeouts, connect failures and the time to the response head.
+async fn timed<T>(
+    exchange: impl Future<Output = Result<T, ProxyError>>,
+    timeout: Duration,
+    metrics: &AppMetrics,
+) -> Result<T, ProxyError> {
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, exchange).await {
         Err(_) => {
             metrics.upstream_timeouts.increment(1);
             Err(ProxyError::Timeout)

@@ -25,6 +25,8 @@ use rustls::pki_types::CertificateDer;
 
 use super::ProxyError;
 use super::client::{Connector, Stream, UpstreamBody};
+use super::h1;
+use crate::body::Body;
 use crate::config::UpstreamProtocol;
 
 /// An idle HTTP/1.1 connection is closed after this long.
@@ -46,6 +48,8 @@ pub struct Pool {
     idle: Mutex<VecDeque<Idle>>,
     /// The shared HTTP/2 connection.
     h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    /// Idle connections of the direct HTTP/1.1 path, most recently used last.
+    direct: Mutex<Vec<h1::Conn>>,
     sweeping: AtomicBool,
 }
 
@@ -81,6 +85,7 @@ impl Pool {
             connector,
             idle: Mutex::new(VecDeque::new()),
             h2: Mutex::new(None),
+            direct: Mutex::new(Vec::new()),
             sweeping: AtomicBool::new(false),
         })
     }
@@ -143,6 +148,63 @@ impl Pool {
             }
             Err(e) => Err(e.into_error()),
         }
+    }
+
+    /// Whether a request without a body may take the direct HTTP/1.1 path: the app speaks
+    /// HTTP/1.1 to this upstream (`http1`, or `auto` without TLS, where nothing else is
+    /// offered).
+    pub fn direct(&self) -> bool {
+        match self.protocol {
+            UpstreamProtocol::Http1 => true,
+            UpstreamProtocol::Auto => !self.https,
+            UpstreamProtocol::Http2 => false,
+        }
+    }
+
+    /// Sends a request without a body on the direct path; `encode` writes its head. A kept
+    /// connection the upstream closed unanswered is replaced once (the methods sent here are
+    /// idempotent, RFC 9110 s9.2.2, so sending again is safe).
+    pub async fn send_direct(
+        self: &Arc<Self>,
+        method: &http::Method,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Response<Body>, ProxyError> {
+        let (mut conn, pooled) = match self.checkout_direct() {
+            Some(c) => (c, true),
+            None => (Box::pin(self.connect_direct()).await?, false),
+        };
+        encode(&mut conn.out);
+        match h1::exchange(conn, self, method).await {
+            Ok(r) => Ok(r),
+            Err(f) if pooled && f.unanswered => {
+                let mut conn = Box::pin(self.connect_direct()).await?;
+                conn.out = f.out;
+                h1::exchange(conn, self, method)
+                    .await
+                    .map_err(|f| ProxyError::Upstream(Box::new(f.error)))
+            }
+            Err(f) => Err(ProxyError::Upstream(Box::new(f.error))),
+        }
+    }
+
+    fn checkout_direct(&self) -> Option<h1::Conn> {
+        let mut idle = self.direct.lock().ok()?;
+        let now = Instant::now();
+        while let Some(conn) = idle.pop() {
+            if now.saturating_duration_since(conn.since) <= IDLE_TIMEOUT {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    async fn connect_direct(self: &Arc<Self>) -> Result<h1::Conn, ProxyError> {
+        self.start_sweeper();
+        let io = match self.connector.connect(true).await? {
+            Stream::Plain(io) => h1::Io::Plain(io.into_inner()),
+            Stream::Tls(io, _) => h1::Io::Tls(io.into_inner()),
+        };
+        Ok(h1::Conn::new(io))
     }
 
     async fn send_on(
@@ -285,8 +347,24 @@ impl Pool {
                 if let Ok(mut idle) = pool.idle.lock() {
                     idle.retain(|e| !e.tx.is_closed() && e.since.elapsed() <= IDLE_TIMEOUT);
                 }
+                if let Ok(mut idle) = pool.direct.lock() {
+                    idle.retain(|c| c.since.elapsed() <= IDLE_TIMEOUT);
+                }
             }
         });
+    }
+}
+
+impl h1::Reuse for Pool {
+    /// A direct-path connection whose response was read to its end.
+    fn reuse(&self, mut conn: h1::Conn) {
+        conn.since = Instant::now();
+        if let Ok(mut idle) = self.direct.lock() {
+            if idle.len() >= MAX_IDLE {
+                idle.remove(0);
+            }
+            idle.push(conn);
+        }
     }
 }
 

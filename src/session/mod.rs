@@ -266,44 +266,72 @@ pub fn cookie_values<'a>(
         })
 }
 
+/// What becomes of a request's `Cookie` headers on the way upstream: the gateway's cookies
+/// go, the others stay (docs/security.md#34).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CookieEdit {
+    /// No gateway cookie: the headers go as they are.
+    Keep,
+    /// Only gateway cookies: no `Cookie` header at all.
+    Remove,
+    /// The other cookies, in one header.
+    Replace(HeaderValue),
+}
+
+impl CookieEdit {
+    /// The edit for `headers`.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mentions = headers
+            .get_all(COOKIE)
+            .iter()
+            .any(|v| v.as_bytes().windows(7).any(|w| w == b"otpgate"));
+        if !mentions {
+            return Self::Keep;
+        }
+        // The common case, a client sending only the gateway's cookie: nothing to rebuild.
+        let mut values = headers.get_all(COOKIE).iter();
+        if let (Some(only), None) = (values.next(), values.next())
+            && let Ok(v) = only.to_str()
+            && !v.contains(';')
+            && GATEWAY_COOKIES.contains(&v.split_once('=').map_or(v, |(k, _)| k).trim())
+        {
+            return Self::Remove;
+        }
+        let kept: Vec<&str> = headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .map(str::trim)
+            .filter(|pair| {
+                let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
+                !pair.is_empty() && !GATEWAY_COOKIES.contains(&name)
+            })
+            .collect();
+        match HeaderValue::from_str(&kept.join("; ")) {
+            Ok(v) if !kept.is_empty() => Self::Replace(v),
+            _ => Self::Remove,
+        }
+    }
+
+    /// Makes the edit in `headers`.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        match self {
+            Self::Keep => {}
+            Self::Remove => {
+                headers.remove(COOKIE);
+            }
+            Self::Replace(v) => {
+                headers.insert(COOKIE, v);
+            }
+        }
+    }
+}
+
 /// Removes the gateway's cookies (both names) from the `Cookie` headers, keeping the others,
 /// so the upstream never sees a session (docs/security.md#34).
 pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
-    let mentions = headers
-        .get_all(COOKIE)
-        .iter()
-        .any(|v| v.as_bytes().windows(7).any(|w| w == b"otpgate"));
-    if !mentions {
-        return;
-    }
-    // The common case, a client sending only the gateway's cookie: nothing to rebuild.
-    let mut values = headers.get_all(COOKIE).iter();
-    if let (Some(only), None) = (values.next(), values.next())
-        && let Ok(v) = only.to_str()
-        && !v.contains(';')
-        && GATEWAY_COOKIES.contains(&v.split_once('=').map_or(v, |(k, _)| k).trim())
-    {
-        headers.remove(COOKIE);
-        return;
-    }
-    let kept: Vec<String> = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
-            !pair.is_empty() && !GATEWAY_COOKIES.contains(&name)
-        })
-        .map(str::to_owned)
-        .collect();
-    headers.remove(COOKIE);
-    if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
-    {
-        headers.insert(COOKIE, v);
-    }
+    CookieEdit::of(headers).apply(headers);
 }
 
 /// `Set-Cookie` for a session (docs/product.md#s4, docs/security.md#28): `HttpOnly`,

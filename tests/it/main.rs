@@ -14,6 +14,7 @@ mod postgres;
 mod redis;
 mod smtp;
 mod timing;
+mod upstream_h1;
 
 mod abuse;
 mod assertion;

@@ -1,0 +1,250 @@
+//! What happens to a request's headers on the way upstream, decided once ([`Plan`]) and then
+//! either applied to the request's `HeaderMap` (for hyper's client) or written straight into
+//! the request head (the direct HTTP/1.1 path), so both paths send the same headers.
+
+use http::HeaderMap;
+use http::header::{COOKIE, HeaderName, HeaderValue, UPGRADE};
+
+use crate::session::CookieEdit;
+
+/// Names to remove, without a heap allocation in the common case.
+#[derive(Debug)]
+pub(super) struct Removals {
+    inline: [Option<HeaderName>; 4],
+    len: usize,
+    spill: Vec<HeaderName>,
+}
+
+impl Removals {
+    pub(super) fn new() -> Self {
+        Self {
+            inline: [None, None, None, None],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+    pub(super) fn push(&mut self, n: HeaderName) {
+        if self.len < self.inline.len() {
+            self.inline[self.len] = Some(n);
+            self.len += 1;
+        } else {
+            self.spill.push(n);
+        }
+    }
+    pub(super) fn apply(self, headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
+        for n in self.inline.into_iter().flatten().chain(self.spill) {
+            if !keep(&n) {
+                headers.remove(&n);
+            }
+        }
+    }
+}
+
+impl Removals {
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.inline[..self.len].iter().flatten().any(|n| n == name) || self.spill.contains(name)
+    }
+}
+
+/// The changes to a request's headers: names whose every value goes, what becomes of the
+/// `Cookie` headers, and headers set (replacing any the request has), in order.
+#[derive(Debug)]
+pub struct Plan {
+    pub(super) removals: Removals,
+    /// `Upgrade` survives the removals (a WebSocket request).
+    keep_upgrade: bool,
+    cookie: CookieEdit,
+    set: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Plan {
+    pub(super) fn new(upgrade: bool) -> Self {
+        Self {
+            removals: Removals::new(),
+            keep_upgrade: upgrade,
+            cookie: CookieEdit::Keep,
+            // The forwarding and identity headers and Host: one allocation.
+            set: Vec::with_capacity(12),
+        }
+    }
+
+    /// Every value of `name` goes.
+    pub fn remove(&mut self, name: HeaderName) {
+        self.removals.push(name);
+    }
+
+    /// `name` is sent with `value` only (set after the removals).
+    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        match self.set.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.set.push((name, value)),
+        }
+    }
+
+    /// What becomes of the `Cookie` headers.
+    pub fn cookies(&mut self, edit: CookieEdit) {
+        self.cookie = edit;
+    }
+
+    /// Applies the plan to `headers`.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        let keep_upgrade = self.keep_upgrade;
+        let cookie_removed = self.removals.contains(&COOKIE);
+        self.removals
+            .apply(headers, |n| keep_upgrade && n == UPGRADE);
+        if !cookie_removed {
+            self.cookie.apply(headers);
+        }
+        for (name, value) in self.set {
+            headers.insert(name, value);
+        }
+    }
+
+    /// Whether a header of the request is left out of what is sent (removed, replaced by a
+    /// set one, or a `Cookie`, which [`Plan::write`] writes itself).
+    fn drops(&self, name: &HeaderName) -> bool {
+        *name == COOKIE
+            || (self.removals.contains(name) && !(self.keep_upgrade && name == UPGRADE))
+            || self.set.iter().any(|(n, _)| n == name)
+    }
+
+    /// Writes the request's headers as the plan leaves them, as HTTP/1.1 header lines.
+    pub fn write(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
+        let mut line = |name: &HeaderName, value: &HeaderValue| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        };
+        for (name, value) in headers {
+            if !self.drops(name) {
+                line(name, value);
+            }
+        }
+        let cookie_removed =
+            self.removals.contains(&COOKIE) || self.set.iter().any(|(n, _)| n == COOKIE);
+        if !cookie_removed {
+            match &self.cookie {
+                CookieEdit::Keep => headers
+                    .get_all(COOKIE)
+                    .iter()
+                    .for_each(|v| line(&COOKIE, v)),
+                CookieEdit::Replace(v) => line(&COOKIE, v),
+                CookieEdit::Remove => {}
+            }
+        }
+        for (name, value) in &self.set {
+            line(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::Strip;
+    use crate::proxy::headers::{ForwardInfo, plan_request};
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        m
+    }
+
+    /// The header lines, sorted by name, each name's values in order.
+    fn lines(text: &[u8]) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = String::from_utf8_lossy(text)
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once(": ").unwrap();
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        // A stable sort keeps each name's values in their order.
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn plan_for(headers: &HeaderMap, trusted: bool, upgrade: bool) -> Plan {
+        let fwd = ForwardInfo {
+            client_ip: "198.51.100.7".parse().unwrap(),
+            peer_trusted: trusted,
+            peer_ip: if trusted {
+                "10.0.0.2".parse().unwrap()
+            } else {
+                "198.51.100.7".parse().unwrap()
+            },
+            proto: "https",
+            host: "app.example",
+        };
+        let mut plan = plan_request(headers, &fwd, &Strip::default(), upgrade);
+        plan.cookies(CookieEdit::of(headers));
+        plan.set(
+            HeaderName::from_static("x-otpgate-email"),
+            HeaderValue::from_static("a@b.example"),
+        );
+        plan.remove(HeaderName::from_static("x-custom-secret"));
+        plan.set(http::header::HOST, HeaderValue::from_static("up:8080"));
+        plan
+    }
+
+    /// The direct path writes exactly the headers the map path leaves (docs/security.md#34,
+    /// #40): whatever is stripped from the map is never written.
+    #[test]
+    fn sec_40_written_heads_match_the_applied_plan() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[("host", "app.example"), ("accept", "*/*")],
+            &[
+                ("host", "app.example"),
+                ("cookie", "__Host-otpgate=abc"),
+                ("x-otpgate-email", "evil@x.example"),
+                ("x_otpgate_user", "evil"),
+                ("remote-user", "root"),
+                ("x-forwarded-for", "1.2.3.4"),
+                ("x-forwarded-for", "5.6.7.8"),
+                ("forwarded", "for=1.2.3.4"),
+                ("connection", "keep-alive, x-hop"),
+                ("x-hop", "1"),
+                ("te", "trailers"),
+                ("x-custom-secret", "s"),
+                ("accept", "text/html"),
+                ("accept", "application/json"),
+            ],
+            &[
+                ("cookie", "a=1; __Host-otpgate=abc; b=2"),
+                ("cookie", "c=3"),
+                ("upgrade", "websocket"),
+                ("otpgate-client-secret", "x"),
+            ],
+            &[("cookie", "theme=dark"), ("user-agent", "t")],
+        ];
+        for (i, pairs) in cases.iter().enumerate() {
+            for trusted in [false, true] {
+                for upgrade in [false, true] {
+                    let headers = map(pairs);
+                    let mut written = Vec::new();
+                    plan_for(&headers, trusted, upgrade).write(&headers, &mut written);
+                    let mut applied = headers.clone();
+                    plan_for(&headers, trusted, upgrade).apply(&mut applied);
+                    let mut expected = Vec::new();
+                    Plan::new(false).write(&applied, &mut expected);
+                    assert_eq!(
+                        lines(&written),
+                        lines(&expected),
+                        "case {i}, trusted {trusted}, upgrade {upgrade}"
+                    );
+                    let text = String::from_utf8_lossy(&written).to_ascii_lowercase();
+                    assert!(!text.contains("otpgate=abc"), "case {i}: {text}");
+                    assert!(!text.contains("evil"), "case {i}: {text}");
+                    assert!(!text.contains("x-custom-secret"), "case {i}: {text}");
+                }
+            }
+        }
+    }
+}
