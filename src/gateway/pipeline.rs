@@ -114,7 +114,8 @@ impl Gateway {
                 let app = &rt.apps[idx];
                 (Some(app), self.serve_app(rt, app, req, conn).await)
             }
-            Ok(route::Target::Portal) => (None, self.serve_portal(rt, req, conn).await),
+            // Boxed, as the login pages are: the portal's future is large and rarely wanted.
+            Ok(route::Target::Portal) => (None, Box::pin(self.serve_portal(rt, req, conn)).await),
             Err(e) => (None, Err(e.into())),
         }
     }
@@ -178,7 +179,11 @@ impl Gateway {
         let route = route_of(rt, app, tunnel);
         let changed = normalised.is_some();
         let path = normalised.unwrap_or_default();
-        Ok(proxy::forward(permit, route, req, &path, changed, client).await?)
+        // Boxed: an async fn's future holds its awaited future beside its own arguments, so
+        // each level up the pipeline was about twice the size of the one below and every
+        // level was copied as it was created (tens of KiB a request). With the proxy stage on
+        // the heap, one allocation replaces those copies (docs/architecture.md, "Futures").
+        Ok(Box::pin(proxy::forward(permit, route, req, &path, changed, client)).await?)
     }
 
     /// What the policy stage reads, from this gateway and the runtime serving now.

@@ -200,7 +200,7 @@ async fn send(
                 p
             })
             .map_err(|e| ProxyError::Upstream(Box::new(e)))?;
-            return echo::respond(t.app, t.identity, &parts, body).await;
+            return Box::pin(echo::respond(t.app, t.identity, &parts, body)).await;
         }
         Upstream::Http(pool) => pool,
     };
@@ -230,14 +230,15 @@ async fn send(
     plan.apply(&mut parts.headers);
     // Origin form; HTTP/2 gets scheme and authority in `prepare`.
     parts.uri = Uri::from(path_and_query);
-    let resp = exchange(
+    // Boxed: hyper's client future is several KiB; the direct path above stays inline.
+    let resp = Box::pin(exchange(
         pool,
         Request::from_parts(parts, body),
         (upgrade, te_trailers),
         preserved.as_ref(),
         t.timeout,
         t.metrics,
-    )
+    ))
     .await?;
     finish(resp, client_upgrade, tunnel)
 }

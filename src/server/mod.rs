@@ -337,7 +337,8 @@ async fn serve_http<I>(
         async move {
             let _busy = ctx.activity.busy();
             let resp = match ctx.kind {
-                ListenerKind::Admin => crate::admin::handle(&ctx.gw, req).await,
+                // Boxed: the admin API is rare; its future would widen every request's.
+                ListenerKind::Admin => Box::pin(crate::admin::handle(&ctx.gw, req)).await,
                 ListenerKind::Http | ListenerKind::Https => ctx.gw.handle(req, &ctx.info).await,
             };
             Ok::<_, Infallible>(resp)

@@ -6,6 +6,7 @@
 
 mod assertion;
 mod forward_auth;
+mod future_size;
 mod headers;
 mod login_dispatch;
 mod path;
