@@ -47,7 +47,8 @@ struct Grant {
 /// The session behind a permitted request.
 #[derive(Debug)]
 struct Session {
-    claims: Claims,
+    /// Shared with the cache of opened cookies: no copy per request.
+    claims: Arc<Claims>,
     identity: Identity,
     refreshed: Option<HeaderValue>,
 }
@@ -97,7 +98,7 @@ impl Permitted {
 
     /// The session, when one allowed the request.
     pub fn claims(&self) -> Option<&Claims> {
-        self.session.as_ref().map(|s| &s.claims)
+        self.session.as_ref().map(|s| &*s.claims)
     }
 
     /// The refreshed session cookie to send back with the response, if one is due.
@@ -171,7 +172,7 @@ pub(crate) fn authorize(
     }
     let (decision, session) = match policy::decide(app.policies, facts, None) {
         Decision::LoginRequired(_) | Decision::Allow(_) => {
-            match deps.sessions.from_headers(
+            match deps.sessions.from_headers_shared(
                 headers,
                 app.cookie_name,
                 app.name,

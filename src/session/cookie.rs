@@ -306,6 +306,20 @@ pub fn open(
     now_ms: u64,
     idle_ms: Option<u64>,
 ) -> Result<Claims, OpenError> {
+    let claims = authenticate(value, kind, app, keys)?;
+    check_times(&claims, now_ms, idle_ms)?;
+    Ok(claims)
+}
+
+/// The half of [`open`] that depends only on the value and the keys: decoding, the AEAD tag,
+/// parsing, and the kind and app the claims name. Its result may be reused for the same value
+/// and keys; [`check_times`] may not.
+pub(crate) fn authenticate(
+    value: &str,
+    kind: TokenKind,
+    app: &str,
+    keys: &KeyRing,
+) -> Result<Claims, OpenError> {
     let mut buf = [0u8; MAX_DECODED_LEN];
     let plain = open_in(value, kind, app, keys, &mut buf)?;
     // Authentic from here on: the layout was written by `seal`.
@@ -313,6 +327,16 @@ pub fn open(
     if claims.kind != kind || claims.app != app {
         return Err(OpenError::Forged);
     }
+    Ok(claims)
+}
+
+/// The half of [`open`] that depends on the time: not issued in the future, not past its
+/// expiry, not idle too long (docs/security.md#30). Runs on every request, cached or not.
+pub(crate) fn check_times(
+    claims: &Claims,
+    now_ms: u64,
+    idle_ms: Option<u64>,
+) -> Result<(), OpenError> {
     if claims.issued_ms > now_ms.saturating_add(SKEW_MS) {
         return Err(OpenError::NotYetValid);
     }
@@ -328,7 +352,7 @@ pub fn open(
     {
         return Err(OpenError::Expired);
     }
-    Ok(claims)
+    Ok(())
 }
 
 fn parse(p: &[u8]) -> Option<Claims> {

@@ -2,6 +2,7 @@
 
 pub mod cookie;
 pub mod keys;
+mod opened;
 pub mod revocation;
 pub mod service_token;
 
@@ -131,6 +132,8 @@ pub struct Sessions {
     keys: ArcSwap<KeyRing>,
     revocations: Arc<Revocations>,
     random: Arc<dyn Random>,
+    /// Cookies opened before, so a repeated value skips decoding and decryption.
+    opened: opened::Opened,
 }
 
 impl Sessions {
@@ -140,12 +143,15 @@ impl Sessions {
             keys: ArcSwap::from_pointee(keys),
             revocations: Arc::default(),
             random,
+            opened: opened::Opened::default(),
         }
     }
 
-    /// Replaces the keys (config reload).
+    /// Replaces the keys (config reload). Cookies opened under the old keys are forgotten:
+    /// one sealed with a key no longer listed must stop opening.
     pub fn replace_keys(&self, keys: KeyRing) {
         self.keys.store(Arc::new(keys));
+        self.opened.clear();
     }
 
     /// The current keys.
@@ -226,6 +232,19 @@ impl Sessions {
         self.of_kind(headers, TokenKind::Session, name, app, now_ms, idle)
     }
 
+    /// Like [`Sessions::from_headers`], sharing the claims with the cache of opened cookies
+    /// instead of copying them (the proxied request's path).
+    pub fn from_headers_shared(
+        &self,
+        headers: &HeaderMap,
+        name: &str,
+        app: &str,
+        now_ms: u64,
+        idle: Option<Duration>,
+    ) -> Result<Arc<Claims>, SessionError> {
+        self.find(headers, TokenKind::Session, name, app, now_ms, idle)
+    }
+
     /// Like [`Sessions::from_headers`] for a token of another kind (the restricted session).
     pub fn of_kind(
         &self,
@@ -236,17 +255,57 @@ impl Sessions {
         now_ms: u64,
         idle: Option<Duration>,
     ) -> Result<Claims, SessionError> {
+        self.find(headers, kind, name, app, now_ms, idle)
+            .map(Arc::unwrap_or_clone)
+    }
+
+    fn find(
+        &self,
+        headers: &HeaderMap,
+        kind: TokenKind,
+        name: &str,
+        app: &str,
+        now_ms: u64,
+        idle: Option<Duration>,
+    ) -> Result<Arc<Claims>, SessionError> {
         let idle_ms = idle.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let keys = self.keys.load();
         let mut last = SessionError::Missing;
         for value in cookie_values(headers, name).take(4) {
-            match cookie::open(value, kind, app, &keys, now_ms, idle_ms) {
-                Ok(c) if self.revocations.is_revoked(&c) => last = SessionError::Revoked,
+            match self.open(value, kind, app, &keys, now_ms, idle_ms) {
                 Ok(c) => return Ok(c),
-                Err(e) => last = SessionError::Invalid(e),
+                Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// One cookie value: its claims from the cache of opened cookies, or opened and then
+    /// cached. The time and the revocations are checked either way, on every request.
+    fn open(
+        &self,
+        value: &str,
+        kind: TokenKind,
+        app: &str,
+        keys: &Arc<KeyRing>,
+        now_ms: u64,
+        idle_ms: Option<u64>,
+    ) -> Result<Arc<Claims>, SessionError> {
+        let (claims, cached) = match self.opened.get(value, kind, app, keys) {
+            Some(c) => (c, true),
+            None => (
+                Arc::new(cookie::authenticate(value, kind, app, keys)?),
+                false,
+            ),
+        };
+        cookie::check_times(&claims, now_ms, idle_ms)?;
+        if self.revocations.is_revoked(&claims) {
+            return Err(SessionError::Revoked);
+        }
+        if !cached {
+            self.opened.insert(value, keys, &claims);
+        }
+        Ok(claims)
     }
 }
 
