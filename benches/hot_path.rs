@@ -1,6 +1,7 @@
 //! Per-request work that does not touch the network: path normalisation, host parsing, client
 //! address resolution, header hygiene, the policy decision, the service-token check, the
-//! identity assertion, and a whole authenticated request through the pipeline to
+//! identity assertion, the direct HTTP/1.1 path's request and response heads, and a whole
+//! authenticated request through the pipeline to
 //! `builtin:echo` with the assertion on and off.
 //!
 //! `cargo bench --bench hot_path`
@@ -14,7 +15,8 @@ use otpgate::config::{HeaderPattern, IdentityHeaders};
 use otpgate::email::Email;
 use otpgate::policy::{self, Action, LoginMethod, Policy, Selector};
 use otpgate::proxy::Strip;
-use otpgate::proxy::headers::{ForwardInfo, prepare_request};
+use otpgate::proxy::h1::head;
+use otpgate::proxy::headers::{ForwardInfo, plan_request, prepare_request};
 
 fn browser_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -159,6 +161,31 @@ fn bench(c: &mut Criterion) {
         b.iter_batched_ref(
             spoofed,
             |h| prepare_request(h, &fwd, &strip, false),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    // The direct HTTP/1.1 path: the plan written as a request head (no `HeaderMap` edits),
+    // and a small upstream response head parsed.
+    c.bench_function("h1 request head (plan written, browser request)", |b| {
+        let strip = Strip::default();
+        let headers = browser_headers();
+        let mut out = Vec::with_capacity(1024);
+        b.iter(|| {
+            let mut plan = plan_request(&headers, &fwd, &strip, false);
+            plan.cookies(otpgate::session::CookieEdit::of(&headers));
+            plan.set(
+                http::header::HOST,
+                HeaderValue::from_static("127.0.0.1:8080"),
+            );
+            head::encode(&http::Method::GET, "/index.html", &headers, &plan, &mut out);
+            black_box(out.len())
+        })
+    });
+    c.bench_function("h1 response head parse (5 headers)", |b| {
+        let text: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 02 Dec 2026 04:38:31 GMT\r\nContent-Type: text/plain\r\nContent-Length: 24\r\nConnection: keep-alive\r\n\r\nhello from the upstream\n";
+        b.iter_batched_ref(
+            || bytes::BytesMut::from(text),
+            |buf| head::parse(buf, &http::Method::GET).map(|h| h.map(|h| h.status)),
             criterion::BatchSize::SmallInput,
         )
     });

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::harness::*;
 
 /// One app on plain HTTP in front of `upstream`, open to everyone (bypass).
-fn bypass_app(upstream: &str, extra: &str) -> String {
+pub fn bypass_app(upstream: &str, extra: &str) -> String {
     format!(
         "version: 1
 listen: {{ http: 127.0.0.1:0, admin: 127.0.0.1:0 }}

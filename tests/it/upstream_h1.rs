@@ -122,18 +122,15 @@ async fn serve(
 }
 
 fn app(upstream: &str) -> String {
-    format!(
-        "version: 1
-listen: {{ http: 127.0.0.1:0, admin: 127.0.0.1:0 }}
-apps:
-  - name: app
-    hosts: [app.test]
-    public_url: http://app.test
-    upstream: {upstream}
-    policies:
-      - {{ name: open, action: bypass }}
-"
-    )
+    crate::proxy::bypass_app(upstream, "")
+}
+
+async fn get(gw: &Gw, client: &reqwest::Client, path: &str) -> reqwest::Response {
+    client
+        .get(gw.http_url("app.test", path))
+        .send()
+        .await
+        .unwrap()
 }
 
 fn bytes(s: &str) -> Vec<u8> {
@@ -152,11 +149,7 @@ async fn many_gets_share_one_kept_upstream_connection() {
     let gw = Gw::start(&app(&up.url())).await;
     let client = gw.client();
     for _ in 0..20 {
-        let r = client
-            .get(gw.http_url("app.test", "/a?b=c"))
-            .send()
-            .await
-            .unwrap();
+        let r = get(&gw, &client, "/a?b=c").await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-up"], "1");
         assert_eq!(r.text().await.unwrap(), "hello");
@@ -194,11 +187,7 @@ async fn chunked_bodies_split_across_writes_arrive_whole() {
     let gw = Gw::start(&app(&up.url())).await;
     let client = gw.client();
     for _ in 0..3 {
-        let r = client
-            .get(gw.http_url("app.test", "/"))
-            .send()
-            .await
-            .unwrap();
+        let r = get(&gw, &client, "/").await;
         assert_eq!(r.status(), 200);
         assert!(r.headers().get("content-length").is_none());
         assert_eq!(r.text().await.unwrap(), "hello, world");
@@ -223,11 +212,7 @@ async fn a_body_delimited_by_the_close_is_relayed_and_the_connection_not_kept() 
     let gw = Gw::start(&app(&up.url())).await;
     let client = gw.client();
     for _ in 0..2 {
-        let r = client
-            .get(gw.http_url("app.test", "/"))
-            .send()
-            .await
-            .unwrap();
+        let r = get(&gw, &client, "/").await;
         assert_eq!(r.text().await.unwrap(), "until the end");
     }
     assert_eq!(up.connections(), 2);
@@ -245,11 +230,7 @@ async fn connection_close_from_the_upstream_is_honoured() {
     let gw = Gw::start(&app(&up.url())).await;
     let client = gw.client();
     for _ in 0..3 {
-        let r = client
-            .get(gw.http_url("app.test", "/"))
-            .send()
-            .await
-            .unwrap();
+        let r = get(&gw, &client, "/").await;
         assert!(r.headers().get("connection").is_none_or(|v| v != "close"));
         assert_eq!(r.text().await.unwrap(), "ok");
     }
@@ -269,11 +250,7 @@ async fn a_kept_connection_the_upstream_dropped_is_replaced_once() {
     let gw = Gw::start(&app(&up.url())).await;
     let client = gw.client();
     for i in 0..3 {
-        let r = client
-            .get(gw.http_url("app.test", "/"))
-            .send()
-            .await
-            .unwrap();
+        let r = get(&gw, &client, "/").await;
         assert_eq!(r.status(), 200, "request {i}");
         assert_eq!(r.text().await.unwrap(), "ok");
     }
@@ -312,12 +289,7 @@ async fn interim_responses_are_dropped() {
     )
     .await;
     let gw = Gw::start(&app(&up.url())).await;
-    let r = gw
-        .client()
-        .get(gw.http_url("app.test", "/"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&gw, &gw.client(), "/").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "ok");
 }
@@ -332,12 +304,7 @@ async fn ambiguous_or_malformed_upstream_heads_get_502() {
     ] {
         let up = Scripted::start(vec![bytes(answer)], Then::Close).await;
         let gw = Gw::start(&app(&up.url())).await;
-        let r = gw
-            .client()
-            .get(gw.http_url("app.test", "/"))
-            .send()
-            .await
-            .unwrap();
+        let r = get(&gw, &gw.client(), "/").await;
         assert_eq!(r.status(), 502, "{answer:?}");
     }
 }
