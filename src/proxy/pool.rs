@@ -33,6 +33,10 @@ use crate::config::UpstreamProtocol;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle HTTP/1.1 connections kept per upstream.
 pub const MAX_IDLE: usize = 1024;
+/// A direct-path connection idle this long is checked for an end of stream or an answer out
+/// of turn before it carries a request (busy connections are reused within milliseconds, and
+/// upstreams close idle ones after seconds).
+pub const PROBE_AFTER: Duration = Duration::from_secs(1);
 
 /// The connections to one upstream.
 #[derive(Debug)]
@@ -188,14 +192,15 @@ impl Pool {
     }
 
     fn checkout_direct(&self) -> Option<h1::Conn> {
-        let mut idle = self.direct.lock().ok()?;
         let now = Instant::now();
-        while let Some(conn) = idle.pop() {
-            if now.saturating_duration_since(conn.since) <= IDLE_TIMEOUT {
-                return Some(conn);
+        loop {
+            let conn = self.direct.lock().ok()?.pop()?;
+            let idle = now.saturating_duration_since(conn.since);
+            if idle > IDLE_TIMEOUT || (idle >= PROBE_AFTER && !conn.still_open()) {
+                continue;
             }
+            return Some(conn);
         }
-        None
     }
 
     async fn connect_direct(self: &Arc<Self>) -> Result<h1::Conn, ProxyError> {

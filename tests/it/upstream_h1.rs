@@ -329,3 +329,54 @@ async fn a_body_cut_short_aborts_the_client_response() {
         ),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_out_of_turn_on_an_idle_connection_is_never_relayed() {
+    // Each connection answers its first request, then writes a 408 out of turn while idle
+    // (as some servers do before closing an idle connection) and keeps the socket open.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => got.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let body = format!("conn {n}");
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(answer.as_bytes()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                // Keep the socket open; whatever arrives now goes unanswered.
+                while let Ok(k) = s.read(&mut buf).await {
+                    if k == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gw::start(&app(&format!("http://127.0.0.1:{port}"))).await;
+    let client = gw.client();
+    let first = get(&gw, &client, "/").await;
+    assert_eq!(first.text().await.unwrap(), "conn 1");
+    // Idle past the probe threshold: the stray 408 is waiting on the kept connection.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = get(&gw, &client, "/").await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.text().await.unwrap(), "conn 2");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}

@@ -136,6 +136,20 @@ impl Conn {
             .map_err(IoError::Io)
     }
 
+    /// Whether a kept connection may still carry a request: nothing arrived on it while it
+    /// was idle. An upstream that closed it left an end of stream; one that answered out of
+    /// turn (a `408` before closing an idle connection) left bytes that would otherwise be
+    /// read as the next request's answer. One non-blocking `recv(2)`, so it is asked only of
+    /// connections idle for a while.
+    pub(super) fn still_open(&self) -> bool {
+        let tcp = match &self.io {
+            Io::Plain(s) => s,
+            // Any byte below TLS (an alert, a record) means the same.
+            Io::Tls(s) => s.get_ref().0,
+        };
+        matches!(tcp.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
     async fn fill(&mut self) -> Result<usize, IoError> {
         std::future::poll_fn(|cx| self.poll_fill(cx, BUF)).await
     }
