@@ -380,3 +380,35 @@ async fn an_answer_out_of_turn_on_an_idle_connection_is_never_relayed() {
     assert_eq!(second.text().await.unwrap(), "conn 2");
     assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_speaking_http1_take_the_direct_path() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["127.0.0.1"]);
+    let up = Upstream::start_tls(&leaf).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let yaml = crate::proxy::bypass_app(
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        &format!(
+            "    upstream_ca: {}\n    upstream_protocol: http1",
+            ca_path.display()
+        ),
+    );
+    let gw = Gw::start(&yaml).await;
+    let client = gw.client();
+    for i in 0..5 {
+        let r = get(&gw, &client, &format!("/over-tls/{i}")).await;
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["path"], format!("/over-tls/{i}"));
+        assert_eq!(v["method"], "GET");
+    }
+    assert_eq!(up.hits(), 5);
+    // A body larger than the read buffer streams through the direct path's body reader.
+    let r = get(&gw, &client, "/stream?size=60000").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), pattern(0, 60_000));
+    assert_eq!(up.hits(), 6);
+}
