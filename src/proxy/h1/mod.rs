@@ -180,7 +180,13 @@ pub async fn exchange<P: Reuse + 'static>(
         unanswered,
         out,
     };
-    if let Err(e) = conn.io.write_all(&conn.out).await {
+    // Flushed too: TLS may keep records back that a plain socket would have sent (for TCP
+    // the flush is a no-op).
+    let written = match conn.io.write_all(&conn.out).await {
+        Ok(()) => conn.io.flush().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
         let out = std::mem::take(&mut conn.out);
         return Err(fail(IoError::Io(e), true, out));
     }
