@@ -106,7 +106,6 @@ impl AsyncWrite for Io {
 }
 
 /// An upstream connection on the direct path, with what was read past the last response.
-#[derive(Debug)]
 pub struct Conn {
     io: Io,
     buf: BytesMut,
@@ -114,6 +113,19 @@ pub struct Conn {
     pub(super) out: Vec<u8>,
     /// When it last went idle.
     pub(super) since: Instant,
+}
+
+/// Lengths only: the buffers hold request and response heads (cookies, identity headers,
+/// the assertion), which must never reach a log.
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("io", &self.io)
+            .field("buffered", &self.buf.len())
+            .field("head_len", &self.out.len())
+            .field("since", &self.since)
+            .finish()
+    }
 }
 
 impl Conn {
@@ -214,6 +226,9 @@ pub async fn exchange<P: Reuse + 'static>(
 }
 
 fn respond<P: Reuse + 'static>(mut conn: Conn, pool: &Arc<P>, head: Head) -> Response<Body> {
+    // The request head is no longer needed (it was kept for a second try until an answer
+    // came); its capacity is.
+    conn.out.clear();
     let Head {
         status,
         headers,
@@ -247,4 +262,30 @@ fn respond<P: Reuse + 'static>(mut conn: Conn, pool: &Arc<P>, head: Head) -> Res
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The heads a connection keeps carry cookies, identity headers and the assertion: its
+    /// debug form (a pool may be printed whole) shows their lengths only.
+    #[tokio::test]
+    async fn debug_never_shows_the_heads() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut conn = Conn::new(Io::Plain(stream));
+        conn.out
+            .extend_from_slice(b"GET / HTTP/1.1\r\ncookie: session=s3cr3t\r\n\r\n");
+        conn.buf
+            .extend_from_slice(b"HTTP/1.1 200 OK\r\nset-cookie: t0k3n\r\n");
+        let shown = format!("{conn:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("t0k3n"),
+            "{shown}"
+        );
+        assert!(shown.contains("head_len"), "{shown}");
+    }
 }
