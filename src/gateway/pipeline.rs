@@ -33,6 +33,23 @@ use crate::users::Users;
 
 use super::forwarded;
 
+/// Where a request was served: an app, the portal (the gateway's own host), or nowhere.
+#[derive(Debug, Clone, Copy)]
+enum Served<'r> {
+    App(&'r App),
+    Portal,
+    Nowhere,
+}
+
+impl<'r> Served<'r> {
+    fn app(self) -> Option<&'r App> {
+        match self {
+            Self::App(a) => Some(a),
+            Self::Portal | Self::Nowhere => None,
+        }
+    }
+}
+
 impl Gateway {
     /// Answers one request from a client connection (or a built one, in tests).
     pub async fn handle<B: Into<RequestBody>>(
@@ -50,11 +67,8 @@ impl Gateway {
                 Instant::now(),
             )
         });
-        // The portal is the gateway's own host: its requests are not "unrouted".
-        let portal = rt.config.portal.is_some()
-            && route::target(&rt.router, req.uri(), req.headers(), conn.sni.as_deref())
-                == Ok(route::Target::Portal);
-        let (app, result) = self.serve(&rt, req, conn).await;
+        let (served, result) = self.serve(&rt, req, conn).await;
+        let app = served.app();
         let response = match result {
             Ok(r) => r,
             Err(e) => {
@@ -76,10 +90,11 @@ impl Gateway {
                 e.into_response(&rt.pages)
             }
         };
-        match app {
-            Some(a) => a.metrics.request(response.status()),
-            None if portal => {}
-            None => ::metrics::counter!(metrics::UNROUTED).increment(1),
+        match served {
+            Served::App(a) => a.metrics.request(response.status()),
+            // The portal is the gateway's own host: its requests are not "unrouted".
+            Served::Portal => {}
+            Served::Nowhere => ::metrics::counter!(metrics::UNROUTED).increment(1),
         }
         if let Some((method, path, started)) = access {
             tracing::info!(
@@ -103,20 +118,25 @@ impl Gateway {
         rt: &'r Runtime,
         req: Request<RequestBody>,
         conn: &ConnInfo,
-    ) -> (Option<&'r App>, Result<Response<Body>, GateError>) {
+    ) -> (Served<'r>, Result<Response<Body>, GateError>) {
         if req.uri().path() == forward_auth::AUTH_PATH
             && forwarded::is_trusted(conn.peer.ip().to_canonical(), &rt.config.trusted_proxies)
         {
-            return self.forward_auth(rt, &req, conn);
+            let (app, result) = self.forward_auth(rt, &req, conn);
+            return (app.map_or(Served::Nowhere, Served::App), result);
         }
+        // Routed once per request: the answer also says how the request is counted.
         match route::target(&rt.router, req.uri(), req.headers(), conn.sni.as_deref()) {
             Ok(route::Target::App(idx)) => {
                 let app = &rt.apps[idx];
-                (Some(app), self.serve_app(rt, app, req, conn).await)
+                (Served::App(app), self.serve_app(rt, app, req, conn).await)
             }
             // Boxed, as the login pages are: the portal's future is large and rarely wanted.
-            Ok(route::Target::Portal) => (None, Box::pin(self.serve_portal(rt, req, conn)).await),
-            Err(e) => (None, Err(e.into())),
+            Ok(route::Target::Portal) => (
+                Served::Portal,
+                Box::pin(self.serve_portal(rt, req, conn)).await,
+            ),
+            Err(e) => (Served::Nowhere, Err(e.into())),
         }
     }
 
