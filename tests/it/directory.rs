@@ -99,16 +99,6 @@ async fn visit(gw: &Gw, cookie: &str) -> (u16, serde_json::Value) {
     )
 }
 
-async fn readyz(gw: &Gw) -> u16 {
-    gw.client()
-        .get(gw.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_merges_directory_users_with_config_users_and_reports_skipped_entries() {
     let Some(ldap) = Slapd::start(Options::default()).await else {
@@ -117,7 +107,7 @@ async fn sync_merges_directory_users_with_config_users_and_reports_skipped_entri
     let up = Upstream::start().await;
     let gw = Gw::start_with(&config(&up, &ldap.directory_yaml("5m"), ""), CERTS).await;
     synced(&gw).await;
-    assert_eq!(readyz(&gw).await, 200);
+    assert_eq!(gw.readyz().await.0, 200);
 
     let users = gw.running.gateway().users();
     let ids: Vec<&str> = users.all().map(|u| u.id.as_str()).collect();
@@ -389,7 +379,7 @@ async fn the_last_snapshot_serves_while_the_directory_is_down_also_across_a_rest
         "no sync succeeded while the directory was down"
     );
     assert_eq!(visit(&gw, &bob).await.0, 200);
-    assert_eq!(readyz(&gw).await, 200);
+    assert_eq!(gw.readyz().await.0, 200);
 
     // A restart while it is down: the persisted snapshot serves from the start.
     let gw = gw.restart().await;
@@ -400,13 +390,13 @@ async fn the_last_snapshot_serves_while_the_directory_is_down_also_across_a_rest
         ["ops", "admins", "engineering"]
     );
     assert_eq!(visit(&gw, &bob).await.0, 200);
-    assert_eq!(readyz(&gw).await, 200);
+    assert_eq!(gw.readyz().await.0, 200);
 
     // Another gateway that never synced knows no directory user and is not ready.
     let fresh = Gw::start_with(&yaml, CERTS).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(fresh.running.gateway().directory_snapshot().is_none());
-    assert_eq!(readyz(&fresh).await, 503);
+    assert_eq!(fresh.readyz().await.0, 503);
     assert_eq!(groups_of(&fresh, "bob@example.org"), None);
     assert_eq!(
         visit(&fresh, &fresh.mint("portal", "bob@example.org"))
@@ -428,7 +418,7 @@ async fn the_last_snapshot_serves_while_the_directory_is_down_also_across_a_rest
     groups_become(&gw, "bob@example.org", &[]).await;
     assert_eq!(visit(&gw, &bob).await.0, 403);
     synced(&fresh).await;
-    assert_eq!(readyz(&fresh).await, 200);
+    assert_eq!(fresh.readyz().await.0, 200);
     assert_eq!(
         groups_of(&fresh, "alice@example.org").unwrap(),
         ["ops", "admins", "engineering"]

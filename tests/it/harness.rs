@@ -502,6 +502,17 @@ impl Gw {
         .unwrap()
     }
 
+    /// What the admin listener answers on `/readyz`: the status and the text.
+    pub async fn readyz(&self) -> (u16, String) {
+        let r = self
+            .client()
+            .get(self.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
     /// The Prometheus text of the admin listener.
     pub async fn metrics(&self) -> String {
         self.client()

@@ -6,22 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::*;
 use crate::login::Visitor;
 use crate::onetime::{GOOD_PASSWORD, password_login, set_password, setup};
 use crate::postgres::PgServer;
 
 const UNAVAILABLE: &str = "Signing in is not possible right now";
-
-async fn readyz(gw: &Gw) -> (u16, String) {
-    let r = gw
-        .client()
-        .get(gw.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_gateway_logs_in_with_a_temporary_password_and_then_a_password() {
@@ -90,7 +79,7 @@ async fn sec_43_postgresql_down_fails_logins_closed_keeps_sessions_and_recovers(
         GOOD_PASSWORD,
     )
     .await;
-    assert_eq!(readyz(&gw).await.0, 200);
+    assert_eq!(gw.readyz().await.0, 200);
 
     pg.stop();
     // A login that needs the store fails closed with the friendly 503 page ...
@@ -103,7 +92,7 @@ async fn sec_43_postgresql_down_fails_logins_closed_keeps_sessions_and_recovers(
     let hits = up.hits();
     assert_eq!(v.get("/docs").await.status, 200);
     assert_eq!(up.hits(), hits + 1);
-    let (status, body) = readyz(&gw).await;
+    let (status, body) = gw.readyz().await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("credentials store"), "{body}");
     assert!(gw.metrics().await.contains("otpgate_store_errors_total"));
@@ -124,5 +113,5 @@ async fn sec_43_postgresql_down_fails_logins_closed_keeps_sessions_and_recovers(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(readyz(&gw).await.0, 200);
+    assert_eq!(gw.readyz().await.0, 200);
 }

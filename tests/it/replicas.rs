@@ -212,16 +212,6 @@ async fn ask(gw: &Gw) -> (u16, String) {
     (p.status, p.body)
 }
 
-async fn readyz(gw: &Gw) -> (u16, String) {
-    let r = gw
-        .client()
-        .get(gw.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_redis_down_fails_logins_closed_keeps_sessions_and_recovers() {
     let Some(smtp) = SmtpServer::start().await else {
@@ -234,7 +224,7 @@ async fn replicas_redis_down_fails_logins_closed_keeps_sessions_and_recovers() {
     let shared = tempfile::tempdir().unwrap();
     let limits = "rate_limits: { login_requests_per_ip: 1000/15m, code_resend_cooldown: 1ms }";
     let (a, _b) = pair(&smtp, &up, shared.path(), &redis.url(), limits).await;
-    assert_eq!(readyz(&a).await.0, 200);
+    assert_eq!(a.readyz().await.0, 200);
     let mut v = Visitor::new(&a);
     v.request_code(ALICE).await;
     let mut seen = Vec::new();
@@ -252,7 +242,7 @@ async fn replicas_redis_down_fails_logins_closed_keeps_sessions_and_recovers() {
     assert_eq!(up.hits(), hits + 1);
     // Readiness flips (the failed login above already told it; probes ask at most once a
     // second themselves).
-    let (status, body) = readyz(&a).await;
+    let (status, body) = a.readyz().await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("shared state unavailable"), "{body}");
     assert!(a.metrics().await.contains("otpgate_state_errors_total"));
@@ -273,7 +263,7 @@ async fn replicas_redis_down_fails_logins_closed_keeps_sessions_and_recovers() {
     }
     fresh_pin(&smtp, &mut seen).await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while readyz(&a).await.0 != 200 {
+    while a.readyz().await.0 != 200 {
         assert!(Instant::now() < deadline, "/readyz stays unready");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -404,7 +394,7 @@ async fn replicas_a_redis_down_at_start_does_not_stop_the_gateway() {
     let url = format!("redis://127.0.0.1:{port}/0");
     let limits = "rate_limits: { login_requests_per_ip: 1000/15m }";
     let (a, _b) = pair(&smtp, &up, shared.path(), &url, limits).await;
-    let (status, body) = readyz(&a).await;
+    let (status, body) = a.readyz().await;
     assert_eq!(status, 503, "{body}");
     let (status, body) = ask(&a).await;
     assert_eq!(status, 503);
