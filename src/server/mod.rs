@@ -1,7 +1,9 @@
 //! Listeners: TCP accept loops for plain HTTP, HTTPS and admin; per connection a TLS handshake
-//! with a deadline, hyper's HTTP/1.1 + HTTP/2 server with header-read and idle timeouts, and a
-//! graceful drain on shutdown.
+//! with a deadline, the HTTP/1.1 fast path for simple requests, hyper's HTTP/1.1 + HTTP/2
+//! server for the rest, header-read and idle timeouts, and a graceful drain on shutdown.
 
+mod h1;
+mod rewind;
 pub(crate) mod tls;
 
 use std::convert::Infallible;
@@ -23,6 +25,8 @@ use crate::config::BoundAddrs;
 use crate::config::{Limits, Listen, ServeRuntime};
 use crate::gateway::{ConnInfo, Gateway};
 use crate::io::{Activity, Tracked};
+
+use rewind::Rewind;
 
 /// Listener problems.
 #[derive(Debug, thiserror::Error)]
@@ -274,7 +278,7 @@ async fn serve_tcp(
                 tls: false,
                 sni: None,
             };
-            serve_http(kind, stream, info, gw, &limits, cancel).await;
+            serve_http(kind, stream, info, gw, &limits, cancel, false).await;
         }
         Some(acceptor) => {
             let tls_stream =
@@ -296,12 +300,13 @@ async fn serve_tcp(
                     }
                 };
             let sni = tls_stream.get_ref().1.server_name().map(Box::from);
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let info = ConnInfo {
                 peer,
                 tls: true,
                 sni,
             };
-            serve_http(kind, tls_stream, info, gw, &limits, cancel).await;
+            serve_http(kind, tls_stream, info, gw, &limits, cancel, h2).await;
         }
     }
 }
@@ -314,6 +319,9 @@ struct ConnCtx {
     activity: Arc<Activity>,
 }
 
+/// Serves one connection: HTTP/1.1 on an app listener starts on the fast path ([`h1`]), which
+/// hands the connection to hyper at the first request it does not serve itself; HTTP/2 (by
+/// ALPN) and the admin listener go to hyper at once.
 async fn serve_http<I>(
     kind: ListenerKind,
     io: I,
@@ -321,9 +329,19 @@ async fn serve_http<I>(
     gw: Arc<Gateway>,
     limits: &Limits,
     cancel: CancellationToken,
+    h2: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (io, read) = if kind == ListenerKind::Admin || h2 {
+        (io, bytes::Bytes::new())
+    } else {
+        match h1::serve(io, &gw, &info, limits, &cancel).await {
+            h1::Outcome::Closed => return,
+            h1::Outcome::HandOver(io, read) => (io, read),
+        }
+    };
+    let io = Rewind::new(io, read);
     let ctx = Arc::new(ConnCtx {
         kind,
         gw,

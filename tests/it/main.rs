@@ -20,6 +20,7 @@ mod abuse;
 mod assertion;
 mod cli;
 mod directory;
+mod fast_path;
 mod forward_auth;
 mod grpc;
 mod lifecycle;
