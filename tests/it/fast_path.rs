@@ -213,6 +213,33 @@ async fn heads_trickled_byte_by_byte_are_cut_off_at_the_header_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_over_the_limit_get_431_however_they_arrive() {
+    let up = Upstream::start().await;
+    let gw = Gw::start(&config(&up.url(), "max_header_bytes: 16KiB")).await;
+    // 20 KiB heads, cut at several places: read in a piece under the limit, then the rest at
+    // once, a head may arrive whole in a buffer that has grown past the limit.
+    for first in [4 * 1024, 15 * 1024 + 512, 16 * 1024 - 1, 16 * 1024 + 1] {
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: one.test\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            "x".repeat(20 * 1024)
+        );
+        let mut s = TcpStream::connect(gw.http()).await.unwrap();
+        s.write_all(&head.as_bytes()[..first]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The gateway may already have answered and closed: the rest need not arrive.
+        let _ = s.write_all(&head.as_bytes()[first..]).await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(
+            buf.starts_with(b"HTTP/1.1 431"),
+            "cut at {first}: {}",
+            String::from_utf8_lossy(&buf[..buf.len().min(40)])
+        );
+    }
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_request_framing_is_left_to_hyper() {
     let up = Upstream::start().await;
     let gw = Gw::start(&config(&up.url(), "")).await;

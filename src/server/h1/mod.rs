@@ -73,9 +73,13 @@ where
         let (len, close) = loop {
             if !buf.is_empty() {
                 match request::inspect(&buf, &mut target, &mut spans) {
-                    Verdict::Simple { len, close } => break (len, close),
+                    // A head that came whole in one read may still be over the limit: hyper
+                    // refuses it (`431`) as it refuses one that arrived in pieces.
+                    Verdict::Simple { len, close } if len <= limits.max_header_bytes => {
+                        break (len, close);
+                    }
                     Verdict::Partial if buf.len() < limits.max_header_bytes => {}
-                    Verdict::Partial | Verdict::Other => {
+                    Verdict::Simple { .. } | Verdict::Partial | Verdict::Other => {
                         return Outcome::HandOver(io, buf.freeze());
                     }
                 }
