@@ -32,6 +32,8 @@
 #   EXTRA_CONFIG='identity_assertion: { enabled: false }' ROUTE=protected benches/proxy-load.sh
 #   RATE=5000 ROUTE=protected benches/proxy-load.sh   # p99 at a fixed 5,000 requests/s
 #   RUNTIME=per_core benches/proxy-load.sh     # otpgate with limits.runtime: per_core
+#   BOTH_RUNTIMES=1 benches/proxy-load.sh      # also a second otpgate with the other runtime
+#                                              # (otpgate_alt), alternating in the same rounds
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -46,6 +48,7 @@ EXTRA_CONFIG=${EXTRA_CONFIG:-}   # more top-level YAML for otpgate's config
 BASE_PORT=${BASE_PORT:-18900}
 RATE=${RATE:-}
 RUNTIME=${RUNTIME:-multi_thread}   # otpgate's limits.runtime: multi_thread | per_core
+BOTH_RUNTIMES=${BOTH_RUNTIMES:-}   # non-empty: otpgate_alt runs the other runtime
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 OTPGATE=${OTPGATE:-$root/target/release/otpgate}
@@ -73,6 +76,7 @@ cleanup() {
 trap cleanup EXIT
 
 UP=$BASE_PORT NGX=$((BASE_PORT + 1)) OTP=$((BASE_PORT + 2)) ADMIN=$((BASE_PORT + 3)) NGX_AUTH=$((BASE_PORT + 4))
+ALT=$((BASE_PORT + 5)) ALT_ADMIN=$((BASE_PORT + 6))
 mkdir -p "$work/tmp" "$work/data"
 
 nginx_common="daemon off; error_log $work/nginx-error.log warn;"
@@ -187,6 +191,18 @@ wait_port() {
   echo "proxy-load: nothing listens on port $1" >&2; cat "$work"/*.log >&2 || true; exit 1
 }
 wait_port "$UP"; wait_port "$NGX"; wait_port "$OTP"; wait_port "$NGX_AUTH"
+alt_pid=
+if [ -n "$BOTH_RUNTIMES" ]; then
+  # The same config (and data directory, so the same keys: started once the first has
+  # written them) on other ports, with the other runtime.
+  other=per_core; [ "$RUNTIME" = per_core ] && other=multi_thread
+  sed -e "s/runtime: $RUNTIME/runtime: $other/" -e "s/127.0.0.1:$OTP,/127.0.0.1:$ALT,/" \
+    -e "s/127.0.0.1:$ADMIN }/127.0.0.1:$ALT_ADMIN }/" -e "s|public_url: http://127.0.0.1:$OTP|public_url: http://127.0.0.1:$ALT|" \
+    "$work/otpgate.yaml" > "$work/alt.yaml"
+  taskset -c "$PROXY_CPU" "$OTPGATE" --config "$work/alt.yaml" > "$work/alt.log" 2>&1 & pids+=($!)
+  alt_pid=$!
+fi
+if [ -n "$alt_pid" ]; then wait_port "$ALT"; fi
 
 proxies=(nginx otpgate)
 otpgate_headers=()
@@ -197,6 +213,7 @@ if [ "$ROUTE" = protected ]; then
 elif [ "$ROUTE" = token ]; then
   otpgate_headers=(-H "$(echo "$token" | grep '^Otpgate-Client-Id')" -H "$(echo "$token" | grep '^Otpgate-Client-Secret')")
 fi
+if [ -n "$alt_pid" ]; then proxies+=(otpgate_alt); fi
 
 # CPU ticks (user + system) of a process and its children's threads.
 ticks() {
@@ -211,9 +228,10 @@ proxy_pids() {
   case "$1" in
     nginx | nginx_auth) echo "$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')" ;;
     otpgate) echo "$otpgate_pid" ;;
+    otpgate_alt) echo "$alt_pid" ;;
   esac
 }
-port_of() { case "$1" in nginx) echo "$NGX" ;; nginx_auth) echo "$NGX_AUTH" ;; otpgate) echo "$OTP" ;; esac; }
+port_of() { case "$1" in nginx) echo "$NGX" ;; nginx_auth) echo "$NGX_AUTH" ;; otpgate) echo "$OTP" ;; otpgate_alt) echo "$ALT" ;; esac; }
 hz=$(getconf CLK_TCK)
 
 # wrk's latency figures come with units; convert to milliseconds.
@@ -227,7 +245,7 @@ to_ms() {
 run() { # proxy seconds -> "rps p99_ms cpu_us_per_req cpu_util"
   local proxy=$1 secs=$2 before after out rps p99 reqs
   local headers=()
-  if [ "$proxy" = otpgate ]; then headers=("${otpgate_headers[@]}"); fi
+  case "$proxy" in otpgate*) headers=("${otpgate_headers[@]}") ;; esac
   # shellcheck disable=SC2046
   before=$(ticks $(proxy_pids "$proxy"))
   out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --latency "${headers[@]}" "http://127.0.0.1:$(port_of "$proxy")/")
@@ -247,7 +265,7 @@ run() { # proxy seconds -> "rps p99_ms cpu_us_per_req cpu_util"
 run_rate() { # proxy seconds -> "rps p99_ms cpu_us_per_req cpu_util"
   local proxy=$1 secs=$2 before after log=$work/latency.log reqs
   local headers=()
-  if [ "$proxy" = otpgate ]; then headers=("${otpgate_headers[@]}"); fi
+  case "$proxy" in otpgate*) headers=("${otpgate_headers[@]}") ;; esac
   rm -f "$log"
   # shellcheck disable=SC2046
   before=$(ticks $(proxy_pids "$proxy"))
@@ -266,7 +284,7 @@ run_rate() { # proxy seconds -> "rps p99_ms cpu_us_per_req cpu_util"
 }
 if [ -n "$RATE" ]; then run() { run_rate "$@"; }; fi
 
-echo "proxy-load: route=$ROUTE runtime=$RUNTIME rate=${RATE:-max} rounds=$ROUNDS duration=${DURATION}s connections=$CONNECTIONS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
+echo "proxy-load: route=$ROUTE runtime=$RUNTIME${alt_pid:+ (otpgate_alt: $other)} rate=${RATE:-max} rounds=$ROUNDS duration=${DURATION}s connections=$CONNECTIONS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
 for proxy in "${proxies[@]}"; do run "$proxy" "$WARMUP" > /dev/null; done
 
 printf '%-6s %-10s %10s %9s %15s %9s\n' round proxy rps p99_ms cpu_us_per_req cpu_pct
@@ -290,4 +308,7 @@ if [ "$ROUTE" = protected ]; then
 fi
 awk -v a="$(median otpgate 4)" -v b="$(median nginx 4)" 'BEGIN { printf "ratio_cpu_per_req=%.3f\n", a / b }'
 awk -v a="$(median otpgate 3)" -v b="$(median nginx 3)" 'BEGIN { printf "ratio_p99=%.3f\n", a / b }'
+if [ -n "$alt_pid" ]; then
+  awk -v a="$(median otpgate_alt 2)" -v b="$(median nginx 2)" -v o="$other" 'BEGIN { printf "ratio_rps_%s=%.3f\n", o, a / b }'
+fi
 awk -v a="$(median otpgate 2)" -v b="$(median nginx 2)" 'BEGIN { printf "ratio_rps=%.3f\n", a / b }'
