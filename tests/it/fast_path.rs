@@ -101,8 +101,9 @@ async fn head_answers_keep_their_length_and_send_no_body() {
     let up = Upstream::start().await;
     let gw = Gw::start(&config(&up.url(), "")).await;
     let mut s = TcpStream::connect(gw.http()).await.unwrap();
+    // Empty lines before a request line are allowed (RFC 9112 s2.2): still a HEAD.
     s.write_all(
-        b"HEAD /h HTTP/1.1\r\nHost: one.test\r\n\r\n\
+        b"\r\nHEAD /h HTTP/1.1\r\nHost: one.test\r\n\r\n\
           GET /g HTTP/1.1\r\nHost: one.test\r\nConnection: close\r\n\r\n",
     )
     .await

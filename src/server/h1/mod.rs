@@ -70,13 +70,13 @@ where
     tokio::pin!(timer);
     loop {
         let mut since: Option<Instant> = None;
-        let (len, close) = loop {
+        let (len, head_request, close) = loop {
             if !buf.is_empty() {
                 match request::inspect(&buf, &mut target, &mut spans) {
                     // A head that came whole in one read may still be over the limit: hyper
                     // refuses it (`431`) as it refuses one that arrived in pieces.
-                    Verdict::Simple { len, close } if len <= limits.max_header_bytes => {
-                        break (len, close);
+                    Verdict::Simple { len, head, close } if len <= limits.max_header_bytes => {
+                        break (len, head, close);
                     }
                     Verdict::Partial if buf.len() < limits.max_header_bytes => {}
                     Verdict::Simple { .. } | Verdict::Partial | Verdict::Other => {
@@ -114,8 +114,7 @@ where
                 () = cancel.cancelled(), if buf.is_empty() => return Outcome::Closed,
             }
         };
-        let head_request = buf.starts_with(b"HEAD ");
-        let Some(req) = request::build(&mut buf, len, target.clone(), &spans) else {
+        let Some(req) = request::build(&mut buf, len, head_request, target.clone(), &spans) else {
             return Outcome::HandOver(io, buf.freeze());
         };
         let response = gw.handle(req, info).await;

@@ -29,6 +29,8 @@ pub(super) enum Verdict {
     Simple {
         /// Length of the head in the buffer.
         len: usize,
+        /// The method is `HEAD` (else `GET`).
+        head: bool,
         /// The client asked to close after this answer.
         close: bool,
     },
@@ -87,7 +89,14 @@ pub(super) fn inspect(buf: &[u8], target: &mut Range<usize>, spans: &mut Vec<Spa
         }
         spans.push((at(name), at(h.value)));
     }
-    Verdict::Simple { len, close }
+    // From the parsed method, never from the buffer's first bytes: httparse skips empty lines
+    // before the request line (RFC 9112 s2.2), and a HEAD answered as a GET would put a body
+    // where the client expects the next answer.
+    Verdict::Simple {
+        len,
+        head: method == "HEAD",
+        close,
+    }
 }
 
 /// Whether a comma-separated header value lists `token` (ASCII case-insensitive).
@@ -103,10 +112,11 @@ pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
 pub(super) fn build(
     buf: &mut BytesMut,
     len: usize,
+    head_method: bool,
     target: Range<usize>,
     spans: &[Span],
 ) -> Option<Request<RequestBody>> {
-    let method = if buf.starts_with(b"HEAD") {
+    let method = if head_method {
         Method::HEAD
     } else {
         Method::GET
@@ -161,6 +171,18 @@ mod tests {
             look(raw),
             Verdict::Simple {
                 len: raw.len(),
+                head: false,
+                close: false
+            }
+        );
+        // Empty lines before the request line are skipped (RFC 9112 s2.2); the method still
+        // comes from the request line.
+        let raw = "\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            look(raw),
+            Verdict::Simple {
+                len: raw.len(),
+                head: true,
                 close: false
             }
         );
@@ -205,13 +227,13 @@ mod tests {
         let raw = "GET /p?q=1 HTTP/1.1\r\nHost: a.test\r\nX-Two: 1\r\nx-two: 2\r\n\r\nGET /next";
         let mut target = 0..0;
         let mut spans = Vec::new();
-        let Verdict::Simple { len, close } = inspect(raw.as_bytes(), &mut target, &mut spans)
+        let Verdict::Simple { len, head, close } = inspect(raw.as_bytes(), &mut target, &mut spans)
         else {
             panic!("not simple")
         };
-        assert!(!close);
+        assert!(!close && !head);
         let mut buf = BytesMut::from(raw);
-        let req = build(&mut buf, len, target, &spans).unwrap();
+        let req = build(&mut buf, len, head, target, &spans).unwrap();
         assert_eq!(req.method(), Method::GET);
         assert_eq!(req.uri().path(), "/p");
         assert_eq!(req.uri().query(), Some("q=1"));
@@ -227,11 +249,11 @@ mod tests {
         let raw = b"GET / HTTP/1.1\r\nX-Name: caf\xc3\xa9\r\n\r\n";
         let mut target = 0..0;
         let mut spans = Vec::new();
-        let Verdict::Simple { len, .. } = inspect(raw, &mut target, &mut spans) else {
+        let Verdict::Simple { len, head, .. } = inspect(raw, &mut target, &mut spans) else {
             panic!("not simple")
         };
         let mut buf = BytesMut::from(&raw[..]);
-        let req = build(&mut buf, len, target, &spans).unwrap();
+        let req = build(&mut buf, len, head, target, &spans).unwrap();
         assert_eq!(req.headers()["x-name"].as_bytes(), "café".as_bytes());
     }
 }
