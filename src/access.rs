@@ -188,7 +188,10 @@ pub(crate) fn authorize(
                         clear_cookie: e != SessionError::Missing,
                     });
                 }
-                Ok(claims) => {
+                Ok(session::Accepted {
+                    claims,
+                    email_header,
+                }) => {
                     let user = deps.users.by_email(claims.email.as_str());
                     let groups = user.map_or(&[][..], |u| &u.groups[..]);
                     let who = policy::Identity {
@@ -198,7 +201,7 @@ pub(crate) fn authorize(
                     };
                     let d = policy::decide(app.policies, facts, Some(&who));
                     let session = d.permits().then(|| Session {
-                        identity: identity_headers(deps, app, &claims, user),
+                        identity: identity_headers(deps, app, &claims, email_header, user),
                         refreshed: refresh_cookie(deps, app, &claims),
                         claims,
                     });
@@ -298,17 +301,17 @@ fn refresh_cookie(deps: Deps<'_>, app: AppAccess<'_>, claims: &Claims) -> Option
     session::set_cookie(app.cookie_name, &value, left, app.https)
 }
 
-/// The identity headers for an allowed request.
+/// The identity headers for an allowed request: values prepared once per opened cookie
+/// (`email`) and per user table (the id and groups), cloned, not made again.
 fn identity_headers(
     deps: Deps<'_>,
     app: AppAccess<'_>,
     claims: &Claims,
+    email: HeaderValue,
     user: Option<&Arc<User>>,
 ) -> Identity {
-    let email = HeaderValue::from_str(claims.email.as_str())
-        .unwrap_or_else(|_| HeaderValue::from_static(""));
     let user_id = user
-        .and_then(|u| HeaderValue::from_str(&u.id).ok())
+        .and_then(|u| u.id_header.clone())
         .unwrap_or_else(|| email.clone());
     let groups = user.map_or_else(|| HeaderValue::from_static(""), |u| u.groups_header.clone());
     let assertion = deps.assertion.and_then(|(signer, config)| {

@@ -207,15 +207,15 @@ pub fn plan_request(
     };
     let peer_value = value(peer_text);
     if let Some(v) = xff.or_else(|| peer_value.clone()) {
-        plan.set(X_FORWARDED_FOR, v);
+        plan.add(X_FORWARDED_FOR, v);
     }
     if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
-        plan.set(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
+        plan.add(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
     }
     if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_HOST))
         && let Ok(v) = HeaderValue::from_str(fwd.host)
     {
-        plan.set(X_FORWARDED_HOST, v);
+        plan.add(X_FORWARDED_HOST, v);
     }
     let real_ip = if fwd.client_ip == peer {
         peer_value
@@ -223,13 +223,13 @@ pub fn plan_request(
         value(ip_text(fwd.client_ip))
     };
     if let Some(v) = real_ip {
-        plan.set(X_REAL_IP, v);
+        plan.add(X_REAL_IP, v);
     }
     if let Some(v) = value(forwarded) {
-        plan.set(FORWARDED, v);
+        plan.add(FORWARDED, v);
     }
     if upgrade {
-        plan.set(CONNECTION, HeaderValue::from_static("upgrade"));
+        plan.add(CONNECTION, HeaderValue::from_static("upgrade"));
     }
     plan
 }

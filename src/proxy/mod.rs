@@ -213,7 +213,7 @@ async fn send(
         && (parts.method == Method::GET || parts.method == Method::HEAD)
         && http_body::Body::is_end_stream(&body)
     {
-        plan.set(HOST, preserved.unwrap_or_else(|| pool.host().clone()));
+        plan.add(HOST, preserved.unwrap_or_else(|| pool.host().clone()));
         let send = pool.send_direct(&parts.method, |out| {
             h1::head::encode(
                 &parts.method,
@@ -285,16 +285,16 @@ fn plan_headers(
     // default name or the configured one, in any spelling: both are on the app's `strip` list.
     plan.cookies(crate::session::CookieEdit::of(&parts.headers));
     if let Some(id) = permit.identity() {
-        plan.set(names.email.clone(), id.email.clone());
-        plan.set(names.user.clone(), id.user.clone());
-        plan.set(names.groups.clone(), id.groups.clone());
+        plan.add(names.email.clone(), id.email.clone());
+        plan.add(names.user.clone(), id.user.clone());
+        plan.add(names.groups.clone(), id.groups.clone());
         if let Some((name, token)) = &id.assertion {
             plan.set(name.clone(), token.clone());
         }
     } else if let Some(user) = permit.service_user() {
         // A service has no address or groups: only the user header, `service:<name>`. No
         // assertion either: it names a person who logged in (docs/product.md#s4).
-        plan.set(names.user.clone(), user.clone());
+        plan.add(names.user.clone(), user.clone());
     }
     // The default spellings went in `plan_request`; these are the configured names.
     for name in credential_headers {

@@ -232,8 +232,8 @@ impl Sessions {
         self.of_kind(headers, TokenKind::Session, name, app, now_ms, idle)
     }
 
-    /// Like [`Sessions::from_headers`], sharing the claims with the cache of opened cookies
-    /// instead of copying them (the proxied request's path).
+    /// Like [`Sessions::from_headers`], sharing the claims and their header value with the
+    /// cache of opened cookies instead of copying them (the proxied request's path).
     pub fn from_headers_shared(
         &self,
         headers: &HeaderMap,
@@ -241,7 +241,7 @@ impl Sessions {
         app: &str,
         now_ms: u64,
         idle: Option<Duration>,
-    ) -> Result<Arc<Claims>, SessionError> {
+    ) -> Result<Accepted, SessionError> {
         self.find(headers, TokenKind::Session, name, app, now_ms, idle)
     }
 
@@ -256,7 +256,7 @@ impl Sessions {
         idle: Option<Duration>,
     ) -> Result<Claims, SessionError> {
         self.find(headers, kind, name, app, now_ms, idle)
-            .map(Arc::unwrap_or_clone)
+            .map(|a| Arc::unwrap_or_clone(a.claims))
     }
 
     fn find(
@@ -267,7 +267,7 @@ impl Sessions {
         app: &str,
         now_ms: u64,
         idle: Option<Duration>,
-    ) -> Result<Arc<Claims>, SessionError> {
+    ) -> Result<Accepted, SessionError> {
         let idle_ms = idle.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let keys = self.keys.load();
         let mut last = SessionError::Missing;
@@ -290,22 +290,45 @@ impl Sessions {
         keys: &Arc<KeyRing>,
         now_ms: u64,
         idle_ms: Option<u64>,
-    ) -> Result<Arc<Claims>, SessionError> {
-        let (claims, cached) = match self.opened.get(value, kind, app, keys) {
-            Some(c) => (c, true),
+    ) -> Result<Accepted, SessionError> {
+        let (accepted, cached) = match self.opened.get(value, kind, app, keys) {
+            Some(a) => (a, true),
             None => (
-                Arc::new(cookie::authenticate(value, kind, app, keys)?),
+                Accepted::new(Arc::new(cookie::authenticate(value, kind, app, keys)?)),
                 false,
             ),
         };
-        cookie::check_times(&claims, now_ms, idle_ms)?;
-        if self.revocations.is_revoked(&claims) {
+        cookie::check_times(&accepted.claims, now_ms, idle_ms)?;
+        if self.revocations.is_revoked(&accepted.claims) {
             return Err(SessionError::Revoked);
         }
         if !cached {
-            self.opened.insert(value, keys, &claims);
+            self.opened.insert(value, keys, &accepted);
         }
-        Ok(claims)
+        Ok(accepted)
+    }
+}
+
+/// A session cookie that opened and was accepted: its claims, and its address as a header
+/// value, both shared with the cache of opened cookies. The value is made once per opened
+/// cookie, so a request clones it instead of checking and copying the address again.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// What the cookie says.
+    pub claims: Arc<Claims>,
+    /// The normalised address, for the email identity header (docs/product.md#s4); empty
+    /// should it not be a valid header value (addresses are ASCII, docs/security.md#8).
+    pub email_header: HeaderValue,
+}
+
+impl Accepted {
+    pub(crate) fn new(claims: Arc<Claims>) -> Self {
+        let email_header = HeaderValue::from_str(claims.email.as_str())
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        Self {
+            claims,
+            email_header,
+        }
     }
 }
 

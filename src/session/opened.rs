@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use subtle::ConstantTimeEq as _;
 
-use super::cookie::{Claims, TokenKind};
+use super::Accepted;
+use super::cookie::TokenKind;
 use super::keys::KeyRing;
 
 /// log2 of the number of sets.
@@ -61,7 +62,7 @@ struct Entry {
     /// The ring that opened it. The weak reference keeps the ring's allocation from being
     /// reused, so an equal address means the same ring, never a later one at the same place.
     ring: Weak<KeyRing>,
-    claims: Arc<Claims>,
+    accepted: Accepted,
 }
 
 impl Default for Opened {
@@ -73,30 +74,31 @@ impl Default for Opened {
 }
 
 impl Opened {
-    /// The claims `value` opened to as `kind` for `app` under `ring`, if it did so before.
+    /// What `value` opened to as `kind` for `app` under `ring`, if it did so before.
     pub(crate) fn get(
         &self,
         value: &str,
         kind: TokenKind,
         app: &str,
         ring: &Arc<KeyRing>,
-    ) -> Option<Arc<Claims>> {
+    ) -> Option<Accepted> {
         let hash = hash(value)?;
         // A poisoned set is a miss: the value is opened the long way.
         let set = self.set(hash).lock().ok()?;
         set.ways.iter().flatten().find_map(|e| {
+            let claims = &e.accepted.claims;
             let hit = e.hash == hash
                 && std::ptr::eq(e.ring.as_ptr(), Arc::as_ptr(ring))
-                && e.claims.kind == kind
-                && e.claims.app == app
+                && claims.kind == kind
+                && claims.app == app
                 && same(e.value.as_bytes(), value.as_bytes());
-            hit.then(|| Arc::clone(&e.claims))
+            hit.then(|| e.accepted.clone())
         })
     }
 
-    /// Remembers that `value` opened to `claims` under `ring`. Call it only for a value that
+    /// Remembers that `value` opened to `accepted` under `ring`. Call it only for a value that
     /// opened and was accepted.
-    pub(crate) fn insert(&self, value: &str, ring: &Arc<KeyRing>, claims: &Arc<Claims>) {
+    pub(crate) fn insert(&self, value: &str, ring: &Arc<KeyRing>, accepted: &Accepted) {
         let Some(hash) = hash(value) else { return };
         let Ok(mut set) = self.set(hash).lock() else {
             return;
@@ -120,7 +122,7 @@ impl Opened {
                 hash,
                 value: value.into(),
                 ring: Arc::downgrade(ring),
-                claims: Arc::clone(claims),
+                accepted: accepted.clone(),
             });
         }
     }

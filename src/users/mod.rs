@@ -60,6 +60,9 @@ pub struct User {
     pub groups: Vec<Arc<str>>,
     /// `X-Otpgate-Groups`, prepared once.
     pub groups_header: HeaderValue,
+    /// `X-Otpgate-User`, prepared once; `None` when the id is no valid header value (the
+    /// address is sent instead).
+    pub id_header: Option<HeaderValue>,
     /// Config, directory, or both.
     pub source: Source,
 }
@@ -184,6 +187,7 @@ impl Users {
             let header = HeaderValue::from_bytes(d.groups.join(",").as_bytes())
                 .unwrap_or_else(|_| HeaderValue::from_static(""));
             let user = Arc::new(User {
+                id_header: HeaderValue::from_str(&id).ok(),
                 id: id.clone(),
                 temp_auth_email: d.temp_auth_email,
                 groups: d.groups.iter().map(|g| Arc::from(g.as_str())).collect(),
@@ -300,6 +304,8 @@ mod tests {
         let groups: Vec<&str> = alice.groups.iter().map(AsRef::as_ref).collect();
         assert_eq!(groups, ["engineering", "admins"], "union, config first");
         assert_eq!(alice.groups_header, "engineering,admins");
+        assert_eq!(alice.id_header.as_ref().unwrap(), "alice@corp.example");
+        assert_eq!(t.by_id("dave").unwrap().id_header.as_ref().unwrap(), "dave");
         assert_eq!(
             alice.temp_auth_email,
             Some(email("alice@home.example")),
@@ -354,6 +360,14 @@ mod tests {
         let t = Users::from_config(&[config_user("a@b.example", None, &["Ingeniería", "ops"])]);
         let u = t.by_email("a@b.example").unwrap();
         assert_eq!(u.groups_header.as_bytes(), "Ingeniería,ops".as_bytes());
+    }
+
+    /// An id that is no valid header value has no header of its own: the address goes in its
+    /// place, as it always did.
+    #[test]
+    fn an_id_that_is_no_header_value_has_none() {
+        let t = Users::from_config(&[config_user("bad\nid", None, &[])]);
+        assert!(t.by_id("bad\nid").unwrap().id_header.is_none());
     }
 
     #[test]

@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use http::HeaderMap;
-use http::header::COOKIE;
+use http::header::{COOKIE, HeaderValue};
 
 use super::*;
 use crate::email::Email;
 use crate::policy::LoginMethod;
 use crate::session::cookie::{OpenError, SKEW_MS};
-use crate::session::{COOKIE_PLAIN, SessionError, Sessions};
+use crate::session::{COOKIE_PLAIN, Claims, SessionError, Sessions};
 use crate::store::{Revocation, RevocationKind};
 
 const NOW: u64 = 1_800_000_000_000;
@@ -62,13 +62,37 @@ fn a_hit_returns_the_same_claims_without_opening_again() {
     let first = s
         .from_headers_shared(&cookie(&v), COOKIE_PLAIN, "wiki", NOW + 1, None)
         .unwrap();
-    assert_eq!(*first, claims);
+    assert_eq!(*first.claims, claims);
     assert_eq!(s.opened.len(), 1);
     let second = s
         .from_headers_shared(&cookie(&v), COOKIE_PLAIN, "wiki", NOW + 2, None)
         .unwrap();
-    assert!(Arc::ptr_eq(&first, &second), "the second request was a hit");
+    assert!(
+        Arc::ptr_eq(&first.claims, &second.claims),
+        "the second request was a hit"
+    );
     assert_eq!(at(&s, &v, NOW + 3, None), Ok(claims));
+    assert_eq!(s.opened.len(), 1);
+}
+
+/// The email identity header is made once per opened cookie: on a miss and on every hit it
+/// is the address the cookie carries, byte for byte, and nothing else (docs/product.md#s4).
+#[test]
+fn the_email_header_is_the_address_on_a_miss_and_on_a_hit() {
+    let s = sessions();
+    let (claims, v) = issue(&s, TokenKind::Session);
+    let want = HeaderValue::from_str(claims.email.as_str()).unwrap();
+    for now in [NOW + 1, NOW + 2, NOW + 3] {
+        let got = s
+            .from_headers_shared(&cookie(&v), COOKIE_PLAIN, "wiki", now, None)
+            .unwrap();
+        assert_eq!(got.email_header, want);
+        assert_eq!(
+            got.email_header.as_bytes(),
+            claims.email.as_str().as_bytes()
+        );
+        assert!(!got.email_header.is_sensitive());
+    }
     assert_eq!(s.opened.len(), 1);
 }
 
@@ -163,7 +187,7 @@ fn sec_29_a_key_change_clears_the_cache_and_retired_keys_end_cached_sessions() {
 #[test]
 fn sec_29_an_entry_serves_only_the_ring_that_opened_it() {
     let (old, new) = (Arc::new(ring(&[("k1", 1)])), Arc::new(ring(&[("k1", 1)])));
-    let c = Arc::new(issue(&sessions(), TokenKind::Session).0);
+    let c = Accepted::new(Arc::new(issue(&sessions(), TokenKind::Session).0));
     let v = "v1.k1.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let opened = Opened::default();
     opened.insert(v, &old, &c);
@@ -235,7 +259,7 @@ fn value(i: usize, tail: &str) -> String {
 #[test]
 fn the_bound_holds_and_a_full_set_evicts_in_turn() {
     let keys = Arc::new(ring(&[("k1", 1)]));
-    let c = Arc::new(issue(&sessions(), TokenKind::Session).0);
+    let c = Accepted::new(Arc::new(issue(&sessions(), TokenKind::Session).0));
     let opened = Opened::default();
     // Distinct tails: spread over the sets, never more than the capacity.
     for i in 0..3 * SETS * WAYS {
