@@ -132,10 +132,10 @@ impl Gateway {
                 (Served::App(app), self.serve_app(rt, app, req, conn).await)
             }
             // Boxed, as the login pages are: the portal's future is large and rarely wanted.
-            Ok(route::Target::Portal) => (
-                Served::Portal,
-                Box::pin(self.serve_portal(rt, req, conn)).await,
-            ),
+            Ok(route::Target::Portal) => {
+                let portal = Box::pin(self.serve_portal(rt, req, conn));
+                (Served::Portal, portal.await)
+            }
             Err(e) => (Served::Nowhere, Err(e.into())),
         }
     }
@@ -174,7 +174,8 @@ impl Gateway {
             let flow = self.login_flow(rt, app, &users, &client);
             // Boxed: the login pages' future is large, and proxied requests would otherwise
             // carry (and copy) its size too.
-            return Ok(Box::pin(crate::login::handle(flow, req, &path)).await?);
+            let pages = Box::pin(crate::login::handle(flow, req, &path));
+            return Ok(pages.await?);
         }
         // An app behind its own front proxy is never proxied from here.
         if app.config.mode == AppMode::ForwardAuth {
@@ -203,7 +204,10 @@ impl Gateway {
         // each level up the pipeline was about twice the size of the one below and every
         // level was copied as it was created (tens of KiB a request). With the proxy stage on
         // the heap, one allocation replaces those copies (docs/architecture.md, "Futures").
-        Ok(Box::pin(proxy::forward(permit, route, req, &path, changed, client)).await?)
+        // In a statement of its own: a temporary lives to the end of its statement, so
+        // `Box::pin(f()).await` would keep room for the unboxed future across the await.
+        let forward = Box::pin(proxy::forward(permit, route, req, &path, changed, client));
+        Ok(forward.await?)
     }
 
     /// What the policy stage reads, from this gateway and the runtime serving now.

@@ -200,7 +200,8 @@ async fn send(
                 p
             })
             .map_err(|e| ProxyError::Upstream(Box::new(e)))?;
-            return Box::pin(echo::respond(t.app, t.identity, &parts, body)).await;
+            let echo = Box::pin(echo::respond(t.app, t.identity, &parts, body));
+            return echo.await;
         }
         Upstream::Http(pool) => pool,
     };
@@ -231,15 +232,15 @@ async fn send(
     // Origin form; HTTP/2 gets scheme and authority in `prepare`.
     parts.uri = Uri::from(path_and_query);
     // Boxed: hyper's client future is several KiB; the direct path above stays inline.
-    let resp = Box::pin(exchange(
+    let exchanged = Box::pin(exchange(
         pool,
         Request::from_parts(parts, body),
         (upgrade, te_trailers),
         preserved.as_ref(),
         t.timeout,
         t.metrics,
-    ))
-    .await?;
+    ));
+    let resp = exchanged.await?;
     finish(resp, client_upgrade, tunnel)
 }
 

@@ -134,10 +134,15 @@ impl Pool {
     ) -> Result<Response<Incoming>, ProxyError> {
         // Connecting (TCP, TLS, the HTTP/2 handshake) makes a large future; boxed, it costs an
         // allocation per new connection instead of a larger state (copied as it moves) on
-        // every request.
+        // every request. Boxed in a statement of its own, here and below: a temporary lives to
+        // the end of its statement, so `Box::pin(f()).await` would keep room for the unboxed
+        // future across the await (docs/architecture.md, "Futures").
         let (conn, pooled) = match self.checkout(upgrade) {
             Some(c) => (c, true),
-            None => (Box::pin(self.connect(upgrade)).await?, false),
+            None => {
+                let connecting = Box::pin(self.connect(upgrade));
+                (connecting.await?, false)
+            }
         };
         prepare(&mut req, matches!(conn, Conn::H2(_)));
         match self.send_on(conn, req).await {
@@ -146,7 +151,8 @@ impl Pool {
             // is safe to send it again, once, on a new connection.
             Err(Retry::Unsent(req, _)) if pooled => {
                 let mut req = *req;
-                let conn = Box::pin(self.connect(upgrade)).await?;
+                let connecting = Box::pin(self.connect(upgrade));
+                let conn = connecting.await?;
                 prepare(&mut req, matches!(conn, Conn::H2(_)));
                 self.send_on(conn, req).await.map_err(Retry::into_error)
             }
@@ -175,13 +181,17 @@ impl Pool {
     ) -> Result<Response<Body>, ProxyError> {
         let (mut conn, pooled) = match self.checkout_direct() {
             Some(c) => (c, true),
-            None => (Box::pin(self.connect_direct()).await?, false),
+            None => {
+                let connecting = Box::pin(self.connect_direct());
+                (connecting.await?, false)
+            }
         };
         encode(&mut conn.out);
         match h1::exchange(conn, self, method).await {
             Ok(r) => Ok(r),
             Err(f) if pooled && f.unanswered => {
-                let mut conn = Box::pin(self.connect_direct()).await?;
+                let connecting = Box::pin(self.connect_direct());
+                let mut conn = connecting.await?;
                 conn.out = f.out;
                 h1::exchange(conn, self, method)
                     .await

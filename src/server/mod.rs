@@ -356,7 +356,10 @@ async fn serve_http<I>(
             let _busy = ctx.activity.busy();
             let resp = match ctx.kind {
                 // Boxed: the admin API is rare; its future would widen every request's.
-                ListenerKind::Admin => Box::pin(crate::admin::handle(&ctx.gw, req)).await,
+                ListenerKind::Admin => {
+                    let admin = Box::pin(crate::admin::handle(&ctx.gw, req));
+                    admin.await
+                }
                 ListenerKind::Http | ListenerKind::Https => ctx.gw.handle(req, &ctx.info).await,
             };
             Ok::<_, Infallible>(resp)
