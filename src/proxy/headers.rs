@@ -246,8 +246,17 @@ pub fn clean_response(headers: &mut HeaderMap, upgrade: bool) {
     removals.apply(headers, |n| upgrade && (n == UPGRADE || n == CONNECTION));
 }
 
+/// Whether `headers` has one called `name`. For the hop-by-hop names most requests lack, a
+/// look at the few names costs less than a lookup by hash (a hundred-odd instructions).
+pub(crate) fn has(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers.keys().any(|k| k == name)
+}
+
 /// Every header named in `Connection` (RFC 9110 s7.6.1).
 fn collect_connection_tokens(headers: &HeaderMap, out: &mut Removals) {
+    if !has(headers, &CONNECTION) {
+        return;
+    }
     for v in headers.get_all(CONNECTION) {
         let Ok(v) = v.to_str() else { continue };
         for token in v.split(',') {
@@ -269,6 +278,9 @@ fn collect_connection_tokens(headers: &HeaderMap, out: &mut Removals) {
 /// `Upgrade: websocket`). Other protocol switches (h2c, ...) are not passed through: their
 /// `Upgrade` header is dropped like any hop-by-hop header.
 pub fn wants_websocket(headers: &HeaderMap) -> bool {
+    if !has(headers, &UPGRADE) {
+        return false;
+    }
     let has_token = |name: HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()

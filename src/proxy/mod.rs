@@ -171,11 +171,12 @@ async fn send(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let tunnel = if upgrade { t.tunnel } else { None };
     // gRPC needs `TE: trailers`; a hop-by-hop header, it is set again for HTTP/2 upstreams only.
-    let te_trailers = req
-        .headers()
-        .get_all(TE)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = headers::has(req.headers(), &TE)
+        && req
+            .headers()
+            .get_all(TE)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let (mut parts, body) = req.into_parts();
     let (orig_host, mut plan) = plan_headers(
         &parts,

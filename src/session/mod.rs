@@ -332,19 +332,21 @@ impl Accepted {
     }
 }
 
-/// Values of the cookies called `name` in a request's `Cookie` headers.
+/// Values of the cookies called `name` in a request's `Cookie` headers, in order.
 pub fn cookie_values<'a>(
     headers: &'a HeaderMap,
     name: &'a str,
 ) -> impl Iterator<Item = &'a str> + 'a {
+    // A header's text has no whitespace but spaces and tabs (`HeaderValue::to_str`), where the
+    // ASCII trims do what `str::trim` does, byte by byte instead of char by char.
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(move |pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+            let (k, v) = pair.trim_ascii_start().split_once('=')?;
+            (k.trim_ascii_end() == name).then(|| v.trim_ascii().trim_matches('"'))
         })
 }
 
@@ -525,6 +527,47 @@ mod tests {
             .map(|v| v.to_str().unwrap())
             .collect();
         assert_eq!(left, ["a=1; Path=/", "b=2"]);
+    }
+
+    #[test]
+    fn cookie_values_take_every_separator_and_keep_the_order() {
+        let h = headers(&[
+            "a=1;otpgate=first; b=2",
+            "otpgate= \"second\" ;\totpgate\t=third",
+            "x=otpgate=no; otpgatex=no; xotpgate=no; otpgate",
+            "otpgate=fourth;otpgate=",
+        ]);
+        assert_eq!(
+            cookie_values(&h, COOKIE_PLAIN).collect::<Vec<_>>(),
+            ["first", "second", "third", "fourth", ""]
+        );
+        // The same as splitting and trimming with `str`'s own methods.
+        let plain = |h: &HeaderMap| -> Vec<String> {
+            h.get_all(COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    (k.trim() == COOKIE_PLAIN).then(|| v.trim().trim_matches('"').to_owned())
+                })
+                .collect()
+        };
+        assert_eq!(
+            cookie_values(&h, COOKIE_PLAIN).collect::<Vec<_>>(),
+            plain(&h)
+        );
+        // A header with a byte `to_str` refuses is skipped whole, its neighbours are not.
+        let mut h = headers(&["otpgate=before"]);
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"otpgate=bad\xff; otpgate=also").unwrap(),
+        );
+        h.append(COOKIE, HeaderValue::from_static("otpgate=after"));
+        assert_eq!(
+            cookie_values(&h, COOKIE_PLAIN).collect::<Vec<_>>(),
+            ["before", "after"]
+        );
     }
 
     #[test]
