@@ -68,6 +68,9 @@ where
     // than the rest of the head's handling.
     let timer = tokio::time::sleep(quiet);
     tokio::pin!(timer);
+    // Made once too: each `cancelled()` future joins and leaves the token's waiter list.
+    let stop = cancel.cancelled();
+    tokio::pin!(stop);
     loop {
         let mut since: Option<Instant> = None;
         let (len, head_request, close) = loop {
@@ -111,7 +114,7 @@ where
                     }
                     timer.as_mut().reset(deadline);
                 }
-                () = cancel.cancelled(), if buf.is_empty() => return Outcome::Closed,
+                () = &mut stop, if buf.is_empty() => return Outcome::Closed,
             }
         };
         let Some(req) = request::build(&mut buf, len, head_request, target.clone(), &spans) else {
