@@ -9,30 +9,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::*;
+use crate::lifecycle::{config as lifecycle_config, read_until_closed};
 
 fn config(up: &str, limits: &str) -> String {
-    format!(
-        "version: 1
-listen: {{ http: 127.0.0.1:0, admin: 127.0.0.1:0 }}
-limits: {{ {limits} }}
-apps:
-  - name: one
-    hosts: [one.test]
-    public_url: http://one.test
-    upstream: {up}
-    policies: [ {{ name: open, action: bypass }} ]
-"
-    )
+    lifecycle_config(up, limits, "")
 }
 
 /// Reads until the gateway closes (at most 5 s) and splits what came into responses.
 async fn read_all(s: &mut TcpStream) -> Vec<RawResponse> {
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .expect("the gateway closed the connection")
-        .unwrap();
-    split(&buf)
+    split(&read_until_closed(s, Duration::from_secs(5)).await)
 }
 
 /// Responses one after another, each framed by `Content-Length` (absent: no body).
@@ -108,11 +93,7 @@ async fn head_answers_keep_their_length_and_send_no_body() {
     )
     .await
     .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let buf = read_until_closed(&mut s, Duration::from_secs(5)).await;
     // The HEAD answer's head, then at once the GET's: no body between them.
     let first_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let head = parse_raw(&buf[..first_end]);
@@ -166,11 +147,7 @@ async fn kept_connections_get_the_header_timeout_afresh_for_each_request() {
             let _ = s.read(&mut rest).await.unwrap();
         }
     }
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let buf = read_until_closed(&mut s, Duration::from_secs(5)).await;
     assert!(
         buf.starts_with(b"HTTP/1.1 200"),
         "{}",
@@ -278,9 +255,5 @@ async fn shutdown_closes_kept_connections_between_requests_at_once() {
         .await
         .expect("drained without waiting for the grace period");
     assert!(started.elapsed() < Duration::from_secs(5));
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
-        .await
-        .expect("the kept connection was closed")
-        .unwrap();
+    read_until_closed(&mut s, Duration::from_secs(5)).await;
 }

@@ -9,7 +9,9 @@ use tokio::net::TcpStream;
 
 use crate::harness::*;
 
-fn config(up: &str, limits: &str, apps_extra: &str) -> String {
+/// One bypass app `one.test` in front of `up`, with these `limits` (also used by the fast
+/// path's tests).
+pub fn config(up: &str, limits: &str, apps_extra: &str) -> String {
     format!(
         "version: 1
 listen: {{ http: 127.0.0.1:0, admin: 127.0.0.1:0 }}
@@ -25,7 +27,7 @@ apps:
 }
 
 /// Reads until the peer closes; returns what was read, or panics after `within`.
-async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+pub async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Vec<u8> {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(within, s.read_to_end(&mut buf))
         .await
