@@ -176,22 +176,11 @@ pub fn plan_request<'a>(
         }
     }
     let peer = fwd.peer_ip.to_canonical();
-    // The forwarding headers' text goes into the plan's one buffer; the peer's address is
-    // written there once for X-Forwarded-For and X-Real-IP, which share it.
+    // The forwarding headers' text goes into the plan's one buffer. The peer's address is
+    // written once, inside Forwarded, and X-Real-IP and (but behind a trusted proxy) the
+    // X-Forwarded-For are that same text; so is X-Forwarded-Host the Host inside Forwarded,
+    // when it needed no quotes or backslashes dropped.
     let text = plan.text(128 + 2 * fwd.host.len());
-    let xff_start = text.len();
-    if fwd.peer_trusted && push_joined(text, headers, &X_FORWARDED_FOR) {
-        text.push_str(", ");
-    }
-    let peer_start = text.len();
-    push_ip(text, peer);
-    let peer_range = peer_start..text.len();
-    let xff = xff_start..text.len();
-
-    let host_start = text.len();
-    text.push_str(fwd.host);
-    let host = host_start..text.len();
-
     let forwarded_start = text.len();
     if fwd.peer_trusted && push_joined(text, headers, &FORWARDED) {
         text.push_str(", ");
@@ -200,20 +189,40 @@ pub fn plan_request<'a>(
         IpAddr::V4(_) => text.push_str("for="),
         IpAddr::V6(_) => text.push_str("for=\"["),
     }
+    let peer_start = text.len();
     push_ip(text, peer);
+    let peer_range = peer_start..text.len();
     if peer.is_ipv6() {
         text.push_str("]\"");
     }
     text.push_str(";host=\"");
+    let host_start = text.len();
     // Host syntax has no quotes or backslashes; drop any so the quoted-string stays intact.
-    if fwd.host.contains(['"', '\\']) {
+    let filtered = fwd.host.bytes().any(|b| b == b'"' || b == b'\\');
+    if filtered {
         text.extend(fwd.host.chars().filter(|c| *c != '"' && *c != '\\'));
     } else {
         text.push_str(fwd.host);
     }
+    let mut host = host_start..text.len();
     text.push_str("\";proto=");
     text.push_str(fwd.proto);
     let forwarded = forwarded_start..text.len();
+    if filtered {
+        let start = text.len();
+        text.push_str(fwd.host);
+        host = start..text.len();
+    }
+
+    let mut xff = peer_range.clone();
+    if fwd.peer_trusted {
+        let start = text.len();
+        if push_joined(text, headers, &X_FORWARDED_FOR) {
+            text.push_str(", ");
+            push_ip(text, peer);
+            xff = start..text.len();
+        }
+    }
 
     let real_ip = if fwd.client_ip == peer {
         peer_range
