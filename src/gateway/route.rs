@@ -164,7 +164,10 @@ pub enum HostError {
 /// HTTP/2's `:authority` (or an absolute-form URI) and the Host header must agree when both
 /// are present; a repeated Host header is refused.
 pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<Cow<'a, str>, HostError> {
-    let mut hosts = headers.get_all(HOST).iter();
+    // A look at the request's few headers costs less than a lookup by hash.
+    let mut hosts = headers
+        .iter()
+        .filter_map(|(name, value)| (name == HOST).then_some(value));
     let header = match (hosts.next(), hosts.next()) {
         (Some(h), None) => Some(normalise(h.to_str().map_err(|_| HostError::Invalid)?)?),
         (None, _) => None,
@@ -191,7 +194,12 @@ pub fn normalise(raw: &str) -> Result<Cow<'_, str>, HostError> {
         let ip: std::net::Ipv6Addr = inside.parse().map_err(|_| HostError::Invalid)?;
         return Ok(Cow::Owned(ip.to_string()));
     } else {
-        match raw.rsplit_once(':') {
+        // By byte: the char searcher costs a few hundred instructions on a short name.
+        match raw
+            .bytes()
+            .rposition(|b| b == b':')
+            .and_then(|i| Some((raw.get(..i)?, raw.get(i + 1..)?)))
+        {
             Some((h, port)) if is_port(port) => h,
             Some(_) => return Err(HostError::Invalid),
             None => raw,

@@ -9,19 +9,20 @@
 //! (`Otpgate-Client-Id`, `Otpgate-Client-Secret`) go in every spelling too: a credential for the
 //! gateway is nothing the upstream should see.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, HeaderValue, UPGRADE};
 
-use super::plan::{Plan, Removals};
+use super::plan::{Plan, Removals, valid_value};
 use super::strip::{self, Strip};
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Compares a lower-case header name with `want`, treating `_` as `-`.
 fn folded_eq(name: &[u8], want: &str) -> bool {
@@ -109,29 +110,40 @@ pub struct ForwardInfo<'a> {
     pub host: &'a str,
 }
 
-fn value(text: String) -> Option<HeaderValue> {
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
-}
-
-/// An address as text. IPv4, the common case, without the formatting machinery
-/// (`Ipv4Addr`'s `Display` costs over a thousand instructions; this, a few dozen).
-fn ip_text(ip: IpAddr) -> String {
+/// Writes an address as `Display` does. IPv4, the common case, without the formatting
+/// machinery (`Ipv4Addr`'s `Display` costs over a thousand instructions; this, a few dozen):
+/// the digits go into a stack buffer, then into `out` in one copy.
+fn push_ip(out: &mut String, ip: IpAddr) {
     let IpAddr::V4(v4) = ip else {
-        return ip.to_string();
+        // Writing into a String does not fail.
+        let _ = write!(out, "{ip}");
+        return;
     };
-    let mut out = String::with_capacity(15);
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
+    let mut buf = [b'.'; 16];
+    let mut len = 0;
+    for octet in v4.octets() {
         if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
+            buf[len] = b'0' + octet / 100;
+            len += 1;
         }
         if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
+            buf[len] = b'0' + octet / 10 % 10;
+            len += 1;
         }
-        out.push(char::from(b'0' + octet % 10));
+        buf[len] = b'0' + octet % 10;
+        // The dot after the octet is in `buf` already; the last one is left out below.
+        len += 2;
     }
+    // Digits and dots only: ASCII.
+    if let Ok(text) = std::str::from_utf8(&buf[..len - 1]) {
+        out.push_str(text);
+    }
+}
+
+#[cfg(test)]
+fn ip_text(ip: IpAddr) -> String {
+    let mut out = String::new();
+    push_ip(&mut out, ip);
     out
 }
 
@@ -149,12 +161,12 @@ pub fn prepare_request(
 
 /// What [`prepare_request`] does to `headers`, as a [`Plan`] (applied to the map, or written
 /// straight into a request head by the direct HTTP/1.1 path).
-pub fn plan_request(
+pub fn plan_request<'a>(
     headers: &HeaderMap,
     fwd: &ForwardInfo<'_>,
     strip: &Strip,
     upgrade: bool,
-) -> Plan {
+) -> Plan<'a> {
     let mut plan = Plan::new(upgrade);
     collect_connection_tokens(headers, &mut plan.removals);
     for name in headers.keys() {
@@ -163,70 +175,77 @@ pub fn plan_request(
             plan.remove(name.clone());
         }
     }
-    let (prior_xff, prior_fwd) = if fwd.peer_trusted {
-        (
-            joined(headers, &X_FORWARDED_FOR),
-            joined(headers, &FORWARDED),
-        )
-    } else {
-        (None, None)
-    };
-
     let peer = fwd.peer_ip.to_canonical();
-    // The peer's address is formatted once and shared by X-Forwarded-For, X-Real-IP and
-    // Forwarded.
-    let peer_text = ip_text(peer);
-    let mut forwarded = String::with_capacity(64 + fwd.host.len());
-    if let Some(prior) = prior_fwd {
-        forwarded.push_str(&prior);
-        forwarded.push_str(", ");
+    // The forwarding headers' text goes into the plan's one buffer. The peer's address is
+    // written once, inside Forwarded, and X-Real-IP and (but behind a trusted proxy) the
+    // X-Forwarded-For are that same text; so is X-Forwarded-Host the Host inside Forwarded,
+    // when it needed no quotes or backslashes dropped.
+    let text = plan.text(128 + 2 * fwd.host.len());
+    let forwarded_start = text.len();
+    if fwd.peer_trusted && push_joined(text, headers, &FORWARDED) {
+        text.push_str(", ");
     }
     match peer {
-        IpAddr::V4(_) => {
-            forwarded.push_str("for=");
-            forwarded.push_str(&peer_text);
-        }
-        IpAddr::V6(_) => {
-            forwarded.push_str("for=\"[");
-            forwarded.push_str(&peer_text);
-            forwarded.push_str("]\"");
-        }
+        IpAddr::V4(_) => text.push_str("for="),
+        IpAddr::V6(_) => text.push_str("for=\"["),
     }
-    forwarded.push_str(";host=\"");
+    let peer_start = text.len();
+    push_ip(text, peer);
+    let peer_range = peer_start..text.len();
+    if peer.is_ipv6() {
+        text.push_str("]\"");
+    }
+    text.push_str(";host=\"");
+    let host_start = text.len();
     // Host syntax has no quotes or backslashes; drop any so the quoted-string stays intact.
-    if fwd.host.contains(['"', '\\']) {
-        forwarded.extend(fwd.host.chars().filter(|c| *c != '"' && *c != '\\'));
+    let filtered = fwd.host.bytes().any(|b| b == b'"' || b == b'\\');
+    if filtered {
+        text.extend(fwd.host.chars().filter(|c| *c != '"' && *c != '\\'));
     } else {
-        forwarded.push_str(fwd.host);
+        text.push_str(fwd.host);
     }
-    forwarded.push_str("\";proto=");
-    forwarded.push_str(fwd.proto);
-    let xff = match prior_xff {
-        Some(prior) => value(format!("{prior}, {peer_text}")),
-        None => None,
-    };
-    let peer_value = value(peer_text);
-    if let Some(v) = xff.or_else(|| peer_value.clone()) {
-        plan.add(X_FORWARDED_FOR, v);
+    let mut host = host_start..text.len();
+    text.push_str("\";proto=");
+    text.push_str(fwd.proto);
+    let forwarded = forwarded_start..text.len();
+    if filtered {
+        let start = text.len();
+        text.push_str(fwd.host);
+        host = start..text.len();
     }
-    if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
-        plan.add(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
+
+    let mut xff = peer_range.clone();
+    if fwd.peer_trusted {
+        let start = text.len();
+        if push_joined(text, headers, &X_FORWARDED_FOR) {
+            text.push_str(", ");
+            push_ip(text, peer);
+            xff = start..text.len();
+        }
     }
-    if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_HOST))
-        && let Ok(v) = HeaderValue::from_str(fwd.host)
-    {
-        plan.add(X_FORWARDED_HOST, v);
-    }
+
     let real_ip = if fwd.client_ip == peer {
-        peer_value
+        peer_range
     } else {
-        value(ip_text(fwd.client_ip))
+        let start = text.len();
+        push_ip(text, fwd.client_ip);
+        start..text.len()
     };
-    if let Some(v) = real_ip {
-        plan.add(X_REAL_IP, v);
+
+    plan.add_text(&X_FORWARDED_FOR, xff);
+    if !(fwd.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        plan.add_owned(&X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
     }
-    if let Some(v) = value(forwarded) {
-        plan.add(FORWARDED, v);
+    // The Host is the only text from outside that is not a header value already (the prior
+    // forwarding headers' text is, the addresses are digits and punctuation): as before the
+    // buffer, a Host that is no header value leaves out the two headers that carry it.
+    let host_ok = valid_value(fwd.host.as_bytes());
+    if host_ok && !(fwd.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        plan.add_text(&X_FORWARDED_HOST, host);
+    }
+    plan.add_text(&X_REAL_IP, real_ip);
+    if host_ok && valid_value(fwd.proto.as_bytes()) {
+        plan.add_text(&FORWARDED, forwarded);
     }
     if upgrade {
         plan.add(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -240,7 +259,7 @@ pub fn clean_response(headers: &mut HeaderMap, upgrade: bool) {
     collect_connection_tokens(headers, &mut removals);
     for name in headers.keys() {
         if hop_by_hop(name.as_str().as_bytes()) {
-            removals.push(name.clone());
+            removals.push(std::borrow::Cow::Owned(name.clone()));
         }
     }
     removals.apply(headers, |n| upgrade && (n == UPGRADE || n == CONNECTION));
@@ -253,7 +272,7 @@ pub(crate) fn has(headers: &HeaderMap, name: &HeaderName) -> bool {
 }
 
 /// Every header named in `Connection` (RFC 9110 s7.6.1).
-fn collect_connection_tokens(headers: &HeaderMap, out: &mut Removals) {
+fn collect_connection_tokens(headers: &HeaderMap, out: &mut Removals<'_>) {
     if !has(headers, &CONNECTION) {
         return;
     }
@@ -268,7 +287,7 @@ fn collect_connection_tokens(headers: &HeaderMap, out: &mut Removals) {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
-                out.push(name);
+                out.push(std::borrow::Cow::Owned(name));
             }
         }
     }
@@ -290,19 +309,18 @@ pub fn wants_websocket(headers: &HeaderMap) -> bool {
     has_token(UPGRADE, "websocket") && has_token(CONNECTION, "upgrade")
 }
 
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut out: Option<String> = None;
+/// Appends the values of `name` (those that are text), joined by `, `; false if there were none.
+fn push_joined(out: &mut String, headers: &HeaderMap, name: &HeaderName) -> bool {
+    let mut any = false;
     for v in headers.get_all(name) {
         let Ok(v) = v.to_str() else { continue };
-        match &mut out {
-            Some(o) => {
-                o.push_str(", ");
-                o.push_str(v);
-            }
-            None => out = Some(v.to_owned()),
+        if any {
+            out.push_str(", ");
         }
+        out.push_str(v);
+        any = true;
     }
-    out
+    any
 }
 
 #[cfg(test)]
@@ -490,6 +508,25 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_text(ip), ip.to_string());
         }
+    }
+
+    /// A Host that is no header value (here with a DEL) leaves out X-Forwarded-Host and
+    /// Forwarded, which would carry it, on both paths; the address headers stay.
+    #[test]
+    fn a_host_that_is_no_header_value_is_not_forwarded() {
+        let mut i = info(false);
+        i.host = "app\x7f.example";
+        let h = map(&[("accept", "*/*")]);
+        let mut written = Vec::new();
+        plan_request(&h, &i, &Strip::default(), false).write(&h, &mut written);
+        let mut applied = h.clone();
+        prepare_request(&mut applied, &i, &Strip::default(), false);
+        assert!(!applied.contains_key("x-forwarded-host"));
+        assert!(!applied.contains_key("forwarded"));
+        assert_eq!(applied["x-real-ip"], "198.51.100.7");
+        let text = String::from_utf8_lossy(&written).to_ascii_lowercase();
+        assert!(!text.contains("x-forwarded-host") && !text.contains("forwarded:"));
+        assert!(text.contains("x-forwarded-for: 198.51.100.7\r\n"), "{text}");
     }
 
     #[test]

@@ -215,7 +215,10 @@ async fn send(
         && (parts.method == Method::GET || parts.method == Method::HEAD)
         && http_body::Body::is_end_stream(&body)
     {
-        plan.add(HOST, preserved.unwrap_or_else(|| pool.host().clone()));
+        match preserved {
+            Some(host) => plan.add(HOST, host),
+            None => plan.add_ref(&HOST, pool.host()),
+        }
         let send = pool.send_direct(&parts.method, |out| {
             h1::head::encode(
                 &parts.method,
@@ -255,13 +258,13 @@ fn declared_length(h: &http::HeaderMap) -> Option<u64> {
 /// Header hygiene (with the app's `strip` list), forwarding headers and the identity headers
 /// under the app's `names`, as a plan for the request's headers; and the Host the client
 /// asked for, as sent (for `preserve_host`).
-fn plan_headers(
+fn plan_headers<'a>(
     parts: &http::request::Parts,
-    permit: &Permitted,
-    (strip, names, credential_headers): (&Strip, &IdentityHeaders, [&http::HeaderName; 2]),
+    permit: &'a Permitted,
+    (strip, names, credential_headers): (&Strip, &'a IdentityHeaders, [&'a http::HeaderName; 2]),
     client: Downstream,
     upgrade: bool,
-) -> (Option<HeaderValue>, Plan) {
+) -> (Option<HeaderValue>, Plan<'a>) {
     let orig_host: Option<HeaderValue> = parts.headers.get(HOST).cloned().or_else(|| {
         parts
             .uri
@@ -287,20 +290,22 @@ fn plan_headers(
     // default name or the configured one, in any spelling: both are on the app's `strip` list.
     plan.cookies(crate::session::CookieEdit::of(&parts.headers));
     if let Some(id) = permit.identity() {
-        plan.add(names.email.clone(), id.email.clone());
-        plan.add(names.user.clone(), id.user.clone());
-        plan.add(names.groups.clone(), id.groups.clone());
+        // Borrowed, names and values: both outlive the plan, and a clone's reference count
+        // would be taken and given back for nothing.
+        plan.add_ref(&names.email, &id.email);
+        plan.add_ref(&names.user, &id.user);
+        plan.add_ref(&names.groups, &id.groups);
         if let Some((name, token)) = &id.assertion {
-            plan.set(name.clone(), token.clone());
+            plan.set_ref(name, token);
         }
     } else if let Some(user) = permit.service_user() {
         // A service has no address or groups: only the user header, `service:<name>`. No
         // assertion either: it names a person who logged in (docs/product.md#s4).
-        plan.add(names.user.clone(), user.clone());
+        plan.add_ref(&names.user, user);
     }
     // The default spellings went in `plan_request`; these are the configured names.
     for name in credential_headers {
-        plan.remove(name.clone());
+        plan.remove_ref(name);
     }
     (orig_host, plan)
 }

@@ -2,6 +2,9 @@
 //! either applied to the request's `HeaderMap` (for hyper's client) or written straight into
 //! the request head (the direct HTTP/1.1 path), so both paths send the same headers.
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use http::HeaderMap;
 use http::header::{COOKIE, HeaderName, HeaderValue, UPGRADE};
 
@@ -26,16 +29,17 @@ impl Lengths {
     }
 }
 
-/// Names to remove, without a heap allocation in the common case.
+/// Names to remove, without a heap allocation in the common case. Names that outlive the
+/// plan (configured ones) are borrowed: no reference count to take and give back.
 #[derive(Debug)]
-pub(super) struct Removals {
-    inline: [Option<HeaderName>; 4],
+pub(super) struct Removals<'a> {
+    inline: [Option<Cow<'a, HeaderName>>; 4],
     len: usize,
-    spill: Vec<HeaderName>,
+    spill: Vec<Cow<'a, HeaderName>>,
     lengths: Lengths,
 }
 
-impl Removals {
+impl<'a> Removals<'a> {
     pub(super) fn new() -> Self {
         Self {
             inline: [None, None, None, None],
@@ -44,7 +48,7 @@ impl Removals {
             lengths: Lengths::default(),
         }
     }
-    pub(super) fn push(&mut self, n: HeaderName) {
+    pub(super) fn push(&mut self, n: Cow<'a, HeaderName>) {
         self.lengths.add(&n);
         if self.len < self.inline.len() {
             self.inline[self.len] = Some(n);
@@ -56,35 +60,58 @@ impl Removals {
     pub(super) fn apply(self, headers: &mut HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
         for n in self.inline.into_iter().flatten().chain(self.spill) {
             if !keep(&n) {
-                headers.remove(&n);
+                headers.remove(&*n);
             }
         }
     }
-}
 
-impl Removals {
     fn contains(&self, name: &HeaderName) -> bool {
         if !self.lengths.may_contain(name) {
             return false;
         }
-        self.inline[..self.len].iter().flatten().any(|n| n == name) || self.spill.contains(name)
+        self.inline[..self.len]
+            .iter()
+            .flatten()
+            .any(|n| **n == *name)
+            || self.spill.iter().any(|n| **n == *name)
     }
+}
+
+/// A set header's value: one the plan owns, one borrowed from what outlives it (the session's
+/// identity, the pool's Host), or text in the plan's buffer (the forwarding headers: one
+/// allocation for all of them, and one text for the peer's address in two headers).
+#[derive(Debug)]
+enum Value<'a> {
+    Owned(HeaderValue),
+    Borrowed(&'a HeaderValue),
+    Text(Range<usize>),
 }
 
 /// The changes to a request's headers: names whose every value goes, what becomes of the
 /// `Cookie` headers, and headers set (replacing any the request has), in order.
 #[derive(Debug)]
-pub struct Plan {
-    pub(super) removals: Removals,
+pub struct Plan<'a> {
+    pub(super) removals: Removals<'a>,
     /// `Upgrade` survives the removals (a WebSocket request).
     keep_upgrade: bool,
     cookie: CookieEdit,
-    set: Vec<(HeaderName, HeaderValue)>,
+    set: Vec<(Cow<'a, HeaderName>, Value<'a>)>,
     /// The lengths of the names in `set`.
     set_lengths: Lengths,
+    /// The text of the [`Value::Text`] values; only valid header-value bytes get in.
+    text: String,
 }
 
-impl Plan {
+/// Whether `bytes` may be a header value: the `http` crate's rule (visible ASCII, spaces,
+/// tabs and obs-text), so the written head and the applied map agree, and no CR or LF. No
+/// early exit: a branch-free pass over a few dozen bytes is the cheaper one.
+pub(super) fn valid_value(bytes: &[u8]) -> bool {
+    bytes.iter().fold(true, |ok, &b| {
+        ok & (((b >= 32) & (b != 127)) | (b == b'\t'))
+    })
+}
+
+impl<'a> Plan<'a> {
     pub(super) fn new(upgrade: bool) -> Self {
         Self {
             removals: Removals::new(),
@@ -93,17 +120,32 @@ impl Plan {
             // The forwarding and identity headers and Host: one allocation.
             set: Vec::with_capacity(12),
             set_lengths: Lengths::default(),
+            text: String::new(),
         }
     }
 
     /// Every value of `name` goes.
     pub fn remove(&mut self, name: HeaderName) {
-        self.removals.push(name);
+        self.removals.push(Cow::Owned(name));
+    }
+
+    /// [`Plan::remove`] for a name that outlives the plan.
+    pub fn remove_ref(&mut self, name: &'a HeaderName) {
+        self.removals.push(Cow::Borrowed(name));
     }
 
     /// `name` is sent with `value` only (set after the removals), replacing what an earlier
     /// `set` or `add` gave it.
     pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.set_value(Cow::Owned(name), Value::Owned(value));
+    }
+
+    /// [`Plan::set`] for a name and value that outlive the plan.
+    pub fn set_ref(&mut self, name: &'a HeaderName, value: &'a HeaderValue) {
+        self.set_value(Cow::Borrowed(name), Value::Borrowed(value));
+    }
+
+    fn set_value(&mut self, name: Cow<'a, HeaderName>, value: Value<'a>) {
         match self.set.iter_mut().find(|(n, _)| *n == name) {
             Some(slot) => slot.1 = value,
             None => {
@@ -121,6 +163,20 @@ impl Plan {
     /// `Host`, which no identity header may be named. The assertion's header may share a
     /// configured identity header's name and goes through `set`.
     pub fn add(&mut self, name: HeaderName, value: HeaderValue) {
+        self.add_value(Cow::Owned(name), Value::Owned(value));
+    }
+
+    /// [`Plan::add`] for a name and value that outlive the plan.
+    pub fn add_ref(&mut self, name: &'a HeaderName, value: &'a HeaderValue) {
+        self.add_value(Cow::Borrowed(name), Value::Borrowed(value));
+    }
+
+    /// [`Plan::add`] for a name that outlives the plan and a value of its own.
+    pub fn add_owned(&mut self, name: &'a HeaderName, value: HeaderValue) {
+        self.add_value(Cow::Borrowed(name), Value::Owned(value));
+    }
+
+    fn add_value(&mut self, name: Cow<'a, HeaderName>, value: Value<'a>) {
         debug_assert!(
             self.set.iter().all(|(n, _)| *n != name),
             "{name} planned twice"
@@ -129,9 +185,38 @@ impl Plan {
         self.set.push((name, value));
     }
 
+    /// The buffer the planner writes the forwarding headers' text into, for
+    /// [`Plan::add_text`]; `additional` is the room the text is expected to need.
+    pub(super) fn text(&mut self, additional: usize) -> &mut String {
+        self.text.reserve(additional);
+        &mut self.text
+    }
+
+    /// [`Plan::add`] with the buffer's text in `text` (written with [`Plan::text`]). The
+    /// caller checked that text with [`valid_value`] (what came from elsewhere than the
+    /// gateway's own digits and punctuation: a request header's text is valid already).
+    pub(super) fn add_text(&mut self, name: &'a HeaderName, text: Range<usize>) {
+        debug_assert!(
+            self.text
+                .as_bytes()
+                .get(text.clone())
+                .is_some_and(valid_value),
+            "{name}: not a header value"
+        );
+        self.add_value(Cow::Borrowed(name), Value::Text(text));
+    }
+
     /// What becomes of the `Cookie` headers.
     pub fn cookies(&mut self, edit: CookieEdit) {
         self.cookie = edit;
+    }
+
+    fn bytes<'s>(&'s self, value: &'s Value<'_>) -> &'s [u8] {
+        match value {
+            Value::Owned(v) => v.as_bytes(),
+            Value::Borrowed(v) => v.as_bytes(),
+            Value::Text(r) => self.text.as_bytes().get(r.clone()).unwrap_or_default(),
+        }
     }
 
     /// Applies the plan to `headers`.
@@ -144,7 +229,16 @@ impl Plan {
             self.cookie.apply(headers);
         }
         for (name, value) in self.set {
-            headers.insert(name, value);
+            let value = match value {
+                Value::Owned(v) => v,
+                Value::Borrowed(v) => v.clone(),
+                // Valid by `add_text`.
+                Value::Text(r) => match self.text.as_bytes().get(r).map(HeaderValue::from_bytes) {
+                    Some(Ok(v)) => v,
+                    _ => continue,
+                },
+            };
+            headers.insert(name.into_owned(), value);
         }
     }
 
@@ -157,14 +251,14 @@ impl Plan {
     }
 
     fn is_set(&self, name: &HeaderName) -> bool {
-        self.set_lengths.may_contain(name) && self.set.iter().any(|(n, _)| n == name)
+        self.set_lengths.may_contain(name) && self.set.iter().any(|(n, _)| **n == *name)
     }
 
     /// Writes the request's headers as the plan leaves them, as HTTP/1.1 header lines.
     pub fn write(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
         for (name, value) in headers {
             if !self.drops(name) {
-                line(out, name, value);
+                line(out, name, value.as_bytes());
             }
         }
         let cookie_removed = self.removals.contains(&COOKIE) || self.is_set(&COOKIE);
@@ -173,8 +267,8 @@ impl Plan {
                 CookieEdit::Keep => headers
                     .get_all(COOKIE)
                     .iter()
-                    .for_each(|v| line(out, &COOKIE, v)),
-                CookieEdit::Replace(v) => line(out, &COOKIE, v),
+                    .for_each(|v| line(out, &COOKIE, v.as_bytes())),
+                CookieEdit::Replace(v) => line(out, &COOKIE, v.as_bytes()),
                 CookieEdit::Remove => {}
             }
         }
@@ -184,44 +278,44 @@ impl Plan {
         let size: usize = self
             .set
             .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .map(|(n, v)| n.as_str().len() + self.bytes(v).len() + 4)
             .sum();
         out.resize(start + size, 0);
         if out
             .get_mut(start..)
-            .and_then(|buf| fill(buf, &self.set))
+            .and_then(|buf| self.fill(buf))
             .is_none()
         {
             // Not reached (the size is the lines' own); should it be, the lines go one by one.
             out.truncate(start);
             for (name, value) in &self.set {
-                line(out, name, value);
+                line(out, name, self.bytes(value));
             }
         }
     }
+
+    /// Writes the set lines into `buf`, which they fill exactly; `None` if they do not.
+    fn fill(&self, mut buf: &mut [u8]) -> Option<()> {
+        fn put<'b>(buf: &'b mut [u8], bytes: &[u8]) -> Option<&'b mut [u8]> {
+            let (head, tail) = buf.split_at_mut_checked(bytes.len())?;
+            head.copy_from_slice(bytes);
+            Some(tail)
+        }
+        for (name, value) in &self.set {
+            buf = put(buf, name.as_str().as_bytes())?;
+            buf = put(buf, b": ")?;
+            buf = put(buf, self.bytes(value))?;
+            buf = put(buf, b"\r\n")?;
+        }
+        buf.is_empty().then_some(())
+    }
 }
 
-fn line(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+fn line(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// Writes `lines` into `buf`, which they fill exactly; `None` if they do not.
-fn fill(mut buf: &mut [u8], lines: &[(HeaderName, HeaderValue)]) -> Option<()> {
-    fn put<'b>(buf: &'b mut [u8], bytes: &[u8]) -> Option<&'b mut [u8]> {
-        let (head, tail) = buf.split_at_mut_checked(bytes.len())?;
-        head.copy_from_slice(bytes);
-        Some(tail)
-    }
-    for (name, value) in lines {
-        buf = put(buf, name.as_str().as_bytes())?;
-        buf = put(buf, b": ")?;
-        buf = put(buf, value.as_bytes())?;
-        buf = put(buf, b"\r\n")?;
-    }
-    buf.is_empty().then_some(())
 }
 
 #[cfg(test)]
@@ -256,7 +350,7 @@ mod tests {
         out
     }
 
-    fn plan_for(headers: &HeaderMap, trusted: bool, upgrade: bool) -> Plan {
+    fn plan_for(headers: &HeaderMap, trusted: bool, upgrade: bool) -> Plan<'static> {
         let fwd = ForwardInfo {
             client_ip: "198.51.100.7".parse().unwrap(),
             peer_trusted: trusted,

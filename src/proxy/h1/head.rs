@@ -68,7 +68,13 @@ pub struct Head {
 /// Writes the request head: request line in origin form, then the request's headers as
 /// `plan` leaves them (names and values were validated by the `http` types: no CR or LF can
 /// get in).
-pub fn encode(method: &Method, target: &str, headers: &HeaderMap, plan: &Plan, out: &mut Vec<u8>) {
+pub fn encode(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    plan: &Plan<'_>,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
