@@ -34,7 +34,7 @@
 #   RUNTIME=per_core benches/proxy-load.sh     # otpgate with limits.runtime: per_core
 #   BOTH_RUNTIMES=1 benches/proxy-load.sh      # also a second otpgate with the other runtime
 #                                              # (otpgate_alt), alternating in the same rounds
-#   OTPGATE_ALT=/old/otpgate benches/proxy-load.sh   # otpgate_alt is another build (same config),
+#   ALT_BINARY=/old/otpgate benches/proxy-load.sh   # otpgate_alt is another build (same config),
 #                                              # for a before/after in one run
 set -euo pipefail
 
@@ -51,7 +51,7 @@ BASE_PORT=${BASE_PORT:-18900}
 RATE=${RATE:-}
 RUNTIME=${RUNTIME:-multi_thread}   # otpgate's limits.runtime: multi_thread | per_core
 BOTH_RUNTIMES=${BOTH_RUNTIMES:-}   # non-empty: otpgate_alt runs the other runtime
-OTPGATE_ALT=${OTPGATE_ALT:-}       # a binary: otpgate_alt runs it
+ALT_BINARY=${ALT_BINARY:-}       # a binary: otpgate_alt runs it
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 OTPGATE=${OTPGATE:-$root/target/release/otpgate}
@@ -196,16 +196,16 @@ wait_port() {
 wait_port "$UP"; wait_port "$NGX"; wait_port "$OTP"; wait_port "$NGX_AUTH"
 alt_pid=
 other=$RUNTIME
-if [ -n "$BOTH_RUNTIMES" ] || [ -n "$OTPGATE_ALT" ]; then
+if [ -n "$BOTH_RUNTIMES" ] || [ -n "$ALT_BINARY" ]; then
   # The same config (and data directory, so the same keys: started once the first has
-  # written them) on other ports, with the other runtime (BOTH_RUNTIMES) or binary (OTPGATE_ALT).
+  # written them) on other ports, with the other runtime (BOTH_RUNTIMES) or binary (ALT_BINARY).
   if [ -n "$BOTH_RUNTIMES" ]; then
     other=per_core; [ "$RUNTIME" = per_core ] && other=multi_thread
   fi
   sed -e "s/runtime: $RUNTIME/runtime: $other/" -e "s/127.0.0.1:$OTP,/127.0.0.1:$ALT,/" \
     -e "s/127.0.0.1:$ADMIN }/127.0.0.1:$ALT_ADMIN }/" -e "s|public_url: http://127.0.0.1:$OTP|public_url: http://127.0.0.1:$ALT|" \
     "$work/otpgate.yaml" > "$work/alt.yaml"
-  taskset -c "$PROXY_CPU" "${OTPGATE_ALT:-$OTPGATE}" --config "$work/alt.yaml" > "$work/alt.log" 2>&1 & pids+=($!)
+  taskset -c "$PROXY_CPU" "${ALT_BINARY:-$OTPGATE}" --config "$work/alt.yaml" > "$work/alt.log" 2>&1 & pids+=($!)
   alt_pid=$!
 fi
 if [ -n "$alt_pid" ]; then wait_port "$ALT"; fi
@@ -290,7 +290,7 @@ run_rate() { # proxy seconds -> "rps p99_ms cpu_us_per_req cpu_util"
 }
 if [ -n "$RATE" ]; then run() { run_rate "$@"; }; fi
 
-echo "proxy-load: route=$ROUTE runtime=$RUNTIME${alt_pid:+ (otpgate_alt: $other${OTPGATE_ALT:+ $OTPGATE_ALT})} rate=${RATE:-max} rounds=$ROUNDS duration=${DURATION}s connections=$CONNECTIONS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
+echo "proxy-load: route=$ROUTE runtime=$RUNTIME${alt_pid:+ (otpgate_alt: $other${ALT_BINARY:+ $ALT_BINARY})} rate=${RATE:-max} rounds=$ROUNDS duration=${DURATION}s connections=$CONNECTIONS proxy_cpu=$PROXY_CPU load_cpu=$LOAD_CPU"
 for proxy in "${proxies[@]}"; do run "$proxy" "$WARMUP" > /dev/null; done
 
 printf '%-6s %-10s %10s %9s %15s %9s\n' round proxy rps p99_ms cpu_us_per_req cpu_pct
