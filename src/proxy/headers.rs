@@ -324,10 +324,11 @@ fn push_joined(out: &mut String, headers: &HeaderMap, name: &HeaderName) -> bool
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    /// A header map of `pairs`, in order (also for the plan's tests).
+    pub(in crate::proxy) fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
             m.append(

@@ -322,18 +322,8 @@ fn line(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
 mod tests {
     use super::*;
     use crate::proxy::Strip;
+    use crate::proxy::headers::tests::map;
     use crate::proxy::headers::{ForwardInfo, plan_request};
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        m
-    }
 
     /// The header lines, sorted by name, each name's values in order.
     fn lines(text: &[u8]) -> Vec<(String, String)> {
