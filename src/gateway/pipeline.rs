@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use http::header::SET_COOKIE;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
 
 use super::error::{Blame, GateError, chain};
 use super::route::RouteError;
@@ -196,7 +196,7 @@ impl Gateway {
         drop(users);
 
         // 7. The proxy stage.
-        let tunnel = self.tunnel_limits(rt, &permit, req.headers())?;
+        let tunnel = self.tunnel_limits(rt, &permit, &req)?;
         let route = route_of(rt, app, tunnel);
         let changed = normalised.is_some();
         let path = normalised.unwrap_or_default();
@@ -233,9 +233,12 @@ impl Gateway {
         &self,
         rt: &Runtime,
         permit: &Permitted,
-        headers: &HeaderMap,
+        req: &Request<RequestBody>,
     ) -> Result<Option<TunnelLimits>, GateError> {
-        if !proxy::headers::wants_websocket(headers) {
+        // The one place the upgrade is decided: a WebSocket upgrade is HTTP/1.1 only, and a
+        // request that will not be tunnelled takes no tunnel slot. The proxy stage tunnels
+        // exactly when this gave limits.
+        if req.version() != Version::HTTP_11 || !proxy::headers::wants_websocket(req.headers()) {
             return Ok(None);
         }
         let slot = self

@@ -93,8 +93,8 @@ pub struct Route<'a> {
     pub(crate) identity: &'a IdentityHeaders,
     /// Metric handles.
     pub(crate) metrics: &'a AppMetrics,
-    /// Limits for the tunnel, when the request asks for WebSocket (without them no upgrade is
-    /// passed through).
+    /// Limits for the tunnel: present exactly when the request is an HTTP/1.1 WebSocket upgrade
+    /// (the pipeline's `tunnel_limits` decides; without them no upgrade is passed through).
     pub(crate) tunnel: Option<TunnelLimits>,
     /// The service-token headers as configured: never forwarded (docs/security.md#34).
     pub(crate) credential_headers: [&'a http::HeaderName; 2],
@@ -165,11 +165,10 @@ async fn send(
     {
         return Err(ProxyError::TooLarge);
     }
-    let upgrade = req.version() == Version::HTTP_11
-        && t.tunnel.is_some()
-        && headers::wants_websocket(req.headers());
+    // Decided by the pipeline, which gives tunnel limits only to an HTTP/1.1 WebSocket upgrade.
+    let upgrade = t.tunnel.is_some();
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let tunnel = if upgrade { t.tunnel } else { None };
+    let tunnel = t.tunnel;
     // gRPC needs `TE: trailers`; a hop-by-hop header, it is set again for HTTP/2 upstreams only.
     let te_trailers = headers::has(req.headers(), &TE)
         && req

@@ -549,6 +549,15 @@ async fn idle_websocket_tunnels_are_closed_and_count_against_the_connection_cap(
     .await
     .unwrap_err();
     assert!(err.to_string().contains("503"), "{err}");
+    // A request that cannot become a tunnel (HTTP/1.0 has no upgrades) takes no tunnel slot,
+    // whatever headers it carries: it is answered, not refused as busy.
+    let r = raw(
+        gw.http(),
+        "GET / HTTP/1.0\nHost: app.test\nUpgrade: websocket\nConnection: upgrade",
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
     // An active tunnel stays open past the idle time...
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(500)).await;
