@@ -1,5 +1,6 @@
-//! Small HTTP helpers shared by the pipeline stages and the login pages: redirects and telling
-//! API calls from page navigations. A leaf: it knows nothing of apps, sessions or config.
+//! Small HTTP helpers shared by the listener, the pipeline stages and the login pages:
+//! redirects, telling API calls from page navigations, token lists. A leaf: it knows nothing of
+//! apps, sessions or config.
 
 use http::header::{ACCEPT, HeaderValue, LOCATION};
 use http::{HeaderMap, Response, StatusCode};
@@ -15,6 +16,14 @@ pub(crate) fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     }
     crate::pages::static_headers(r.headers_mut());
     r
+}
+
+/// Whether a comma-separated header value (`Connection`, `Upgrade`, ...) lists `token`, ASCII
+/// case-insensitive, spaces and tabs around it ignored (RFC 9110 s5.6.1).
+pub(crate) fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Whether a request is an API call rather than a page navigation (docs/product.md#s4): API
@@ -34,6 +43,16 @@ pub(crate) fn wants_json(h: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_lists_are_read_by_token_not_by_substring() {
+        assert!(lists_token(b"keep-alive, Close", b"close"));
+        assert!(lists_token(b"Upgrade", b"upgrade"));
+        assert!(lists_token(b" upgrade\t,x", b"upgrade"));
+        assert!(!lists_token(b"closed", b"close"));
+        assert!(!lists_token(b"not-close", b"close"));
+        assert!(!lists_token(b"", b"close"));
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

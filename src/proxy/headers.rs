@@ -300,13 +300,13 @@ pub fn wants_websocket(headers: &HeaderMap) -> bool {
     if !has(headers, &UPGRADE) {
         return false;
     }
-    let has_token = |name: HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
+    let has_token = |name: HeaderName, token: &[u8]| {
+        headers
+            .get_all(name)
+            .iter()
+            .any(|v| crate::http::lists_token(v.as_bytes(), token))
     };
-    has_token(UPGRADE, "websocket") && has_token(CONNECTION, "upgrade")
+    has_token(UPGRADE, b"websocket") && has_token(CONNECTION, b"upgrade")
 }
 
 /// Appends the values of `name` (those that are text), joined by `, `; false if there were none.

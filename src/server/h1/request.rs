@@ -10,6 +10,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
 use crate::body::RequestBody;
+use crate::http::lists_token;
 
 /// The most header lines a head may have; more are hyper's to refuse (`431`), as it does by
 /// default.
@@ -84,7 +85,7 @@ pub(super) fn inspect(buf: &[u8], target: &mut Range<usize>, spans: &mut Vec<Spa
         {
             return Verdict::Other;
         }
-        if name.eq_ignore_ascii_case(b"connection") && has_token(h.value, b"close") {
+        if name.eq_ignore_ascii_case(b"connection") && lists_token(h.value, b"close") {
             close = true;
         }
         spans.push((at(name), at(h.value)));
@@ -97,13 +98,6 @@ pub(super) fn inspect(buf: &[u8], target: &mut Range<usize>, spans: &mut Vec<Spa
         head: method == "HEAD",
         close,
     }
-}
-
-/// Whether a comma-separated header value lists `token` (ASCII case-insensitive).
-pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Builds the request from a head [`inspect`] found simple, taking it off the front of `buf`.

@@ -18,7 +18,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::body::Body;
 
-use super::request::has_token;
+use crate::http::lists_token;
 
 /// Data frames at least this long are written straight from their buffer instead of being
 /// copied behind the head or a chunk line.
@@ -74,7 +74,7 @@ fn encode_head(
         if name == TRANSFER_ENCODING {
             continue;
         }
-        if name == CONNECTION && has_token(value.as_bytes(), b"close") {
+        if name == CONNECTION && lists_token(value.as_bytes(), b"close") {
             said_close = true;
         }
         if name == DATE {
