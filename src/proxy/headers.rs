@@ -339,7 +339,9 @@ pub(super) mod tests {
         m
     }
 
-    fn info(trusted: bool) -> ForwardInfo<'static> {
+    /// The forwarding facts of a request from 198.51.100.7, behind a trusted proxy or not
+    /// (also for the plan's tests).
+    pub(in crate::proxy) fn info(trusted: bool) -> ForwardInfo<'static> {
         ForwardInfo {
             client_ip: "198.51.100.7".parse().unwrap(),
             peer_trusted: trusted,

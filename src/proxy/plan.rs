@@ -322,7 +322,7 @@ fn line(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
 mod tests {
     use super::*;
     use crate::proxy::Strip;
-    use crate::proxy::headers::tests::map;
+    use crate::proxy::headers::tests::{info, map};
     use crate::proxy::headers::{ForwardInfo, plan_request};
 
     /// The header lines, sorted by name, each name's values in order.
@@ -342,15 +342,8 @@ mod tests {
 
     fn plan_for(headers: &HeaderMap, trusted: bool, upgrade: bool) -> Plan<'static> {
         let fwd = ForwardInfo {
-            client_ip: "198.51.100.7".parse().unwrap(),
-            peer_trusted: trusted,
-            peer_ip: if trusted {
-                "10.0.0.2".parse().unwrap()
-            } else {
-                "198.51.100.7".parse().unwrap()
-            },
-            proto: "https",
             host: "app.example",
+            ..info(trusted)
         };
         let mut plan = plan_request(headers, &fwd, &Strip::default(), upgrade);
         plan.cookies(CookieEdit::of(headers));
