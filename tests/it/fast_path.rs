@@ -257,3 +257,38 @@ async fn shutdown_closes_kept_connections_between_requests_at_once() {
     assert!(started.elapsed() < Duration::from_secs(5));
     read_until_closed(&mut s, Duration::from_secs(5)).await;
 }
+
+/// docs/security.md#34 on both parsers of one connection: identity headers in every spelling
+/// are stripped from a request the fast path parses, from one behind it in the same buffer,
+/// and from one hyper parses after the hand-over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_34_spoofed_identity_headers_are_stripped_on_both_parsers_of_a_connection() {
+    let up = Upstream::start().await;
+    let gw = Gw::start(&config(&up.url(), "")).await;
+    let spoofs = "X-Otpgate-Email: evil@attacker.example\r\nX-OTPGATE-USER: evil\r\n\
+                  x_otpgate_groups: admins\r\nX-Original-URL: /admin\r\n";
+    let mut s = TcpStream::connect(gw.http()).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /fast HTTP/1.1\r\nHost: one.test\r\n{spoofs}\r\n\
+             GET /behind HTTP/1.1\r\nHost: one.test\r\n{spoofs}\r\n\
+             POST /hyper HTTP/1.1\r\nHost: one.test\r\nContent-Length: 0\r\n{spoofs}\r\n\
+             GET /after HTTP/1.1\r\nHost: one.test\r\nConnection: close\r\n{spoofs}\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let got = read_all(&mut s).await;
+    let paths: Vec<_> = got.iter().map(path_of).collect();
+    assert_eq!(paths, ["/fast", "/behind", "/hyper", "/after"]);
+    for r in &got {
+        for name in r.json()["headers"].as_object().unwrap().keys() {
+            let folded = name.replace('_', "-");
+            assert!(
+                !folded.starts_with("x-otpgate-") && !folded.contains("original-url"),
+                "{name} reached the upstream"
+            );
+        }
+    }
+}
