@@ -11,7 +11,7 @@ pub mod strip;
 
 use std::error::Error as StdError;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, HOST, HeaderValue, SET_COOKIE, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -372,8 +372,9 @@ async fn timed<T>(
     timeout: Duration,
     metrics: &AppMetrics,
 ) -> Result<T, ProxyError> {
-    let started = Instant::now();
-    match tokio::time::timeout(timeout, exchange).await {
+    // One clock read for both the deadline and the histogram.
+    let started = tokio::time::Instant::now();
+    match tokio::time::timeout_at(started + timeout, exchange).await {
         Err(_) => {
             metrics.upstream_timeouts.increment(1);
             Err(ProxyError::Timeout)
